@@ -1,0 +1,1 @@
+"""egress-proxy's mitmproxy side: thin adapters from hooks to core decisions."""

@@ -1,0 +1,24 @@
+"""egress-proxy as a mitmproxy script: ``mitmdump -s addons/egress.py``.
+
+The product runs these addons in its own trimmed Master (``egress run``); this
+file lets them load into a stock mitmdump too. Options: ``egress_home``,
+``egress_allow_network``, ``egress_resolve``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from addons.gate import Gate, Tunnel
+from addons.inject import Inject
+from addons.source import PolicySource
+
+
+def make_addons() -> list[Any]:
+    """The egress addons, wired to one Policy source and one tunnel table."""
+    source = PolicySource()
+    tunnels: dict[str, Tunnel] = {}
+    return [source, Gate(source, tunnels), Inject(source, tunnels)]
+
+
+addons = make_addons()

@@ -1,0 +1,136 @@
+"""The tunnel gate: decide at CONNECT, resolve once, pin address and SNI.
+
+A CONNECT to a host:port no connector covers is answered 403 right there, so
+nothing is intercepted and no upstream socket opens. An allowed target is
+resolved once; every address must pass the SSRF guard, and the tunnel is
+pinned to the checked address (no second lookup) with the upstream TLS server
+name pinned to the CONNECT host (no domain fronting).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from mitmproxy import connection, ctx, exceptions, http
+from mitmproxy.addonmanager import Loader
+from mitmproxy.proxy import mode_specs, server_hooks
+
+from addons.respond import block, fail_closed, where_failed
+from addons.source import PolicySource
+from proxy.errors import ConfigError
+from proxy.netguard import NetGuard
+from proxy.policy import Block, Reason, Target, parse_target
+
+logger = logging.getLogger("egress")
+
+# Options that would open unfiltered tunnels or connect before we decide.
+SAFE_OPTIONS = {
+    "rawtcp": False,
+    "connection_strategy": "lazy",
+    "ignore_hosts": [],
+    "allow_hosts": [],
+    "tcp_hosts": [],
+    "udp_hosts": [],
+    "ssl_insecure": False,
+}
+RESOLVE_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Tunnel:
+    target: Target
+    address: str  # the vetted IP the upstream socket must use
+
+
+class Gate:
+    def __init__(self, source: PolicySource, tunnels: dict[str, Tunnel]) -> None:
+        self.source = source
+        self.tunnels = tunnels
+        self.guard = NetGuard()
+
+    def load(self, loader: Loader) -> None:
+        loader.add_option(
+            "egress_allow_network", Sequence[str], [], "Private CIDR ranges upstreams may be in."
+        )
+        loader.add_option("egress_resolve", Sequence[str], [], "HOST=IP pins, like curl --resolve.")
+
+    def configure(self, updated: set[str]) -> None:
+        if {"egress_allow_network", "egress_resolve"} & updated:
+            try:
+                self.guard = NetGuard(ctx.options.egress_allow_network, ctx.options.egress_resolve)
+            except ConfigError as e:
+                raise exceptions.OptionsError(str(e)) from None
+        unsafe = {k: v for k, v in SAFE_OPTIONS.items() if getattr(ctx.options, k) != v}
+        if unsafe:
+            logger.warning("egress-proxy forces %s", ", ".join(f"{k}={v!r}" for k, v in unsafe.items()))
+            ctx.options.update(**unsafe)
+        if "mode" in updated:
+            for spec in ctx.options.mode:
+                if not isinstance(mode_specs.ProxyMode.parse(spec), mode_specs.RegularMode):
+                    raise exceptions.OptionsError(f"egress-proxy runs in regular mode only, not {spec!r}")
+
+    @fail_closed
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
+        target = parse_target(flow.request.host, flow.request.port)
+        if isinstance(target, Block):
+            block(flow, target)
+            return
+        decision = self.source.policy.connect(target)
+        if decision:
+            block(flow, decision)
+            return
+        address = await self._resolve(target)
+        if isinstance(address, Block):
+            block(flow, address)
+            return
+        flow.server_conn.sni = None if target.is_ip else target.host
+        flow.request.data.host = address  # the tunnel's upstream is the checked address
+        self.tunnels[flow.client_conn.id] = Tunnel(target, address)
+
+    async def _resolve(self, target: Target) -> str | Block:
+        if target.is_ip:
+            addresses = [target.host]
+        elif pinned := self.guard.pins.get(target.host):
+            addresses = [pinned]
+        else:
+            loop = asyncio.get_running_loop()
+            try:
+                infos = await asyncio.wait_for(
+                    loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM),
+                    RESOLVE_TIMEOUT,
+                )
+            except (OSError, TimeoutError):
+                return Block(Reason.UNRESOLVABLE, f"cannot resolve {target.host}", 502)
+            addresses = [str(info[4][0]) for info in infos]
+        refused = [a for a in addresses if not self.guard.permits(a)]
+        if refused or not addresses:
+            logger.info("%s resolves to non-public %s", target.host, ", ".join(refused))
+            return Block(Reason.PRIVATE_ADDRESS, f"{target.host} resolves to a non-public address")
+        return addresses[0]
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        """Last line of defence: only the pinned address and SNI of a tunnel."""
+        try:
+            tunnel = self.tunnels.get(data.client.id)
+            server = data.server
+            expected_sni = None if tunnel is None or tunnel.target.is_ip else tunnel.target.host
+            if (
+                tunnel is None
+                or server.address is None
+                or server.address[0] != tunnel.address
+                or server.address[1] != tunnel.target.port
+                or server.sni != expected_sni
+                or server.via is not None
+            ):
+                server.error = "egress-proxy: upstream connection refused by policy"
+                logger.error("refused upstream connection to %s", server.address)
+        except Exception as e:
+            data.server.error = "egress-proxy: upstream check failed"
+            logger.error("server_connect hook failed (%s)", where_failed(e))
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self.tunnels.pop(client.id, None)

@@ -1,0 +1,101 @@
+"""The state directory (EGRESS_HOME): master key, store, CA, runtime files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from proxy import ca
+from proxy.errors import ConfigError
+from proxy.secrets import MasterKey
+from proxy.store import Store
+
+
+@dataclass(frozen=True)
+class Home:
+    root: Path
+    env: Mapping[str, str]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Home:
+        env = os.environ if env is None else env
+        root = env.get("EGRESS_HOME") or os.path.join(os.path.expanduser("~"), ".egress")
+        return cls(Path(root).absolute(), env)
+
+    @property
+    def db_path(self) -> Path:
+        url = self.env.get("EGRESS_DATABASE_URL", "")
+        if url:
+            if not url.startswith("sqlite:///"):
+                raise ConfigError(
+                    f"EGRESS_DATABASE_URL={url.split(':', 1)[0]}:...: only sqlite:///PATH is supported"
+                )
+            return Path(url.removeprefix("sqlite:///"))
+        return self.root / "egress.db"
+
+    @property
+    def key_path(self) -> Path:
+        return self.root / "master.key"
+
+    @property
+    def ca_dir(self) -> Path:
+        return self.root / "ca"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.ca_dir / ca.CERT_FILE
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def addr_file(self) -> Path:
+        return self.run_dir / "proxy.addr"
+
+    def master_key(self) -> MasterKey:
+        """The key from EGRESS_MASTER_KEY, EGRESS_MASTER_KEY_FILE or master.key."""
+        if text := self.env.get("EGRESS_MASTER_KEY"):
+            return MasterKey.from_text(text, "EGRESS_MASTER_KEY")
+        if path := self.env.get("EGRESS_MASTER_KEY_FILE"):
+            return MasterKey.from_file(Path(path))
+        if self.key_path.exists():
+            return MasterKey.from_file(self.key_path)
+        raise ConfigError(
+            f"no master key: set EGRESS_MASTER_KEY or EGRESS_MASTER_KEY_FILE, or run `egress init` "
+            f"to create {self.key_path}"
+        )
+
+    def store(self) -> Store:
+        return Store(self.db_path)
+
+    def init(self) -> list[str]:
+        """Create what is missing (idempotent); return what was created."""
+        created: list[str] = []
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.run_dir.mkdir(exist_ok=True)
+        had_store = self.db_path.exists()
+        store = Store(self.db_path, create=True)
+        if not had_store:
+            created.append(f"store {self.db_path}")
+        has_key = (
+            "EGRESS_MASTER_KEY" in self.env or "EGRESS_MASTER_KEY_FILE" in self.env or self.key_path.exists()
+        )
+        if not has_key:
+            sealed = store.connectors()
+            if sealed:
+                raise ConfigError(
+                    f"{self.db_path} holds {len(sealed)} sealed secret(s) but no master key was "
+                    f"found: restore {self.key_path} or set EGRESS_MASTER_KEY (a new key would "
+                    "not open them)"
+                )
+            _, text = MasterKey.generate()
+            ca.write_private(self.key_path, (text + "\n").encode())
+            created.append(f"master key {self.key_path}")
+        store.close()
+        self.master_key()  # fail now, clearly, if the configured key is unusable
+        if ca.ensure_ca(self.ca_dir):
+            created.append(f"CA {self.ca_cert}")
+        return created

@@ -1,0 +1,253 @@
+"""URL patterns: grammar, request-path vetting and an index for fast matching.
+
+A pattern is ``https://HOST[:PORT]/PATH``. HOST may start with ``*.`` (one or
+more labels); PATH may contain ``*`` (any run of characters, ``/`` included),
+and a trailing ``/*`` also matches the path without it. The query string
+never takes part in matching. See DESIGN §6.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from proxy.errors import ConfigError
+
+_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+_PCT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# Characters a request path may carry as-is (RFC 3986 pchar plus "/" and "%").
+_PATH_CHARS = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*$")
+_ENCODED_DOTS = re.compile(r"%2e", re.IGNORECASE)
+_NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$")
+_ENCODED_CONTROL = re.compile(r"%[01][0-9a-f]|%7f")
+
+
+def normalize_host(host: str) -> str:
+    """Lowercase, drop one trailing dot, IDNA-encode; raise ValueError if invalid.
+
+    IPv6 literals come back without brackets, compressed; IPv4 literals must be
+    in dotted-quad form (odd spellings such as ``0x7f.1`` or ``2130706433`` are
+    rejected rather than interpreted).
+    """
+    h = host.strip()
+    if h.startswith("[") and h.endswith("]"):
+        return str(ipaddress.IPv6Address(h[1:-1]))
+    if h.endswith("."):
+        h = h[:-1]
+    if not h:
+        raise ValueError("empty host")
+    try:
+        return str(ipaddress.IPv4Address(h))
+    except ValueError:
+        pass
+    if ":" in h:
+        return str(ipaddress.IPv6Address(h))
+    try:
+        h = h.encode("idna").decode("ascii").lower()
+    except UnicodeError as e:
+        raise ValueError(f"invalid host name {host!r}") from e
+    labels = h.split(".")
+    if not all(_LABEL.match(label) for label in labels):
+        raise ValueError(f"invalid host name {host!r}")
+    if _NUMERIC_LABEL.match(labels[-1]):
+        # An odd IPv4 spelling (octal, hex, shortened, one integer): refuse it
+        # rather than guess how a resolver would read it.
+        raise ValueError(f"ambiguous numeric host {host!r}")
+    return h
+
+
+def split_authority(authority: str, default_port: int = 443) -> tuple[str, int]:
+    """Parse ``host[:port]`` (IPv6 in brackets) into a normalised (host, port)."""
+    a = authority.strip()
+    if "@" in a:
+        raise ValueError("userinfo in authority")
+    port = default_port
+    if a.startswith("["):
+        end = a.find("]")
+        if end < 0:
+            raise ValueError("unterminated IPv6 literal")
+        host, rest = a[: end + 1], a[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError("junk after IPv6 literal")
+            port = _port(rest[1:])
+    elif a.count(":") == 1:
+        host, p = a.split(":")
+        port = _port(p)
+    elif ":" in a:
+        raise ValueError("IPv6 literal must be in brackets")
+    else:
+        host = a
+    return normalize_host(host), port
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"invalid port {text!r}")
+    return int(text)
+
+
+def path_problem(path: str) -> str | None:
+    """Why a request path (query already removed) is unsafe to match, or None.
+
+    Paths are never normalised: anything an upstream might resolve differently
+    from us (dot segments, encoded slashes or backslashes, double encoding,
+    control characters) is refused outright.
+    """
+    if not path.startswith("/"):
+        return "path must start with /"
+    if not _PATH_CHARS.match(path):
+        if "\\" in path:
+            return "backslash in path"
+        return "control or non-ASCII character in path"
+    if "%" in path:
+        if _PCT.search(path):
+            return "malformed percent-encoding"
+        low = path.lower()
+        if "%2f" in low or "%5c" in low:
+            return "encoded slash in path"
+        if "%25" in low:
+            return "double percent-encoding"
+        if _ENCODED_CONTROL.search(low):
+            return "encoded control character in path"
+    for segment in path.split("/"):
+        seg = _ENCODED_DOTS.sub(".", segment).split(";", 1)[0]
+        if seg in (".", ".."):
+            return "dot segment in path"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Pattern:
+    """One parsed pattern. ``text`` is the canonical form shown to operators."""
+
+    text: str
+    host: str  # exact host, or the suffix after "*." for wildcard hosts
+    wildcard_host: bool
+    port: int
+    path: str
+    # Higher wins: exact host, longer host, literal path, longer literal prefix.
+    specificity: tuple[int, int, int, int]
+    _regex: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
+
+    def host_matches(self, host: str, port: int) -> bool:
+        if port != self.port:
+            return False
+        if self.wildcard_host:
+            return host.endswith("." + self.host)
+        return host == self.host
+
+    def path_matches(self, path: str) -> bool:
+        if self._regex is None:
+            return path == self.path
+        return self._regex.match(path) is not None
+
+    def matches(self, host: str, port: int, path: str) -> bool:
+        return self.host_matches(host, port) and self.path_matches(path)
+
+
+def parse_pattern(text: str) -> Pattern:
+    """Parse a pattern; raise ConfigError with a message saying what is wrong."""
+    if not isinstance(text, str) or not text:
+        raise ConfigError("pattern must be a non-empty string")
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        raise ConfigError(f"{text!r}: not a URL (expected https://HOST/PATH)")
+    if scheme.lower() != "https":
+        raise ConfigError(f"{text!r}: scheme must be https, not {scheme!r}")
+    if "?" in rest or "#" in rest:
+        raise ConfigError(f"{text!r}: patterns match the path only; remove the query or fragment")
+    slash = rest.find("/")
+    if slash < 0:
+        raise ConfigError(f"{text!r}: missing path (write {text.rstrip('/')}/* to allow every path)")
+    authority, path = rest[:slash], rest[slash:]
+    wildcard = authority.startswith("*.")
+    if wildcard:
+        authority = authority[2:]
+    if "*" in authority:
+        raise ConfigError(f"{text!r}: the only host wildcard allowed is a leading '*.'")
+    try:
+        host, port = split_authority(authority)
+    except ValueError as e:
+        raise ConfigError(f"{text!r}: {e}") from None
+    if wildcard and (host.replace(".", "").isdigit() or ":" in host):
+        raise ConfigError(f"{text!r}: a wildcard cannot precede an IP address")
+    if wildcard and "." not in host:
+        raise ConfigError(f"{text!r}: wildcard over a top-level domain is too broad")
+    problem = path_problem(path.replace("*", "x"))
+    if problem:
+        raise ConfigError(f"{text!r}: {problem}")
+    regex = None
+    if "*" in path:
+        body = path[:-2] if path.endswith("/*") else path
+        expr = ".*".join(re.escape(part) for part in body.split("*"))
+        if path.endswith("/*"):
+            expr += "(?:/.*)?"
+        regex = re.compile(expr + r"\Z", re.DOTALL)
+    shown_host = f"[{host}]" if ":" in host else host
+    canonical = f"https://{'*.' if wildcard else ''}{shown_host}{'' if port == 443 else f':{port}'}{path}"
+    specificity = (
+        0 if wildcard else 1,
+        len(host),
+        0 if "*" in path else 1,
+        len(path.split("*", 1)[0]),
+    )
+    return Pattern(canonical, host, wildcard, port, path, specificity, regex)
+
+
+@dataclass(frozen=True, slots=True)
+class Hit[T]:
+    pattern: Pattern
+    owner: T
+
+
+class PatternIndex[T]:
+    """Patterns indexed by (host, port) so a lookup touches only candidates.
+
+    Exact hosts sit in one dict; wildcard patterns sit in another keyed by their
+    suffix, and a lookup walks the request host's parent domains. Each bucket is
+    kept sorted by specificity, most specific first.
+    """
+
+    def __init__(self, entries: Iterable[tuple[Pattern, T]] = ()) -> None:
+        self._exact: dict[tuple[str, int], list[Hit[T]]] = {}
+        self._wild: dict[tuple[str, int], list[Hit[T]]] = {}
+        for pattern, owner in entries:
+            table = self._wild if pattern.wildcard_host else self._exact
+            table.setdefault((pattern.host, pattern.port), []).append(Hit(pattern, owner))
+        for table in (self._exact, self._wild):
+            for bucket in table.values():
+                bucket.sort(key=lambda h: h.pattern.specificity, reverse=True)
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self._exact.values()) + sum(len(b) for b in self._wild.values())
+
+    def candidates(self, host: str, port: int) -> Iterator[Hit[T]]:
+        """Every entry whose host part matches, most specific host first."""
+        bucket = self._exact.get((host, port))
+        if bucket:
+            yield from bucket
+        if self._wild:
+            dot = host.find(".")
+            while dot >= 0:
+                bucket = self._wild.get((host[dot + 1 :], port))
+                if bucket:
+                    yield from bucket
+                dot = host.find(".", dot + 1)
+
+    def best(self, host: str, port: int, path: str) -> list[Hit[T]]:
+        """The matching entries of the highest specificity (empty if none)."""
+        found: list[Hit[T]] = []
+        top: tuple[int, int, int, int] | None = None
+        for hit in self.candidates(host, port):
+            spec = hit.pattern.specificity
+            if top is not None and spec < top:
+                break
+            if hit.pattern.path_matches(path):
+                if top is None or spec > top:
+                    top, found = spec, [hit]
+                else:
+                    found.append(hit)
+        return found
