@@ -1,0 +1,287 @@
+"""Test harness: a recording TLS upstream, the real proxy as a subprocess, clients.
+
+Only loopback addresses are used. Every process started here is stopped by pid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import trustme
+
+BIN = Path(sys.executable).parent
+EGRESS = str(BIN / "egress")
+HOSTS = (
+    "api.stripe.test",
+    "api.weather.test",
+    "api.late.test",
+    "wild.test",
+    "a.wild.test",
+    "b.c.wild.test",
+    "evil.test",
+)
+_STRIP_ENV = (
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "EGRESS_MASTER_KEY",
+    "EGRESS_MASTER_KEY_FILE",
+    "EGRESS_DATABASE_URL",
+)
+
+
+def clean_env(home: Path, **extra: str) -> dict[str, str]:
+    """The environment for a subprocess: no inherited proxy or CA variables."""
+    env = {k: v for k, v in os.environ.items() if k not in _STRIP_ENV}
+    env["EGRESS_HOME"] = str(home)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Record:
+    method: str
+    path: str
+    headers: list[tuple[str, str]]
+    sni: str | None
+    body_len: int
+    body_sha256: str
+
+    def header(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: Upstream
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _body(self) -> tuple[int, str]:
+        digest = hashlib.sha256()
+        total = 0
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                remaining = size
+                while remaining:
+                    chunk = self.rfile.read(min(remaining, 1 << 20))
+                    digest.update(chunk)
+                    remaining -= len(chunk)
+                total += size
+                self.rfile.readline()
+        else:
+            remaining = int(self.headers.get("content-length") or 0)
+            while remaining:
+                chunk = self.rfile.read(min(remaining, 1 << 20))
+                if not chunk:
+                    break
+                digest.update(chunk)
+                total += len(chunk)
+                remaining -= len(chunk)
+        return total, digest.hexdigest()
+
+    def _handle(self) -> None:
+        length, sha = self._body()
+        rec = Record(
+            self.command,
+            self.path,
+            list(self.headers.items()),
+            self.server.sni_of(self.connection),
+            length,
+            sha,
+        )
+        self.server.record(rec)
+        url = urlsplit(self.path)
+        if url.path.endswith("/download"):
+            size = int(parse_qs(url.query)["size"][0])
+            self.send_response(200)
+            self.send_header("content-type", "application/octet-stream")
+            self.send_header("content-length", str(size))
+            self.end_headers()
+            block = pattern_bytes(1 << 20)
+            sent = 0
+            while sent < size:
+                part = block[: min(len(block), size - sent)]
+                self.wfile.write(part)
+                sent += len(part)
+            return
+        status = 200
+        extra: list[tuple[str, str]] = []
+        if url.path.endswith("/set-cookie"):
+            extra = [("Set-Cookie", "session=upstream; Path=/"), ("Set-Cookie", "other=1")]
+        if url.path.endswith("/status"):
+            status = int(parse_qs(url.query)["code"][0])
+        body = json.dumps({"method": self.command, "path": self.path, "len": length, "sha256": sha}).encode()
+        self.send_response(status)
+        for k, v in extra:
+            self.send_header(k, v)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
+
+
+def pattern_bytes(n: int) -> bytes:
+    seed = hashlib.sha256(b"egress").digest()
+    return (seed * (n // len(seed) + 1))[:n]
+
+
+class Upstream(ThreadingHTTPServer):
+    """A TLS HTTP/1.1 server on 127.0.0.1 that records every request it gets."""
+
+    daemon_threads = True
+
+    def __init__(self, ctx: ssl.SSLContext) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.ctx = ctx
+        self._sni: dict[int, str | None] = {}
+        ctx.sni_callback = self._on_sni
+        self.records: list[Record] = []
+        self.connections = 0
+        self._lock = threading.Lock()
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def _on_sni(self, sslobj: Any, name: str | None, ctx: ssl.SSLContext) -> None:
+        self._sni[id(sslobj)] = name
+
+    def sni_of(self, sock: Any) -> str | None:
+        return self._sni.get(id(sock))
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        with self._lock:
+            self.connections += 1
+        try:
+            tls = self.ctx.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError):
+            return
+        self.RequestHandlerClass(tls, client_address, self)
+
+    def record(self, rec: Record) -> None:
+        with self._lock:
+            self.records.append(rec)
+
+    def find(self, fragment: str) -> list[Record]:
+        with self._lock:
+            return [r for r in self.records if fragment in r.path]
+
+    def start(self) -> Upstream:
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        return self
+
+
+def make_pki(directory: Path) -> tuple[trustme.CA, Path, ssl.SSLContext]:
+    ca = trustme.CA()
+    ca_path = directory / "upstream-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_path))
+    cert = ca.issue_cert(*HOSTS, "*.wild.test", "127.0.0.1")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(ctx)
+    return ca, ca_path, ctx
+
+
+@dataclass
+class Proxy:
+    home: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+    addr: str
+    outputs: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.addr}"
+
+    @property
+    def host(self) -> str:
+        return self.addr.rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.addr.rsplit(":", 1)[1])
+
+    @property
+    def ca(self) -> str:
+        return str(self.home / "ca" / "mitmproxy-ca-cert.pem")
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return int(self.proc.returncode)
+
+
+def egress(home: Path, *args: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run the real ``egress`` command with a clean environment."""
+    return subprocess.run(
+        [EGRESS, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=clean_env(home, **env),
+        timeout=60,
+    )
+
+
+def start_proxy(home: Path, *args: str, log: Path | None = None) -> Proxy:
+    """Start ``egress run`` on a free loopback port and wait until it listens."""
+    log = log or home / "proxy.log"
+    addr_file = home / "run" / "proxy.addr"
+    addr_file.unlink(missing_ok=True)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [EGRESS, "run", "--listen", "127.0.0.1:0", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=clean_env(home),
+        )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if addr_file.exists() and addr_file.read_text().strip():
+            return Proxy(home, proc, log, addr_file.read_text().strip())
+        if proc.poll() is not None:
+            raise RuntimeError(f"proxy exited with {proc.returncode}:\n{log.read_text()}")
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    raise RuntimeError(f"proxy did not start:\n{log.read_text()}")
