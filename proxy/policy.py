@@ -162,11 +162,12 @@ def check_tunnel_request(
         return Block(Reason.PLAIN_HTTP, "request inside the tunnel was not TLS")
     if port != target.port:
         return Block(Reason.HOST_MISMATCH, "request port differs from the tunnel's")
-    if target.is_ip:
-        if sni and _norm(sni) != target.host:
+    if sni != target.host:  # fast path: clients normally send the name as given
+        if target.is_ip:
+            if sni and _norm(sni) != target.host:
+                return Block(Reason.SNI_MISMATCH, "TLS server name differs from the tunnel's")
+        elif sni is None or _norm(sni) != target.host:
             return Block(Reason.SNI_MISMATCH, "TLS server name differs from the tunnel's")
-    elif sni is None or _norm(sni) != target.host:
-        return Block(Reason.SNI_MISMATCH, "TLS server name differs from the tunnel's")
     if len(host_headers) > 1:
         return Block(Reason.HOST_MISMATCH, "more than one Host header")
     names = [authority] if authority else []
@@ -174,6 +175,8 @@ def check_tunnel_request(
     if not names:
         return Block(Reason.HOST_MISMATCH, "no Host header")
     for name in names:
+        if name == target.authority:
+            continue
         try:
             if split_authority(name) != (target.host, target.port):
                 return Block(Reason.HOST_MISMATCH, "Host differs from the tunnel's target")
