@@ -33,6 +33,7 @@ class Inject:
             block(flow, NOT_TUNNELLED)
             return
         target = tunnel.target
+        flow.metadata["egress.host"] = target.authority
         problem = check_tunnel_request(
             target,
             tls=flow.client_conn.tls_established and req.scheme == "https",
@@ -71,6 +72,8 @@ class Inject:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         resp = flow.response
         assert resp is not None
+        if "egress.blocked" in flow.metadata:
+            return  # our own answer: nothing to strip or stream
         if "set-cookie" in resp.headers:
             del resp.headers["set-cookie"]
         if resp.status_code != 101:

@@ -35,6 +35,8 @@ class RunSettings:
     upstream_ca: str | None = None
     allow_network: tuple[str, ...] = ()
     resolve: tuple[str, ...] = ()
+    admin: str | None = None
+    record: bool = True
 
 
 class Announce:
@@ -52,10 +54,10 @@ class Announce:
         host, port = addrs[0][:2]
         shown = f"[{host}]" if ":" in host else host
         home = self.settings.home
-        home.addr_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = home.addr_file.with_suffix(".tmp")
-        tmp.write_text(f"{shown}:{port}\n")
-        tmp.replace(home.addr_file)
+        write_atomic(home.addr_file, f"{shown}:{port}\n")
+        admin = ctx.master.addons.get("admin")
+        if admin and (admin_addr := admin.admin_address()):
+            write_atomic(home.run_dir / "admin.addr", f"{admin_addr[0]}:{admin_addr[1]}\n")
         print(
             f"egress-proxy listening on http://{shown}:{port} with {self.connectors} connector(s)\n"
             f'  point a sandboxed step at it:  eval "$(egress env)"\n'
@@ -66,6 +68,14 @@ class Announce:
 
     def done(self) -> None:
         self.settings.home.addr_file.unlink(missing_ok=True)
+        (self.settings.home.run_dir / "admin.addr").unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def configure_logging() -> None:
@@ -121,6 +131,8 @@ async def _serve(settings: RunSettings, connectors: int, bundle: str | None) -> 
         egress_home=str(settings.home.root),
         egress_allow_network=list(settings.allow_network),
         egress_resolve=list(settings.resolve),
+        egress_admin=settings.admin or "",
+        egress_record=settings.record,
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -7,7 +7,10 @@ import json
 import os
 import shlex
 import sys
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +21,12 @@ from proxy.connectors import (
     load_yaml,
     make_connector,
 )
+from proxy.durations import format_age, parse_duration
 from proxy.errors import ConfigError, EgressError
 from proxy.home import Home
 from proxy.policy import Allow
 from proxy.registry import Registry
+from proxy.stats import Event, StatsStore
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 
@@ -193,6 +198,86 @@ def _recorded_proxy(home: Home) -> str:
         return "http://" + DEFAULT_LISTEN
 
 
+def _stats_store(home: Home) -> StatsStore:
+    home.store().close()  # a clear error if the store is missing or corrupt
+    return StatsStore(home.db_path)
+
+
+def cmd_stats(args: argparse.Namespace, home: Home) -> int:
+    names = [c.name for c, _ in Registry(home).list()]
+    if args.connector and args.connector not in names:
+        raise ConfigError(f"no connector named {args.connector!r}")
+    stats = _stats_store(home)
+    rows = stats.summary(names, args.connector)
+    blocked = [] if args.connector else stats.blocked_summary()
+    if args.json:
+        print(
+            json.dumps(
+                {"window_hours": 24, "connectors": [asdict(r) for r in rows], "blocked": blocked}, indent=2
+            )
+        )
+        return 0
+    now = time.time()
+    table = []
+    for r in rows:
+        last = ""
+        if r.last_error:
+            e = r.last_error
+            what = str(e.get("status") or e.get("failure"))
+            last = f"{what} {e['method']} {e['path']} {format_age(now - e['ts'])}"
+        table.append(
+            (r.connector, str(r.requests_24h), str(r.errors_24h), f"{r.error_rate:.1%}", last,
+             f"! {r.errors_1h} error(s) in the last hour" if r.alert else "")
+        )  # fmt: skip
+    if table:
+        _print_table(("CONNECTOR", "REQUESTS 24H", "ERRORS 24H", "ERROR RATE", "LAST ERROR", "ALERT"), table)
+    else:
+        print("no connectors")
+    if blocked:
+        print()
+        _print_table(
+            ("BLOCKED HOST", "REASON", "COUNT 24H"),
+            [(b["host"], b["reason"], str(b["count"])) for b in blocked],
+        )
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace, home: Home) -> int:
+    kind = "blocked" if args.blocked else "error" if args.errors else None
+    since = time.time() - parse_duration(args.since, "--since") if args.since else None
+    filters: dict[str, Any] = {
+        "kind": kind,
+        "since": since,
+        "connector": args.connector,
+        "grant_label": args.grant,
+    }
+    stats = _stats_store(home)
+    header = ("TIME", "KIND", "WHAT", "METHOD", "HOST", "PATH", "GRANT", "REQUEST ID")
+
+    def row(e: Event) -> tuple[str, ...]:
+        what = f"{e.connector} {e.status or e.failure}" if e.kind == "error" else str(e.reason)
+        stamp = datetime.fromtimestamp(e.ts).strftime("%Y-%m-%d %H:%M:%S")
+        return (stamp, e.kind, what, e.method, e.host, e.path or "-", e.grant_label or "-", e.request_id)
+
+    def emit(events: Sequence[Event], with_header: bool) -> None:
+        if args.json:
+            for e in events:
+                print(json.dumps(e.to_dict()), flush=True)
+        elif events:
+            _print_table(header if with_header else (), [row(e) for e in events])
+            sys.stdout.flush()
+
+    start = stats.last_id()
+    events = stats.events(**filters, limit=args.limit)
+    if not events and not args.json and not args.follow:
+        print("no matching log rows in the last 24 hours")
+    emit(events, True)
+    if args.follow:
+        for e in stats.follow(start, **filters):
+            emit([e], False)
+    return 0
+
+
 def cmd_run(args: argparse.Namespace, home: Home) -> int:
     host, port = _listen(args.listen)
     loopback = host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
@@ -218,6 +303,8 @@ def cmd_run(args: argparse.Namespace, home: Home) -> int:
             upstream_ca=args.upstream_ca,
             allow_network=tuple(args.allow_network),
             resolve=tuple(args.resolve),
+            admin=args.admin,
+            record=not args.no_record,
         )
     )
 
@@ -305,8 +392,9 @@ def _print_warnings(reg: Registry) -> None:
 
 
 def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for r in [header, *rows]:
+    lines = [header, *rows] if header else list(rows)
+    widths = [max(len(str(r[i])) for r in lines) for i in range(len(lines[0]))] if lines else []
+    for r in lines:
         print("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
 
 
@@ -384,11 +472,28 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST=IP",
         help="pin a host name to an address, like curl --resolve (repeat)",
     )
+    sp.add_argument("--admin", metavar="HOST:PORT", help="serve /healthz and /metrics here")
+    sp.add_argument("--no-record", action="store_true", help=argparse.SUPPRESS)  # benchmarks only
     sp.add_argument(
         "--insecure-no-auth",
         action="store_true",
         help="allow listening on a non-loopback address without client authentication",
     )
+
+    sp = command("stats", cmd_stats, "requests, errors and alerts per connector over 24 hours")
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--connector", metavar="NAME")
+
+    sp = command("logs", cmd_logs, "error and blocked-request log, newest first")
+    g = sp.add_mutually_exclusive_group()
+    g.add_argument("--blocked", action="store_true", help="blocked requests only")
+    g.add_argument("--errors", action="store_true", help="errors only")
+    sp.add_argument("--connector", metavar="NAME")
+    sp.add_argument("--grant", metavar="LABEL", help="only rows of this grant label")
+    sp.add_argument("--since", metavar="DURATION", help="e.g. 15m, 1h (default: 24h)")
+    sp.add_argument("--limit", type=int, default=200, help="at most this many rows (default 200)")
+    sp.add_argument("--json", action="store_true", help="one JSON object per line")
+    sp.add_argument("--follow", "-f", action="store_true", help="keep printing new rows until interrupted")
 
     sp = command("ca", cmd_ca, "the CA clients must trust")
     g = sp.add_mutually_exclusive_group()

@@ -1,0 +1,173 @@
+"""Count and log outcomes: requests and errors per connector, blocked requests.
+
+Hooks only touch in-memory counters; a writer task flushes them to the store
+about once a second in a thread, and ``done`` flushes whatever is left, so
+SIGTERM loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.addonmanager import Loader
+
+from proxy.errors import EgressError
+from proxy.home import Home
+from proxy.metrics import Metrics
+from proxy.stats import Clock, Event, StatsStore, Tally, strip_query
+
+logger = logging.getLogger("egress")
+FLUSH_INTERVAL = 1.0
+
+
+def failure_kind(message: str) -> str:
+    """A short word for a transport failure, from mitmproxy's error text."""
+    m = message.lower()
+    for needle, kind in (
+        ("refused", "refused"),
+        ("connect call failed", "refused"),
+        ("errno 111", "refused"),
+        ("timed out", "timeout"),
+        ("timeout", "timeout"),
+        ("reset", "reset"),
+        ("tls", "tls"),
+        ("ssl", "tls"),
+        ("certificate", "tls"),
+        ("killed", "killed"),
+    ):
+        if needle in m:
+            return kind
+    return "other"
+
+
+def event_host(flow: http.HTTPFlow) -> str:
+    host = flow.metadata.get("egress.host")
+    return str(host) if host else flow.request.pretty_host
+
+
+class Recorder:
+    def __init__(self, clock: Clock = time.time) -> None:
+        self.clock = clock
+        self.tally = Tally(clock)
+        self.metrics = Metrics()
+        self.store: StatsStore | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def load(self, loader: Loader) -> None:
+        loader.add_option("egress_record", bool, True, "Record request, error and block statistics.")
+
+    def configure(self, updated: set[str]) -> None:
+        if "egress_home" in updated or "egress_record" in updated:
+            if self.store:
+                self.store.close()
+                self.store = None
+            if ctx.options.egress_record:
+                root = ctx.options.egress_home
+                home = Home.from_env() if not root else Home(Path(root), Home.from_env().env)
+                try:
+                    self.store = StatsStore(home.db_path, self.clock)
+                except EgressError as e:
+                    raise exceptions.OptionsError(str(e)) from None
+
+    async def running(self) -> None:
+        self._task = asyncio.create_task(self._writer())
+
+    async def _writer(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            batch = self.tally.drain()
+            if batch and self.store:
+                try:
+                    await asyncio.to_thread(self.store.flush, batch)
+                except Exception as e:
+                    logger.error("statistics flush failed (%s); will retry", type(e).__name__)
+                    self.tally.merge(batch)  # keep the counts for the next flush
+
+    def done(self) -> None:
+        if self._task:
+            self._task.cancel()
+        if self.store:
+            batch = self.tally.drain()
+            if batch:
+                self.store.flush(batch)
+            self.store.close()
+            self.store = None
+
+    # -- hooks --------------------------------------------------------------
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        connector = flow.metadata.get("egress.connector")
+        if connector is None or "egress.blocked" in flow.metadata or flow.response is None:
+            return
+        status = flow.response.status_code
+        failed = status >= 400
+        self.tally.request(connector, failed)
+        self.metrics.requests.labels(connector).inc()
+        self.metrics.latency.labels(connector).observe(
+            max(0.0, (flow.response.timestamp_start or 0) - flow.request.timestamp_start)
+        )
+        if failed:
+            self.metrics.errors.labels(connector).inc()
+            self.tally.error(
+                Event(
+                    "error",
+                    self.clock(),
+                    flow.request.method,
+                    event_host(flow),
+                    strip_query(flow.request.path),
+                    flow.id,
+                    connector=connector,
+                    status=status,
+                    grant_label=flow.metadata.get("egress.grant"),
+                )
+            )
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        connector = flow.metadata.get("egress.connector")
+        if connector is None or flow.response is not None or flow.error is None:
+            return
+        self.tally.request(connector, True)
+        self.metrics.requests.labels(connector).inc()
+        self.metrics.errors.labels(connector).inc()
+        self.tally.error(
+            Event(
+                "error",
+                self.clock(),
+                flow.request.method,
+                event_host(flow),
+                strip_query(flow.request.path),
+                flow.id,
+                connector=connector,
+                failure=failure_kind(flow.error.msg),
+                grant_label=flow.metadata.get("egress.grant"),
+            )
+        )
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        if "egress.blocked" in flow.metadata:
+            self._blocked(flow)
+
+    def http_connect_error(self, flow: http.HTTPFlow) -> None:
+        if "egress.blocked" in flow.metadata:
+            self._blocked(flow)
+
+    def _blocked(self, flow: http.HTTPFlow) -> None:
+        reason = str(flow.metadata["egress.blocked"])
+        connect = flow.request.method == "CONNECT"
+        self.metrics.blocked.labels(reason).inc()
+        self.tally.blocked(
+            Event(
+                "blocked",
+                self.clock(),
+                flow.request.method,
+                f"{flow.request.host}:{flow.request.port}" if connect else event_host(flow),
+                "" if connect else strip_query(flow.request.path),
+                flow.id,
+                reason=reason,
+                grant_label=flow.metadata.get("egress.grant"),
+            )
+        )

@@ -1,0 +1,201 @@
+"""Monitoring end to end: exact counts and rows after a known mix of outcomes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import urllib.request
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.clients import session
+from tests.conftest import proxy_args
+from tests.harness import Proxy, Upstream, egress, start_proxy
+
+pytestmark = pytest.mark.e2e
+SECRET = "sk_monitoring_e2e_5a5a"
+DOWN_SECRET = "down-monitoring-e2e-6b6b"
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def setup_home(home: Path, upstream: Upstream, down_port: int) -> list[str]:
+    outputs = []
+    for args, secret in (
+        (
+            [
+                "mon",
+                "--pattern",
+                f"https://api.stripe.test:{upstream.port}/v1/*",
+                "--header",
+                "Authorization",
+            ],
+            SECRET,
+        ),
+        (["down", "--pattern", f"https://api.late.test:{down_port}/*", "--query", "key"], DOWN_SECRET),
+    ):
+        res = egress(home, "connector", "add", *args, "--secret-stdin", stdin=secret)
+        assert res.returncode == 0, res.stderr
+        outputs += [res.stdout, res.stderr]
+    return outputs
+
+
+def drive_mix(proxy: Proxy, upstream: Upstream, down_port: int) -> None:
+    s = session(proxy.url, proxy.ca)
+    base = f"https://api.stripe.test:{upstream.port}"
+    for i in range(3):
+        assert s.get(f"{base}/v1/ok?i={i}").status_code == 200
+    for _ in range(2):
+        assert s.get(f"{base}/v1/status?code=404").status_code == 404
+    assert s.post(f"{base}/v1/status?code=503&q=hidden", data=b"x").status_code == 503
+    for _ in range(2):
+        assert s.get(f"https://api.late.test:{down_port}/gone?key=client").status_code == 502
+    for _ in range(2):
+        assert s.get(f"{base}/v2/nope?q=1").status_code == 403
+    with pytest.raises(requests.exceptions.ProxyError):
+        s.get(f"https://evil.test:{upstream.port}/")
+
+
+def test_known_mix_gives_exact_stats_logs_and_metrics(
+    tmp_path: Path, pki: tuple[Path, object], upstream: Upstream
+) -> None:
+    home = tmp_path / "home"
+    down_port = closed_port()
+    outputs = setup_home(home, upstream, down_port)
+    proxy = start_proxy(home, *proxy_args(pki[0]), "--admin", "127.0.0.1:0")
+    try:
+        drive_mix(proxy, upstream, down_port)
+        admin = (home / "run" / "admin.addr").read_text().strip()
+        assert urllib.request.urlopen(f"http://{admin}/healthz", timeout=5).read() == b"ok\n"
+        text = urllib.request.urlopen(f"http://{admin}/metrics", timeout=5).read().decode()
+    finally:
+        assert proxy.stop(signal.SIGTERM) == 0  # right after the last request
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+    assert samples[("egress_requests_total", (("connector", "mon"),))] == 6
+    assert samples[("egress_errors_total", (("connector", "mon"),))] == 3
+    assert samples[("egress_errors_total", (("connector", "down"),))] == 2
+    assert samples[("egress_blocked_total", (("reason", "no-connector"),))] == 3
+    assert samples[("egress_upstream_latency_seconds_count", (("connector", "mon"),))] == 6
+
+    res = egress(home, "stats", "--json")
+    assert res.returncode == 0, res.stderr
+    stats = json.loads(res.stdout)
+    by_name = {c["connector"]: c for c in stats["connectors"]}
+    assert (by_name["mon"]["requests_24h"], by_name["mon"]["errors_24h"]) == (6, 3)
+    assert by_name["mon"]["error_rate"] == 0.5
+    assert by_name["mon"]["alert"] is True
+    assert by_name["mon"]["last_error"]["status"] == 503
+    assert (by_name["down"]["requests_24h"], by_name["down"]["errors_24h"]) == (2, 2)
+    assert by_name["down"]["last_error"]["failure"] == "refused"
+    blocked = {(b["host"], b["reason"]): b["count"] for b in stats["blocked"]}
+    assert blocked == {
+        (f"api.stripe.test:{upstream.port}", "no-connector"): 2,
+        (f"evil.test:{upstream.port}", "no-connector"): 1,
+    }
+
+    res = egress(home, "logs", "--json")
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    errors = [r for r in rows if r["kind"] == "error"]
+    blocks = [r for r in rows if r["kind"] == "blocked"]
+    assert sorted(r.get("status", 0) for r in errors) == [0, 0, 404, 404, 503]
+    assert {r["failure"] for r in errors if "failure" in r} == {"refused"}
+    assert all("?" not in r["path"] for r in rows)
+    post = next(r for r in errors if r.get("status") == 503)
+    assert (post["method"], post["host"], post["path"]) == (
+        "POST",
+        f"api.stripe.test:{upstream.port}",
+        "/v1/status",
+    )
+    assert len(blocks) == 3 and {r["reason"] for r in blocks} == {"no-connector"}
+    assert rows == sorted(rows, key=lambda r: r["ts"], reverse=True)  # newest first
+    assert len(json.loads(egress(home, "stats", "--json", "--connector", "down").stdout)["connectors"]) == 1
+    only_blocked = egress(home, "logs", "--blocked", "--json").stdout.splitlines()
+    assert len(only_blocked) == 3
+    assert len(egress(home, "logs", "--errors", "--connector", "down", "--json").stdout.splitlines()) == 2
+    table = egress(home, "stats").stdout
+    assert "mon" in table and "50.0%" in table and "!" in table
+    logs_table = egress(home, "logs").stdout
+    assert "/v1/status" in logs_table and "no-connector" in logs_table
+
+    everything = [*outputs, text, res.stdout, table, logs_table, proxy.log_text()]
+    for secret in (SECRET, DOWN_SECRET):
+        assert not any(secret in t for t in everything)
+        for f in home.rglob("*"):
+            if f.is_file():
+                assert secret.encode() not in f.read_bytes()
+
+
+def test_two_proxies_sharing_a_store_add_up(
+    tmp_path: Path, pki: tuple[Path, object], upstream: Upstream
+) -> None:
+    home = tmp_path / "home"
+    setup_home(home, upstream, closed_port())
+    first = start_proxy(home, *proxy_args(pki[0]), log=tmp_path / "a.log")
+    second = start_proxy(home, *proxy_args(pki[0]), log=tmp_path / "b.log")
+    try:
+        for proxy, n in ((first, 7), (second, 5)):
+            s = session(proxy.url, proxy.ca)
+            for i in range(n):
+                assert s.get(f"https://api.stripe.test:{upstream.port}/v1/shared?i={i}").status_code == 200
+    finally:
+        assert first.stop() == 0
+        assert second.stop() == 0
+    stats = json.loads(egress(home, "stats", "--json", "--connector", "mon").stdout)
+    assert stats["connectors"][0]["requests_24h"] == 12
+
+
+def test_corrupt_store_is_reported_and_left_alone(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert egress(home, "init").returncode == 0
+    db = home / "egress.db"
+    garbage = b"this is not sqlite " * 100
+    db.write_bytes(garbage)
+    for args in (["stats"], ["logs"], ["connector", "list"]):
+        res = egress(home, *args)
+        assert res.returncode == 2, (args, res.stderr)
+        assert str(db) in res.stderr and res.stderr.count("\n") == 1
+    assert db.read_bytes() == garbage
+
+
+def test_logs_follow_streams_new_rows(proxy: Proxy, upstream: Upstream) -> None:
+    import subprocess
+    import time
+
+    from tests.harness import EGRESS, clean_env
+
+    follower = subprocess.Popen(
+        [EGRESS, "logs", "--blocked", "--follow", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(proxy.home),
+    )
+    try:
+        time.sleep(0.5)
+        marker = f"/v9/follow-{time.monotonic_ns()}"
+        r = session(proxy.url, proxy.ca).get(f"https://api.stripe.test:{upstream.port}{marker}?secret=no")
+        assert r.status_code == 403
+        assert follower.stdout is not None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            row = json.loads(follower.stdout.readline())
+            if row["path"] == marker:
+                assert row["reason"] == "no-connector"
+                break
+        else:
+            pytest.fail("followed row did not arrive")
+    finally:
+        follower.send_signal(signal.SIGINT)
+        assert follower.wait(10) == 130
