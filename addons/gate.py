@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from mitmproxy.proxy import mode_specs, server_hooks
 from addons.respond import block, fail_closed, where_failed
 from addons.source import PolicySource
 from proxy.errors import ConfigError
+from proxy.grants import Grant, GrantProblem, token_from_proxy_authorization
 from proxy.netguard import NetGuard
 from proxy.policy import Block, Reason, Target, parse_target
 
@@ -38,12 +40,23 @@ SAFE_OPTIONS = {
     "ssl_insecure": False,
 }
 RESOLVE_TIMEOUT = 10.0
+GRANT_HELP = {
+    GrantProblem.MISSING: "this proxy requires a grant: HTTPS_PROXY=http://grant:TOKEN@HOST:PORT",
+    GrantProblem.BAD: "the grant token is malformed or not signed by this proxy",
+    GrantProblem.EXPIRED: "the grant has expired",
+    GrantProblem.REVOKED: "the grant was revoked",
+}
 
 
 @dataclass(frozen=True, slots=True)
 class Tunnel:
     target: Target
     address: str  # the vetted IP the upstream socket must use
+    grant: Grant | None = None
+
+    @property
+    def allowed(self) -> frozenset[str] | None:
+        return self.grant.connectors if self.grant else None
 
 
 class Gate:
@@ -57,6 +70,7 @@ class Gate:
             "egress_allow_network", Sequence[str], [], "Private CIDR ranges upstreams may be in."
         )
         loader.add_option("egress_resolve", Sequence[str], [], "HOST=IP pins, like curl --resolve.")
+        loader.add_option("egress_require_grant", bool, False, "Refuse clients that present no grant (407).")
 
     def configure(self, updated: set[str]) -> None:
         if {"egress_allow_network", "egress_resolve"} & updated:
@@ -75,11 +89,15 @@ class Gate:
 
     @fail_closed
     async def http_connect(self, flow: http.HTTPFlow) -> None:
+        grant = self._grant(flow)
+        if isinstance(grant, Block):
+            block(flow, grant)
+            return
         target = parse_target(flow.request.host, flow.request.port)
         if isinstance(target, Block):
             block(flow, target)
             return
-        decision = self.source.policy.connect(target)
+        decision = self.source.policy.connect(target, grant.connectors if grant else None)
         if decision:
             block(flow, decision)
             return
@@ -89,7 +107,26 @@ class Gate:
             return
         flow.server_conn.sni = None if target.is_ip else target.host
         flow.request.data.host = address  # the tunnel's upstream is the checked address
-        self.tunnels[flow.client_conn.id] = Tunnel(target, address)
+        self.tunnels[flow.client_conn.id] = Tunnel(target, address, grant)
+
+    def _grant(self, flow: http.HTTPFlow) -> Grant | Block | None:
+        """The grant the client presents; None if it presents none and none is required."""
+        token = token_from_proxy_authorization(flow.request.headers.get("proxy-authorization"))
+        if token is GrantProblem.MISSING and not ctx.options.egress_require_grant:
+            return None
+        key = self.source.grant_key
+        if isinstance(token, GrantProblem):
+            grant: Grant | GrantProblem = token
+        elif key is None:
+            grant = GrantProblem.BAD
+        else:
+            grant = key.verify(token, time.time())
+        if isinstance(grant, Grant) and grant.id in self.source.revoked:
+            grant = GrantProblem.REVOKED
+        if isinstance(grant, GrantProblem):
+            return Block(Reason(grant.value), GRANT_HELP[grant], 407)
+        flow.metadata["egress.grant"] = grant.label
+        return grant
 
     async def _resolve(self, target: Target) -> str | Block:
         if target.is_ip:

@@ -6,6 +6,8 @@ secret and a blocked request never sends a byte upstream.
 
 from __future__ import annotations
 
+import time
+
 from mitmproxy import http
 
 from addons.gate import Tunnel
@@ -15,6 +17,7 @@ from proxy.policy import Block, Reason, check_tunnel_request, with_query_item
 
 # Never forwarded: the sandbox's cookies and its proxy credentials.
 STRIP_REQUEST = ("cookie", "proxy-authorization", "proxy-connection")
+EXPIRED = Block(Reason.EXPIRED_GRANT, "the grant of this tunnel expired or was revoked")
 NOT_TUNNELLED = Block(
     Reason.PLAIN_HTTP, "only https:// through CONNECT is proxied (set HTTPS_PROXY, use https)"
 )
@@ -45,7 +48,13 @@ class Inject:
         if problem:
             block(flow, problem)
             return
-        decision = self.source.policy.route(target, req.path.partition("?")[0])
+        grant = tunnel.grant
+        if grant is not None:
+            flow.metadata["egress.grant"] = grant.label
+            if grant.expires_at <= time.time() or grant.id in self.source.revoked:
+                block(flow, EXPIRED)
+                return
+        decision = self.source.policy.route(target, req.path.partition("?")[0], tunnel.allowed)
         if isinstance(decision, Block):
             block(flow, decision)
             return

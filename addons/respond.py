@@ -33,11 +33,10 @@ def block(flow: http.HTTPFlow, decision: Block) -> None:
         "detail": decision.detail,
         "request_id": flow.id,
     }
-    flow.response = http.Response.make(
-        decision.status,
-        json.dumps(body).encode(),
-        {"content-type": "application/json", "x-egress-blocked": str(decision.reason)},
-    )
+    headers = {"content-type": "application/json", "x-egress-blocked": str(decision.reason)}
+    if decision.status == 407:
+        headers["proxy-authenticate"] = 'Basic realm="egress-proxy"'
+    flow.response = http.Response.make(decision.status, json.dumps(body).encode(), headers)
     flow.metadata["egress.blocked"] = decision.reason
     if logger.isEnabledFor(logging.INFO):
         path = flow.request.path.partition("?")[0] if flow.request.method != "CONNECT" else ""

@@ -36,6 +36,7 @@ class RunSettings:
     allow_network: tuple[str, ...] = ()
     resolve: tuple[str, ...] = ()
     admin: str | None = None
+    require_grant: bool = False
     record: bool = True
 
 
@@ -133,6 +134,7 @@ async def _serve(settings: RunSettings, connectors: int, bundle: str | None) -> 
         egress_resolve=list(settings.resolve),
         egress_admin=settings.admin or "",
         egress_record=settings.record,
+        egress_require_grant=settings.require_grant,
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -10,6 +10,7 @@ from mitmproxy import ctx, exceptions
 from mitmproxy.addonmanager import Loader
 
 from proxy.errors import EgressError
+from proxy.grants import GrantKey
 from proxy.home import Home
 from proxy.policy import Policy
 from proxy.registry import Registry
@@ -18,7 +19,7 @@ logger = logging.getLogger("egress")
 
 
 class PolicySource:
-    """The current Policy, swapped atomically after a background reload.
+    """The current Policy (and grant key and revocations), reloaded in the background.
 
     Connector changes made with the CLI bump the store's generation; we poll it
     off the event loop and rebuild the Policy in a thread, so requests never
@@ -27,6 +28,8 @@ class PolicySource:
 
     def __init__(self) -> None:
         self.policy = Policy()
+        self.revoked: frozenset[str] = frozenset()
+        self.grant_key: GrantKey | None = None
         self._registry: Registry | None = None
         self._generation = -1
         self._task: asyncio.Task[None] | None = None
@@ -55,7 +58,10 @@ class PolicySource:
         generation = self._registry.store.generation()
         if generation == self._generation:
             return False
-        self.policy = self._registry.policy()
+        policy = self._registry.policy()
+        revoked = self._registry.store.revoked_grants()
+        key = self._registry.grant_key()
+        self.policy, self.revoked, self.grant_key = policy, revoked, key
         self._generation = generation
         return True
 

@@ -23,6 +23,7 @@ from proxy.connectors import (
 )
 from proxy.durations import format_age, parse_duration
 from proxy.errors import ConfigError, EgressError
+from proxy.grants import proxy_url
 from proxy.home import Home
 from proxy.policy import Allow
 from proxy.registry import Registry
@@ -88,7 +89,7 @@ def cmd_connector_remove(args: argparse.Namespace, home: Home) -> int:
 
 
 def cmd_connector_list(args: argparse.Namespace, home: Home) -> int:
-    rows = [_describe(c, s.created_at, s.updated_at) for c, s in Registry(home).list()]
+    rows = [_describe(c, s.created_at, s.updated_at) for c, s in Registry(home).connectors()]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -144,9 +145,7 @@ def apply_file(home: Home, path: Path, *, prune: bool) -> Any:
 
 def cmd_check(args: argparse.Namespace, home: Home) -> int:
     """Why would this URL be allowed or blocked? Exit 0 if allowed, 1 if not."""
-    from proxy.policy import Policy
-
-    policy = Policy((c, None) for c, _ in Registry(home).list())
+    policy = Registry(home).policy()  # opens every secret, as the proxy would
     decision = policy.explain(args.url)
     if isinstance(decision, Allow):
         where = f"header {decision.header}" if decision.header else f"query parameter {decision.query}"
@@ -171,6 +170,8 @@ def cmd_ca(args: argparse.Namespace, home: Home) -> int:
 def cmd_env(args: argparse.Namespace, home: Home) -> int:
     home.init()
     proxy = args.proxy or _recorded_proxy(home)
+    if args.grant:
+        proxy = proxy_url(args.grant, proxy.removeprefix("http://").split("@")[-1].rstrip("/"))
     bundle = home.ca_dir / "bundle.pem"
     ca.write_bundle(bundle, home.ca_cert)
     exports = {
@@ -191,6 +192,53 @@ def cmd_env(args: argparse.Namespace, home: Home) -> int:
     return 0
 
 
+def cmd_grant(args: argparse.Namespace, home: Home) -> int:
+    reg = Registry(home)
+    if args.action == "list":
+        return _grant_list(reg, args.json)
+    if args.action == "revoke":
+        if not args.target:
+            raise ConfigError("usage: egress grant revoke TOKEN_OR_ID")
+        print(f"revoked grant {reg.revoke_grant(args.target)}")
+        return 0
+    if args.action == "rotate-key":
+        reg.rotate_grant_key()
+        print("grant key rotated: every earlier grant token is now refused")
+        return 0
+    if not args.connector:
+        raise ConfigError("egress grant needs at least one --connector NAME")
+    ttl = parse_duration(args.ttl, "--ttl")
+    token, grant = reg.mint_grant(args.connector, ttl, args.label or "")
+    address = (args.proxy or _recorded_proxy(home)).removeprefix("http://").rstrip("/")
+    url = proxy_url(token, address)
+    if args.json:
+        print(json.dumps({
+            "id": grant.id, "token": token, "proxy_url": url, "label": grant.label,
+            "connectors": sorted(grant.connectors), "expires_at": grant.expires_at,
+        }, indent=2))  # fmt: skip
+    else:
+        print(url)
+    return 0
+
+
+def _grant_list(reg: Registry, as_json: bool) -> int:
+    rows = reg.store.grants()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    now = time.time()
+    table = []
+    for g in rows:
+        state = "revoked" if g["revoked_at"] else "expired" if g["expires_at"] <= now else "active"
+        expires = datetime.fromtimestamp(g["expires_at"]).strftime("%Y-%m-%d %H:%M:%S")
+        table.append((g["id"], state, expires, ",".join(g["connectors"]), g["label"] or "-"))
+    if table:
+        _print_table(("ID", "STATE", "EXPIRES", "CONNECTORS", "LABEL"), table)
+    else:
+        print("no grants (mint one with `egress grant --connector NAME`)")
+    return 0
+
+
 def _recorded_proxy(home: Home) -> str:
     try:
         return "http://" + home.addr_file.read_text().strip()
@@ -204,7 +252,7 @@ def _stats_store(home: Home) -> StatsStore:
 
 
 def cmd_stats(args: argparse.Namespace, home: Home) -> int:
-    names = [c.name for c, _ in Registry(home).list()]
+    names = [c.name for c, _ in Registry(home).connectors()]
     if args.connector and args.connector not in names:
         raise ConfigError(f"no connector named {args.connector!r}")
     stats = _stats_store(home)
@@ -281,10 +329,11 @@ def cmd_logs(args: argparse.Namespace, home: Home) -> int:
 def cmd_run(args: argparse.Namespace, home: Home) -> int:
     host, port = _listen(args.listen)
     loopback = host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
-    if not loopback and not args.insecure_no_auth:
+    if not loopback and not (args.require_grant or args.insecure_no_auth):
         raise ConfigError(
             f"--listen {args.listen}: anyone who can reach this address could use every "
-            "connector; listen on 127.0.0.1, or pass --insecure-no-auth to accept that"
+            "connector; add --require-grant (clients present `egress grant` tokens), or pass "
+            "--insecure-no-auth to accept that"
         )
     home.init()
     if args.config:
@@ -304,6 +353,7 @@ def cmd_run(args: argparse.Namespace, home: Home) -> int:
             allow_network=tuple(args.allow_network),
             resolve=tuple(args.resolve),
             admin=args.admin,
+            require_grant=args.require_grant,
             record=not args.no_record,
         )
     )
@@ -387,7 +437,7 @@ def _describe(c: Connector, created: float, updated: float) -> dict[str, Any]:
 def _print_warnings(reg: Registry) -> None:
     from proxy.registry import ambiguities
 
-    for w in ambiguities(c for c, _ in reg.list()):
+    for w in ambiguities(c for c, _ in reg.connectors()):
         print(f"warning: {w}", file=sys.stderr)
 
 
@@ -473,6 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="pin a host name to an address, like curl --resolve (repeat)",
     )
     sp.add_argument("--admin", metavar="HOST:PORT", help="serve /healthz and /metrics here")
+    sp.add_argument("--require-grant", action="store_true", help="every client must present a grant")
     sp.add_argument("--no-record", action="store_true", help=argparse.SUPPRESS)  # benchmarks only
     sp.add_argument(
         "--insecure-no-auth",
@@ -503,6 +554,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = command("env", cmd_env, "shell exports that route a step through the proxy")
     sp.add_argument("--proxy", metavar="URL", help="proxy URL (default: the running proxy's address)")
+    sp.add_argument("--grant", metavar="TOKEN", help="use this grant as the proxy credential")
+
+    sp = command("grant", cmd_grant, "mint, list or revoke scoped proxy credentials")
+    sp.add_argument("action", nargs="?", choices=["list", "revoke", "rotate-key"], help="default: mint")
+    sp.add_argument("target", nargs="?", metavar="TOKEN_OR_ID", help="for revoke")
+    sp.add_argument(
+        "--connector", action="append", metavar="NAME", help="connector the step may use (repeat)"
+    )
+    sp.add_argument("--ttl", default="15m", metavar="DURATION", help="lifetime (default 15m)")
+    sp.add_argument("--label", metavar="TEXT", help="shown in logs, e.g. the step's name")
+    sp.add_argument(
+        "--proxy", metavar="HOST:PORT", help="proxy address for the URL (default: the running one)"
+    )
+    sp.add_argument("--json", action="store_true")
     return p
 
 

@@ -23,9 +23,9 @@ from proxy.patterns import Pattern, parse_pattern
 MAX_PATTERNS = 20
 MAX_SECRET_BYTES = 16 * 1024
 PLACEHOLDER = "{{secret}}"
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-_TOKEN_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
-_PARAM_RE = re.compile(r"^[A-Za-z0-9._~\-\[\]]+$")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+\Z")
+_PARAM_RE = re.compile(r"^[A-Za-z0-9._~\-\[\]]+\Z")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 # Headers whose meaning is framing, routing or state; a secret never goes there.
 FORBIDDEN_HEADERS = frozenset(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from proxy import ca
 from proxy.errors import ConfigError
+from proxy.grants import GrantKey
 from proxy.secrets import MasterKey
 from proxy.store import Store
 
@@ -38,6 +39,10 @@ class Home:
     @property
     def key_path(self) -> Path:
         return self.root / "master.key"
+
+    @property
+    def grant_key_path(self) -> Path:
+        return self.root / "grant.key"
 
     @property
     def ca_dir(self) -> Path:
@@ -96,6 +101,9 @@ class Home:
             created.append(f"master key {self.key_path}")
         store.close()
         self.master_key()  # fail now, clearly, if the configured key is unusable
+        if not self.grant_key_path.exists():
+            GrantKey.create(self.grant_key_path)
+            created.append(f"grant key {self.grant_key_path}")
         if ca.ensure_ca(self.ca_dir):
             created.append(f"CA {self.ca_cert}")
         return created

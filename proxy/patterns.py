@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 
 from proxy.errors import ConfigError
 
-_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)\Z")
 _PCT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 # Characters a request path may carry as-is (RFC 3986 pchar plus "/" and "%").
-_PATH_CHARS = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*$")
+_PATH_CHARS = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*\Z")
 _ENCODED_DOTS = re.compile(r"%2e", re.IGNORECASE)
-_NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$")
+_NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)\Z")
 _ENCODED_CONTROL = re.compile(r"%[01][0-9a-f]|%7f")
 
 
@@ -84,7 +84,7 @@ def split_authority(authority: str, default_port: int = 443) -> tuple[str, int]:
 
 
 def _port(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
         raise ValueError(f"invalid port {text!r}")
     return int(text)
 

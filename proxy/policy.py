@@ -22,6 +22,10 @@ class Reason(StrEnum):
 
     NO_CONNECTOR = "no-connector"
     NOT_GRANTED = "not-granted"
+    NO_GRANT = "no-grant"
+    BAD_GRANT = "bad-grant"
+    EXPIRED_GRANT = "expired-grant"
+    REVOKED_GRANT = "revoked-grant"
     HOST_MISMATCH = "host-mismatch"
     SNI_MISMATCH = "sni-mismatch"
     BAD_HOST = "bad-host"

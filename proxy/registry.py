@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from proxy.connectors import Connector, Declared, connector_from_spec
 from proxy.errors import ConfigError
+from proxy.grants import Grant, GrantKey, grant_id_of
 from proxy.home import Home
 from proxy.policy import Policy
 from proxy.secrets import MasterKey
@@ -42,7 +43,7 @@ class Registry:
     def close(self) -> None:
         self.store.close()
 
-    def list(self) -> list[tuple[Connector, StoredConnector]]:
+    def connectors(self) -> list[tuple[Connector, StoredConnector]]:
         return [(connector_from_spec(s.name, s.spec), s) for s in self.store.connectors()]
 
     def get(self, name: str) -> tuple[Connector, StoredConnector]:
@@ -94,7 +95,7 @@ class Registry:
                 for name in sorted(set(current) - wanted):
                     Store.delete(db, name)
                     report.removed.append(name)
-        report.warnings = ambiguities(c for c, _ in self.list())
+        report.warnings = ambiguities(c for c, _ in self.connectors())
         return report
 
     def _opens_to(self, stored: StoredConnector, secret: str) -> bool:
@@ -103,9 +104,40 @@ class Registry:
         except ConfigError:
             return False
 
+    def mint_grant(self, connectors: list[str], ttl: int, label: str) -> tuple[str, Grant]:
+        known = {c.name for c, _ in self.connectors()}
+        unknown = sorted(set(connectors) - known)
+        if unknown:
+            raise ConfigError(f"--connector: no connector named {', '.join(map(repr, unknown))}")
+        if ttl <= 0:
+            raise ConfigError("--ttl must be positive")
+        token, grant = GrantKey.load(self.home.grant_key_path).mint(connectors, ttl, label)
+        with self.store.write() as db:
+            Store.add_grant(db, grant.id, label, sorted(connectors), grant.expires_at)
+        return token, grant
+
+    def revoke_grant(self, token_or_id: str) -> str:
+        gid = grant_id_of(token_or_id) or token_or_id
+        with self.store.write() as db:
+            if not Store.revoke_grant(db, gid):
+                raise ConfigError(f"no active grant with id {gid!r} (see `egress grant list`)")
+        return gid
+
+    def rotate_grant_key(self) -> None:
+        """New grant key: every outstanding token stops working at the next reload."""
+        GrantKey.create(self.home.grant_key_path)
+        with self.store.write():
+            pass  # bump the generation so running proxies reload the key
+
+    def grant_key(self) -> GrantKey | None:
+        try:
+            return GrantKey.load(self.home.grant_key_path)
+        except ConfigError:
+            return None
+
     def policy(self) -> Policy:
         """All connectors with their secrets opened: what the proxy enforces."""
-        return Policy((c, self.key.open(c.name, s.sealed)) for c, s in self.list())
+        return Policy((c, self.key.open(c.name, s.sealed)) for c, s in self.connectors())
 
 
 def ambiguities(connectors: Iterable[Connector]) -> list[str]:

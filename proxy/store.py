@@ -28,6 +28,14 @@ CREATE TABLE IF NOT EXISTS connectors (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS grants (
+    id TEXT PRIMARY KEY,
+    label TEXT NOT NULL,
+    connectors TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    created_at REAL NOT NULL,
+    revoked_at REAL
+);
 """
 
 
@@ -49,6 +57,12 @@ class Store:
             raise ConfigError(f"no store at {path}: run `egress init` first")
         try:
             self._db = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
+            tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if tables and "meta" not in tables:
+                self._db.close()
+                raise ConfigError(
+                    f"{path}: an SQLite database that is not an egress store; the file was left untouched"
+                )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
@@ -112,6 +126,35 @@ class Store:
             "INSERT INTO connectors VALUES (?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE "
             "SET spec=excluded.spec, secret=excluded.secret, updated_at=excluded.updated_at",
             (name, json.dumps(spec, sort_keys=True), sealed, now, now),
+        )
+
+    def grants(self) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT id, label, connectors, expires_at, created_at, revoked_at FROM grants ORDER BY created_at"
+        ).fetchall()
+        keys = ("id", "label", "connectors", "expires_at", "created_at", "revoked_at")
+        return [dict(zip(keys, (*r[:2], json.loads(r[2]), *r[3:]), strict=True)) for r in rows]
+
+    def revoked_grants(self) -> frozenset[str]:
+        rows = self._db.execute("SELECT id FROM grants WHERE revoked_at IS NOT NULL").fetchall()
+        return frozenset(r[0] for r in rows)
+
+    @staticmethod
+    def add_grant(
+        db: sqlite3.Connection, gid: str, label: str, connectors: list[str], expires_at: float
+    ) -> None:
+        db.execute(
+            "INSERT INTO grants VALUES (?, ?, ?, ?, ?, NULL)",
+            (gid, label, json.dumps(sorted(connectors)), expires_at, time.time()),
+        )
+
+    @staticmethod
+    def revoke_grant(db: sqlite3.Connection, gid: str) -> bool:
+        return (
+            db.execute(
+                "UPDATE grants SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (time.time(), gid)
+            ).rowcount
+            > 0
         )
 
     @staticmethod

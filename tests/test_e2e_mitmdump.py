@@ -69,7 +69,7 @@ def test_mitmdump_script_enforces_and_injects(
                 "egress_resolve=evil.test=127.0.0.1",
                 "--set",
                 f"ssl_verify_upstream_trusted_ca={bundle}",
-            ],  # fmt: skip
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=clean_env(home),
