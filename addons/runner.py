@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import certifi
-from mitmproxy import ctx, options
+from mitmproxy import options
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
+from mitmproxy.proxy import mode_servers
 
 from addons.egress import make_addons
-from proxy import ca
+from proxy import ca, logconfig
 from proxy.home import Home
 from proxy.netguard import NetGuard
 from proxy.registry import Registry
@@ -35,81 +36,48 @@ class RunSettings:
     upstream_ca: str | None = None
     allow_network: tuple[str, ...] = ()
     resolve: tuple[str, ...] = ()
-    admin: str | None = None
     require_grant: bool = False
+    log_format: str = "text"
     record: bool = True
 
 
-class Announce:
-    """Record the listening address (for ``egress env``) and say how to use it."""
-
-    def __init__(self, settings: RunSettings, connectors: int) -> None:
-        self.settings = settings
-        self.connectors = connectors
+class Ready:
+    """Tell the supervisor this worker listens (it waits for every worker's file)."""
 
     async def running(self) -> None:
-        ps = ctx.master.addons.get("proxyserver")
-        addrs = ps.listen_addrs() if ps else []
-        if not addrs:
-            return
-        host, port = addrs[0][:2]
-        shown = f"[{host}]" if ":" in host else host
-        home = self.settings.home
-        write_atomic(home.addr_file, f"{shown}:{port}\n")
-        admin = ctx.master.addons.get("admin")
-        if admin and (admin_addr := admin.admin_address()):
-            write_atomic(home.run_dir / "admin.addr", f"{admin_addr[0]}:{admin_addr[1]}\n")
-        print(
-            f"egress-proxy listening on http://{shown}:{port} with {self.connectors} connector(s)\n"
-            f'  point a sandboxed step at it:  eval "$(egress env)"\n'
-            f"  or: curl -x http://{shown}:{port} --cacert {home.ca_cert} https://...",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    def done(self) -> None:
-        self.settings.home.addr_file.unlink(missing_ok=True)
-        (self.settings.home.run_dir / "admin.addr").unlink(missing_ok=True)
+        if path := os.environ.get("EGRESS_WORKER_READY_FILE"):
+            Path(path).write_text(str(os.getpid()))
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def configure_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # mitmproxy logs every client connect at INFO; keep its warnings and errors.
-    logging.getLogger("mitmproxy").setLevel(logging.WARNING)
+async def _listen_reuse_port(
+    self: mode_servers.RegularInstance, host: str, port: int
+) -> list[asyncio.Server]:
+    """Workers share one port; mitmproxy's own listen() has no reuse_port."""
+    return [await asyncio.start_server(self.handle_stream, host, port, reuse_port=True)]
 
 
 def upstream_bundle(home: Home, extra: str | None) -> str | None:
     """mitmproxy's trusted-CA option replaces certifi, so pass certifi + extra."""
     if not extra:
         return None
-    path = home.run_dir / "upstream-ca.pem"
+    path = home.run_dir / f"upstream-ca-{os.getpid()}.pem"  # one per worker, no races
     ca.write_bundle(path, Path(extra), base=Path(certifi.where()).read_bytes())
     return str(path)
 
 
 def run(settings: RunSettings) -> int:
     """Serve until SIGTERM/SIGINT; configuration errors surface before listening."""
-    configure_logging()
+    logconfig.configure(settings.log_format)
+    mode_servers.RegularInstance.listen = _listen_reuse_port  # type: ignore[method-assign,assignment]
     NetGuard(settings.allow_network, settings.resolve)  # raises ConfigError early
     registry = Registry(settings.home)
-    connectors = len(registry.policy())  # wrong key or tampered store: fail now
+    registry.policy()  # wrong key or tampered store: fail now, clearly
     registry.close()
     bundle = upstream_bundle(settings.home, settings.upstream_ca)
-    return asyncio.run(_serve(settings, connectors, bundle))
+    return asyncio.run(_serve(settings, bundle))
 
 
-async def _serve(settings: RunSettings, connectors: int, bundle: str | None) -> int:
+async def _serve(settings: RunSettings, bundle: str | None) -> int:
     opts = options.Options()
     master = Master(opts)
     master.addons.add(
@@ -119,7 +87,7 @@ async def _serve(settings: RunSettings, connectors: int, bundle: str | None) -> 
         tlsconfig.TlsConfig(),
         errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
         *make_addons(),
-        Announce(settings, connectors),
+        Ready(),
     )
     opts.update(
         mode=["regular"],
@@ -132,7 +100,7 @@ async def _serve(settings: RunSettings, connectors: int, bundle: str | None) -> 
         egress_home=str(settings.home.root),
         egress_allow_network=list(settings.allow_network),
         egress_resolve=list(settings.resolve),
-        egress_admin=settings.admin or "",
+        egress_admin="",  # the supervisor serves the admin endpoint for all workers
         egress_record=settings.record,
         egress_require_grant=settings.require_grant,
     )

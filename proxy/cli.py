@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shlex
 import sys
@@ -14,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from proxy import __version__, ca
+from proxy import __version__, ca, logconfig
 from proxy.connectors import (
     Connector,
     check_secret,
@@ -25,9 +26,13 @@ from proxy.durations import format_age, parse_duration
 from proxy.errors import ConfigError, EgressError
 from proxy.grants import proxy_url
 from proxy.home import Home
+from proxy.netguard import NetGuard
 from proxy.policy import Allow
 from proxy.registry import Registry
 from proxy.stats import Event, StatsStore
+from proxy.supervisor import Supervisor
+
+logger = logging.getLogger("egress")
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 
@@ -328,6 +333,22 @@ def cmd_logs(args: argparse.Namespace, home: Home) -> int:
 
 def cmd_run(args: argparse.Namespace, home: Home) -> int:
     host, port = _listen(args.listen)
+    if args.worker:
+        from addons.runner import RunSettings, run  # mitmproxy is imported only here
+
+        return run(
+            RunSettings(
+                home=home,
+                listen_host=host,
+                listen_port=port,
+                upstream_ca=args.upstream_ca,
+                allow_network=tuple(args.allow_network),
+                resolve=tuple(args.resolve),
+                require_grant=args.require_grant,
+                record=not args.no_record,
+                log_format=args.log_format,
+            )
+        )
     loopback = host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
     if not loopback and not (args.require_grant or args.insecure_no_auth):
         raise ConfigError(
@@ -335,28 +356,55 @@ def cmd_run(args: argparse.Namespace, home: Home) -> int:
             "connector; add --require-grant (clients present `egress grant` tokens), or pass "
             "--insecure-no-auth to accept that"
         )
+    if args.workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    logconfig.configure(args.log_format)
     home.init()
-    if args.config:
-        report = apply_file(home, Path(args.config), prune=True)
-        for w in report.warnings:
-            print(f"warning: {w}", file=sys.stderr)
+    config = Path(args.config) if args.config else None
+    if config:
+        _apply_config(home, config)
     if args.upstream_ca and not Path(args.upstream_ca).is_file():
         raise ConfigError(f"--upstream-ca {args.upstream_ca}: no such file")
-    from addons.runner import RunSettings, run  # mitmproxy is imported only to run
+    NetGuard(args.allow_network, args.resolve)  # bad CIDR or pin: exit 2 now
+    reg = Registry(home)
+    reg.policy()  # wrong master key or tampered store: exit 2 now, not in every worker
+    reg.close()
 
-    return run(
-        RunSettings(
-            home=home,
-            listen_host=host,
-            listen_port=port,
-            upstream_ca=args.upstream_ca,
-            allow_network=tuple(args.allow_network),
-            resolve=tuple(args.resolve),
-            admin=args.admin,
-            require_grant=args.require_grant,
-            record=not args.no_record,
-        )
+    def worker_argv(index: int) -> list[str]:
+        argv = [sys.executable, "-m", "proxy.cli", "run", "--worker", "--listen", f"{sup.address}"]
+        argv += ["--log-format", args.log_format]
+        if args.upstream_ca:
+            argv += ["--upstream-ca", str(Path(args.upstream_ca).absolute())]
+        for cidr in args.allow_network:
+            argv += ["--allow-network", cidr]
+        for pin in args.resolve:
+            argv += ["--resolve", pin]
+        if args.require_grant:
+            argv.append("--require-grant")
+        if args.no_record:
+            argv.append("--no-record")
+        return argv
+
+    env = dict(os.environ, EGRESS_HOME=str(home.root))
+    sup = Supervisor(
+        worker_argv,
+        args.workers,
+        home.run_dir,
+        host,
+        port,
+        env,
+        on_reload=(lambda: _apply_config(home, config)) if config else None,
+        admin=args.admin,
     )
+    return sup.run()
+
+
+def _apply_config(home: Home, path: Path) -> None:
+    report = apply_file(home, path, prune=True)
+    changed = report.created + report.updated + report.removed
+    logger.info("%s: %s", path, f"{len(changed)} connector(s) changed" if changed else "no changes")
+    for w in report.warnings:
+        logger.warning("%s", w)
 
 
 # -- helpers ----------------------------------------------------------------
@@ -523,6 +571,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="pin a host name to an address, like curl --resolve (repeat)",
     )
     sp.add_argument("--admin", metavar="HOST:PORT", help="serve /healthz and /metrics here")
+    sp.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, metavar="N",
+        help="proxy processes sharing the port (default: number of cores)",
+    )  # fmt: skip
+    sp.add_argument("--log-format", choices=["text", "json"], default="text")
+    sp.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     sp.add_argument("--require-grant", action="store_true", help="every client must present a grant")
     sp.add_argument("--no-record", action="store_true", help=argparse.SUPPRESS)  # benchmarks only
     sp.add_argument(

@@ -265,12 +265,20 @@ def egress(home: Path, *args: str, stdin: str | None = None, **env: str) -> subp
 
 def start_proxy(home: Path, *args: str, log: Path | None = None) -> Proxy:
     """Start ``egress run`` on a free loopback port and wait until it listens."""
+    home.mkdir(parents=True, exist_ok=True)
     log = log or home / "proxy.log"
     addr_file = home / "run" / "proxy.addr"
     addr_file.unlink(missing_ok=True)
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [EGRESS, "run", "--listen", "127.0.0.1:0", *args],
+            [
+                EGRESS,
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                *(() if "--workers" in args else ("--workers", "1")),
+                *args,
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=clean_env(home),

@@ -1,0 +1,66 @@
+"""The admin endpoint: ``GET /healthz`` and ``GET /metrics`` on a small thread server.
+
+It runs off the proxy's event loop so a slow scrape never delays a request.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from proxy.errors import ConfigError
+
+
+class AdminServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: str, metrics: Callable[[], bytes], healthy: Callable[[], bool]) -> None:
+        host, sep, port = address.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ConfigError(f"--admin {address!r}: expected HOST:PORT")
+        self.metrics = metrics
+        self.healthy = healthy
+        try:
+            super().__init__((host.strip("[]") or "127.0.0.1", int(port)), _Handler)
+        except OSError as e:
+            raise ConfigError(f"--admin {address}: cannot listen ({e.strerror})") from None
+
+    @property
+    def address(self) -> str:
+        host, port = self.server_address[:2]
+        return f"{host!s}:{port}"
+
+    def start(self) -> AdminServer:
+        threading.Thread(target=self.serve_forever, name="egress-admin", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: AdminServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        if self.path == "/healthz":
+            ok = self.server.healthy()
+            self._send(200 if ok else 503, "text/plain", b"ok\n" if ok else b"unhealthy\n")
+        elif self.path == "/metrics":
+            self._send(200, CONTENT_TYPE_LATEST, self.server.metrics())
+        else:
+            self._send(404, "text/plain", b"try /healthz or /metrics\n")
+
+    def _send(self, status: int, ctype: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("content-type", ctype)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)

@@ -1,0 +1,131 @@
+"""Several workers on one port, restarts, SIGHUP config reload."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.clients import session
+from tests.conftest import proxy_args
+from tests.harness import Upstream, egress, start_proxy
+
+pytestmark = pytest.mark.e2e
+
+
+def children(pid: int) -> set[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return {int(p) for p in text.split()}
+
+
+def write_config(path: Path, port: int, names: list[str], extra: str = "") -> None:
+    lines = ["connectors:"]
+    for name in names:
+        host = "api.stripe.test" if name == "stripe" else "api.late.test"
+        lines += [
+            f"  - name: {name}",
+            f'    patterns: ["https://{host}:{port}/*"]',
+            "    secret: {env: CFG_SECRET}",
+            "    inject: {header: X-Cfg}",
+        ]
+    path.write_text("\n".join(lines) + "\n" + extra)
+
+
+def wait_until(predicate: object, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_two_workers_share_port_restart_and_count(
+    tmp_path: Path, pki: tuple[Path, object], upstream: Upstream
+) -> None:
+    home = tmp_path / "home"
+    res = egress(
+        home, "connector", "add", "stripe", "--pattern", f"https://api.stripe.test:{upstream.port}/v1/*",
+        "--header", "X-Key", "--secret-stdin", stdin="workers-secret",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    proxy = start_proxy(home, *proxy_args(pki[0]), "--workers", "2", "--admin", "127.0.0.1:0")
+    try:
+        workers = children(proxy.proc.pid)
+        assert len(workers) == 2
+        for i in range(20):  # a new connection each time, spread by the kernel
+            s = session(proxy.url, proxy.ca)
+            assert s.get(f"https://api.stripe.test:{upstream.port}/v1/w?i={i}").status_code == 200
+            s.close()
+        victim = sorted(workers)[0]
+        os.kill(victim, signal.SIGKILL)
+        assert wait_until(lambda: len(children(proxy.proc.pid) - {victim}) == 2, 15), "worker not restarted"
+        for i in range(10):
+            s = session(proxy.url, proxy.ca)
+            assert s.get(f"https://api.stripe.test:{upstream.port}/v1/w2?i={i}").status_code == 200
+            s.close()
+        admin = (home / "run" / "admin.addr").read_text().strip()
+        assert urllib.request.urlopen(f"http://{admin}/healthz", timeout=5).status == 200
+        text = urllib.request.urlopen(f"http://{admin}/metrics", timeout=5).read().decode()
+        total = sum(
+            s.value
+            for fam in text_string_to_metric_families(text)
+            for s in fam.samples
+            if s.name == "egress_requests_total"
+        )
+        # The killed worker's counts survive in its metrics file, up to its death.
+        assert 10 < total <= 30
+    finally:
+        assert proxy.stop() == 0
+    assert not children_alive(workers)
+    stats = egress(home, "stats", "--json").stdout
+    assert '"requests_24h": ' in stats
+
+
+def children_alive(pids: set[int]) -> set[int]:
+    return {p for p in pids if Path(f"/proc/{p}").exists()}
+
+
+def test_sighup_reapplies_config_and_keeps_old_on_error(
+    tmp_path: Path, pki: tuple[Path, object], upstream: Upstream
+) -> None:
+    home = tmp_path / "home"
+    config = tmp_path / "connectors.yaml"
+    write_config(config, upstream.port, ["stripe"])
+    os.environ["CFG_SECRET"] = "cfg-secret-1"  # inherited by the proxy through clean_env
+    try:
+        proxy = start_proxy(home, *proxy_args(pki[0]), "--config", str(config))
+    finally:
+        del os.environ["CFG_SECRET"]
+    late = f"https://api.late.test:{upstream.port}/x"
+    s = session(proxy.url, proxy.ca)
+    try:
+        assert s.get(f"https://api.stripe.test:{upstream.port}/a").status_code == 200
+        with pytest.raises(requests.exceptions.ProxyError):
+            s.get(late)
+        write_config(config, upstream.port, ["stripe", "late"])
+        proxy.proc.send_signal(signal.SIGHUP)
+
+        def late_works() -> bool:
+            try:
+                return session(proxy.url, proxy.ca).get(late).status_code == 200
+            except requests.exceptions.ProxyError:
+                return False
+
+        assert wait_until(late_works, 3), proxy.log_text()
+        config.write_text("connectors: [oops\n")
+        proxy.proc.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: "new configuration refused" in proxy.log_text(), 3)
+        assert late_works()
+        assert (
+            session(proxy.url, proxy.ca).get(f"https://api.stripe.test:{upstream.port}/a").status_code == 200
+        )
+    finally:
+        assert proxy.stop() == 0
+    assert "cfg-secret-1" not in proxy.log_text()
