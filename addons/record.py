@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
@@ -21,6 +22,7 @@ from proxy.metrics import Metrics
 from proxy.stats import Clock, Event, StatsStore, Tally, strip_query
 
 logger = logging.getLogger("egress")
+access_log = logging.getLogger("egress.access")
 FLUSH_INTERVAL = 1.0
 
 
@@ -59,6 +61,9 @@ class Recorder:
 
     def load(self, loader: Loader) -> None:
         loader.add_option("egress_record", bool, True, "Record request, error and block statistics.")
+        loader.add_option(
+            "egress_access_log", bool, False, "Log one line per request (request id, status, bytes...)."
+        )
 
     def configure(self, updated: set[str]) -> None:
         if "egress_home" in updated or "egress_record" in updated:
@@ -105,6 +110,8 @@ class Recorder:
             return
         status = flow.response.status_code
         failed = status >= 400
+        if ctx.options.egress_access_log and flow.response.stream is True:
+            flow.response.stream = self._count_bytes(flow)
         self.tally.request(connector, failed)
         self.metrics.requests.labels(connector).inc()
         self.metrics.latency.labels(connector).observe(
@@ -146,10 +153,49 @@ class Recorder:
                 grant_label=flow.metadata.get("egress.grant"),
             )
         )
+        if ctx.options.egress_access_log:
+            self._access(flow, "failed", None)
 
     def response(self, flow: http.HTTPFlow) -> None:
         if "egress.blocked" in flow.metadata:
             self._blocked(flow)
+        elif ctx.options.egress_access_log and flow.response is not None:
+            self._access(
+                flow, "error" if flow.response.status_code >= 400 else "ok", flow.response.status_code
+            )
+
+    def _access(self, flow: http.HTTPFlow, outcome: str, status: int | None) -> None:
+        end = flow.response.timestamp_end if flow.response and flow.response.timestamp_end else time.time()
+        access_log.info(
+            "%s %s %s%s %s %s",
+            outcome,
+            flow.request.method,
+            event_host(flow),
+            strip_query(flow.request.path),
+            status if status is not None else "-",
+            flow.id,
+            extra={
+                "request_id": flow.id,
+                "connector": flow.metadata.get("egress.connector"),
+                "grant": flow.metadata.get("egress.grant"),
+                "method": flow.request.method,
+                "host": event_host(flow),
+                "path": strip_query(flow.request.path),
+                "status": status,
+                "duration_ms": round((end - flow.request.timestamp_start) * 1000, 1),
+                "bytes": flow.metadata.get("egress.bytes"),
+                "outcome": outcome,
+            },
+        )
+
+    def _count_bytes(self, flow: http.HTTPFlow) -> Callable[[bytes], bytes]:
+        flow.metadata["egress.bytes"] = 0
+
+        def count(chunk: bytes) -> bytes:
+            flow.metadata["egress.bytes"] += len(chunk)
+            return chunk
+
+        return count
 
     def http_connect_error(self, flow: http.HTTPFlow) -> None:
         if "egress.blocked" in flow.metadata:
@@ -157,6 +203,8 @@ class Recorder:
 
     def _blocked(self, flow: http.HTTPFlow) -> None:
         reason = str(flow.metadata["egress.blocked"])
+        if ctx.options.egress_access_log:
+            self._access(flow, "blocked", flow.response.status_code if flow.response else None)
         connect = flow.request.method == "CONNECT"
         self.metrics.blocked.labels(reason).inc()
         self.tally.blocked(

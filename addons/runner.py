@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import certifi
-from mitmproxy import options
+from mitmproxy import http, options
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
 from mitmproxy.proxy import mode_servers
@@ -26,6 +26,7 @@ from proxy.netguard import NetGuard
 from proxy.registry import Registry
 
 logger = logging.getLogger("egress")
+DRAIN_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ async def _serve(settings: RunSettings, bundle: str | None) -> int:
         errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
         *make_addons(),
         Ready(),
+        inflight := InFlight(),
     )
     opts.update(
         mode=["regular"],
@@ -103,9 +105,48 @@ async def _serve(settings: RunSettings, bundle: str | None) -> int:
         egress_admin="",  # the supervisor serves the admin endpoint for all workers
         egress_record=settings.record,
         egress_require_grant=settings.require_grant,
+        egress_access_log=settings.log_format == "json",
     )
     loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[None]] = []
+
+    def on_signal() -> None:
+        if stopping:  # a second signal: stop now
+            master.shutdown()
+        else:
+            stopping.append(asyncio.create_task(_drain(master, inflight)))
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, master.shutdown)
+        loop.add_signal_handler(sig, on_signal)
     await master.run()
     return 0
+
+
+class InFlight:
+    """Counts requests between their headers and their end, for a graceful stop."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self.count += 1
+        flow.metadata["egress.inflight"] = True
+
+    def _finished(self, flow: http.HTTPFlow) -> None:
+        if flow.metadata.pop("egress.inflight", False):
+            self.count -= 1
+
+    response = error = _finished
+
+
+async def _drain(master: Master, inflight: InFlight) -> None:
+    """Stop accepting, let in-flight requests finish (bounded), then shut down."""
+    try:
+        await master.addons.get("proxyserver").servers.update([])
+        deadline = asyncio.get_running_loop().time() + DRAIN_SECONDS
+        while inflight.count > 0 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        if inflight.count:
+            logger.warning("stopping with %d request(s) still in flight", inflight.count)
+    finally:
+        master.shutdown()
