@@ -15,6 +15,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from proxy.errors import ConfigError
+
 KEY_FILE = "mitmproxy-ca.pem"
 CERT_FILE = "mitmproxy-ca-cert.pem"
 
@@ -107,3 +109,43 @@ def write_bundle(path: Path, ca_cert: Path, base: bytes | None = None) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data + b"# egress-proxy CA\n" + ca_cert.read_bytes())
     os.replace(tmp, path)
+
+
+def import_ca(directory: Path, pem: bytes, where: str) -> Path | None:
+    """Install an operator's CA (key + certificate in one PEM file).
+
+    The existing CA is kept as a timestamped backup, never overwritten. Returns
+    the backup's path, if there was a CA before.
+    """
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+        certs = x509.load_pem_x509_certificates(pem)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(
+            f"{where}: needs an unencrypted private key and a certificate in PEM ({e})"
+        ) from None
+    cert = certs[0]
+    if cert.public_key().public_numbers() != key.public_key().public_numbers():  # type: ignore[union-attr]
+        raise ConfigError(f"{where}: the certificate does not belong to the private key")
+    try:
+        basic = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        basic = None
+    if basic is None or not basic.ca:
+        raise ConfigError(f"{where}: the certificate is not a CA (BasicConstraints CA:TRUE missing)")
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    backup = None
+    if (directory / KEY_FILE).exists():
+        backup = directory / f"{KEY_FILE}.bak-{int(datetime.datetime.now().timestamp())}"
+        os.replace(directory / KEY_FILE, backup)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    write_private(directory / KEY_FILE, key_pem + cert_pem)
+    (directory / CERT_FILE).write_bytes(cert_pem)
+    for stale in directory.glob("mitmproxy-ca*.p12"):
+        stale.unlink()
+    return backup

@@ -162,7 +162,15 @@ def cmd_check(args: argparse.Namespace, home: Home) -> int:
 
 def cmd_ca(args: argparse.Namespace, home: Home) -> int:
     home.init()
-    if args.bundle:
+    if args.import_:
+        try:
+            pem = Path(args.import_).read_bytes()
+        except OSError as e:
+            raise ConfigError(f"--import {args.import_}: {e.strerror}") from None
+        backup = ca.import_ca(home.ca_dir, pem, f"--import {args.import_}")
+        print(f"imported CA into {home.ca_dir}" + (f" (previous CA kept as {backup})" if backup else ""))
+        print("restart the proxy so it signs with the new CA; clients must trust it")
+    elif args.bundle:
         ca.write_bundle(Path(args.bundle), home.ca_cert)
         print(f"wrote {args.bundle} (system CAs + egress-proxy CA)")
     elif args.pem:
@@ -605,6 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--path", action="store_true", help="print the CA certificate's path (default)")
     g.add_argument("--pem", action="store_true", help="print the CA certificate")
     g.add_argument("--bundle", metavar="PATH", help="write system CAs plus ours to PATH")
+    g.add_argument("--import", dest="import_", metavar="PEM", help="use your own CA (key and certificate)")
 
     sp = command("env", cmd_env, "shell exports that route a step through the proxy")
     sp.add_argument("--proxy", metavar="URL", help="proxy URL (default: the running proxy's address)")

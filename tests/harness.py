@@ -121,6 +121,9 @@ class _Handler(BaseHTTPRequestHandler):
         )
         self.server.record(rec)
         url = urlsplit(self.path)
+        if url.path.endswith("/info/refs") and self.server.git_repo:
+            self._git_advertisement()
+            return
         if url.path.endswith("/download"):
             size = int(parse_qs(url.query)["size"][0])
             self.send_response(200)
@@ -149,6 +152,22 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _git_advertisement(self) -> None:
+        """Smart-HTTP ref advertisement, enough for `git ls-remote`."""
+        refs = subprocess.run(
+            ["git", "upload-pack", "--stateless-rpc", "--advertise-refs", str(self.server.git_repo)],
+            capture_output=True,
+            check=True,
+            timeout=30,
+        ).stdout
+        first = b"# service=git-upload-pack\n"
+        body = b"%04x" % (len(first) + 4) + first + b"0000" + refs
+        self.send_response(200)
+        self.send_header("content-type", "application/x-git-upload-pack-advertisement")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
 
 
@@ -169,6 +188,7 @@ class Upstream(ThreadingHTTPServer):
         ctx.sni_callback = self._on_sni
         self.records: list[Record] = []
         self.connections = 0
+        self.git_repo: Path | None = None
         self._lock = threading.Lock()
 
     @property
