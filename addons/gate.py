@@ -38,6 +38,7 @@ SAFE_OPTIONS = {
     "tcp_hosts": [],
     "udp_hosts": [],
     "ssl_insecure": False,
+    "validate_inbound_headers": True,  # refuses CL+TE, duplicate CL/TE, bad names
 }
 RESOLVE_TIMEOUT = 10.0
 GRANT_HELP = {

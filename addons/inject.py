@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import time
 
-from mitmproxy import http
+from mitmproxy import ctx, http
+from mitmproxy.addonmanager import Loader
 
 from addons.gate import Tunnel
 from addons.respond import block, fail_closed
 from addons.source import PolicySource
 from proxy.policy import Block, Reason, check_tunnel_request, with_query_item
+from proxy.scrub import StreamScrubber, scrub_text
 
 # Never forwarded: the sandbox's cookies and its proxy credentials.
 STRIP_REQUEST = ("cookie", "proxy-authorization", "proxy-connection")
+HOP_BY_HOP = frozenset({"keep-alive", "te", "trailer", "proxy-connection"})
 EXPIRED = Block(Reason.EXPIRED_GRANT, "the grant of this tunnel expired or was revoked")
 NOT_TUNNELLED = Block(
     Reason.PLAIN_HTTP, "only https:// through CONNECT is proxied (set HTTPS_PROXY, use https)"
@@ -27,6 +30,16 @@ class Inject:
     def __init__(self, source: PolicySource, tunnels: dict[str, Tunnel]) -> None:
         self.source = source
         self.tunnels = tunnels
+        self.scrub = True
+
+    def load(self, loader: Loader) -> None:
+        loader.add_option(
+            "egress_scrub_responses", bool, True, "Mask an injected secret echoed back in responses."
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "egress_scrub_responses" in updated:
+            self.scrub = ctx.options.egress_scrub_responses
 
     @fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -59,9 +72,9 @@ class Inject:
             block(flow, decision)
             return
         headers = req.headers
-        for name in STRIP_REQUEST:
-            if name in headers:
-                del headers[name]
+        strip_hop_by_hop(headers)
+        if self.scrub and decision.scrub:
+            headers["accept-encoding"] = "identity"  # so an echoed secret is visible to scrub
         if req.is_http2 or req.is_http3:
             req.authority = target.authority
             headers.pop("host", None)
@@ -75,6 +88,7 @@ class Inject:
             assert decision.query and decision.query_item
             req.path = with_query_item(req.path, decision.query, decision.query_item)
         flow.metadata["egress.connector"] = decision.connector
+        flow.metadata["egress.route"] = decision
         req.stream = True
 
     @fail_closed
@@ -85,5 +99,27 @@ class Inject:
             return  # our own answer: nothing to strip or stream
         if "set-cookie" in resp.headers:
             del resp.headers["set-cookie"]
+        route = flow.metadata.get("egress.route")
+        pairs = route.scrub if self.scrub and route is not None else ()
+        if pairs:
+            for name, value in resp.headers.items(multi=True):
+                cleaned = scrub_text(value, pairs)
+                if cleaned != value:
+                    resp.headers.set_all(name, [scrub_text(v, pairs) for v in resp.headers.get_all(name)])
         if resp.status_code != 101:
-            resp.stream = True
+            resp.stream = StreamScrubber(pairs) if pairs else True
+
+
+def strip_hop_by_hop(headers: http.Headers) -> None:
+    """Drop what must not cross the proxy: cookies, proxy credentials, hop-by-hop.
+
+    A WebSocket handshake keeps its ``Connection: upgrade`` and ``Upgrade``.
+    """
+    tokens = {t.strip().lower() for v in headers.get_all("connection") for t in v.split(",") if t.strip()}
+    websocket = "upgrade" in tokens and headers.get("upgrade", "").lower() == "websocket"
+    names = set(STRIP_REQUEST) | HOP_BY_HOP | (tokens - {"upgrade", "close", "keep-alive"})
+    if not websocket:
+        names |= {"connection", "upgrade"}
+    for name in names:
+        if name in headers:
+            del headers[name]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ from mitmproxy.addonmanager import Loader
 from proxy.errors import EgressError
 from proxy.home import Home
 from proxy.metrics import Metrics
-from proxy.stats import Clock, Event, StatsStore, Tally, strip_query
+from proxy.stats import Batch, Clock, Event, StatsStore, Tally, strip_query
 
 logger = logging.getLogger("egress")
 access_log = logging.getLogger("egress.access")
@@ -58,6 +59,8 @@ class Recorder:
         self.metrics = Metrics()
         self.store: StatsStore | None = None
         self._task: asyncio.Task[None] | None = None
+        self._flush_lock = threading.Lock()
+        self._pending: Batch | None = None
 
     def load(self, loader: Loader) -> None:
         loader.add_option("egress_record", bool, True, "Record request, error and block statistics.")
@@ -86,21 +89,35 @@ class Recorder:
             await asyncio.sleep(FLUSH_INTERVAL)
             batch = self.tally.drain()
             if batch and self.store:
+                self._pending = batch
                 try:
-                    await asyncio.to_thread(self.store.flush, batch)
+                    await asyncio.to_thread(self._flush, batch)
                 except Exception as e:
                     logger.error("statistics flush failed (%s); will retry", type(e).__name__)
-                    self.tally.merge(batch)  # keep the counts for the next flush
+                    with self._flush_lock:
+                        if self._pending is batch:  # keep the counts for the next flush
+                            self._pending = None
+                            self.tally.merge(batch)
+
+    def _flush(self, batch: Batch) -> None:
+        with self._flush_lock:  # done() must not close the store under a running flush
+            if self.store and self._pending is batch:
+                self.store.flush(batch)
+                self._pending = None
 
     def done(self) -> None:
         if self._task:
             self._task.cancel()
-        if self.store:
-            batch = self.tally.drain()
-            if batch:
-                self.store.flush(batch)
-            self.store.close()
-            self.store = None
+        with self._flush_lock:  # waits for a flush still running in the writer's thread
+            if self._pending is not None:  # drained but not yet written: write it now
+                self.tally.merge(self._pending)
+                self._pending = None
+            if self.store:
+                batch = self.tally.drain()
+                if batch:
+                    self.store.flush(batch)
+                self.store.close()
+                self.store = None
 
     # -- hooks --------------------------------------------------------------
 
@@ -110,8 +127,8 @@ class Recorder:
             return
         status = flow.response.status_code
         failed = status >= 400
-        if ctx.options.egress_access_log and flow.response.stream is True:
-            flow.response.stream = self._count_bytes(flow)
+        if ctx.options.egress_access_log and flow.response.stream:
+            flow.response.stream = self._count_bytes(flow, flow.response.stream)
         self.tally.request(connector, failed)
         self.metrics.requests.labels(connector).inc()
         self.metrics.latency.labels(connector).observe(
@@ -188,12 +205,14 @@ class Recorder:
             },
         )
 
-    def _count_bytes(self, flow: http.HTTPFlow) -> Callable[[bytes], bytes]:
+    def _count_bytes(self, flow: http.HTTPFlow, inner: object) -> Callable[[bytes], bytes]:
         flow.metadata["egress.bytes"] = 0
+        transform = inner if callable(inner) else None
 
         def count(chunk: bytes) -> bytes:
-            flow.metadata["egress.bytes"] += len(chunk)
-            return chunk
+            out = transform(chunk) if transform else chunk
+            flow.metadata["egress.bytes"] += len(out)
+            return out
 
         return count
 

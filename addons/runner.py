@@ -39,6 +39,7 @@ class RunSettings:
     resolve: tuple[str, ...] = ()
     require_grant: bool = False
     log_format: str = "text"
+    scrub_responses: bool = True
     record: bool = True
 
 
@@ -106,6 +107,7 @@ async def _serve(settings: RunSettings, bundle: str | None) -> int:
         egress_record=settings.record,
         egress_require_grant=settings.require_grant,
         egress_access_log=settings.log_format == "json",
+        egress_scrub_responses=settings.scrub_responses,
     )
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []

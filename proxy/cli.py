@@ -355,6 +355,7 @@ def cmd_run(args: argparse.Namespace, home: Home) -> int:
                 require_grant=args.require_grant,
                 record=not args.no_record,
                 log_format=args.log_format,
+                scrub_responses=args.scrub_responses,
             )
         )
     loopback = host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
@@ -391,6 +392,8 @@ def cmd_run(args: argparse.Namespace, home: Home) -> int:
             argv.append("--require-grant")
         if args.no_record:
             argv.append("--no-record")
+        if not args.scrub_responses:
+            argv.append("--no-scrub-responses")
         return argv
 
     env = dict(os.environ, EGRESS_HOME=str(home.root))
@@ -584,6 +587,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="proxy processes sharing the port (default: number of cores)",
     )  # fmt: skip
     sp.add_argument("--log-format", choices=["text", "json"], default="text")
+    sp.add_argument(
+        "--scrub-responses", action=argparse.BooleanOptionalAction, default=True,
+        help="mask an injected secret that an upstream echoes back (default: on)",
+    )  # fmt: skip
     sp.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     sp.add_argument("--require-grant", action="store_true", help="every client must present a grant")
     sp.add_argument("--no-record", action="store_true", help=argparse.SUPPRESS)  # benchmarks only

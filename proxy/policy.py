@@ -11,10 +11,11 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from urllib.parse import unquote_plus, urlsplit
+from urllib.parse import quote, unquote_plus, urlsplit
 
 from proxy.connectors import Connector
 from proxy.patterns import Pattern, PatternIndex, normalize_host, path_problem, split_authority
+from proxy.scrub import masks
 
 
 class Reason(StrEnum):
@@ -54,6 +55,8 @@ class Allow:
     header_value: str | None = field(default=None, repr=False)
     query: str | None = None
     query_item: str | None = field(default=None, repr=False)
+    # (secret, mask) pairs to scrub from responses: the raw and URL-encoded forms.
+    scrub: tuple[tuple[bytes, bytes], ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +86,14 @@ class Policy:
             inj = connector.inject
             if secret is None:
                 route = Allow(connector.name, header=inj.header, query=inj.query)
-            elif inj.header:
-                route = Allow(connector.name, header=inj.header, header_value=inj.header_value(secret))
             else:
-                route = Allow(connector.name, query=inj.query, query_item=inj.query_item(secret))
+                pairs = masks([secret.encode(), quote(secret, safe="").encode()])
+                if inj.header:
+                    value = inj.header_value(secret)
+                    route = Allow(connector.name, header=inj.header, header_value=value, scrub=pairs)
+                else:
+                    item = inj.query_item(secret)
+                    route = Allow(connector.name, query=inj.query, query_item=item, scrub=pairs)
             self.routes[connector.name] = route
             entries.extend((p, connector.name) for p in connector.patterns)
         self.index: PatternIndex[str] = PatternIndex(entries)

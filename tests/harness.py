@@ -143,6 +143,19 @@ class _Handler(BaseHTTPRequestHandler):
             extra = [("Set-Cookie", "session=upstream; Path=/"), ("Set-Cookie", "other=1")]
         if url.path.endswith("/status"):
             status = int(parse_qs(url.query)["code"][0])
+        if url.path.endswith("/echo"):  # a careless upstream that reflects credentials
+            extra = [("X-Echo-Auth", self.headers.get("authorization", "")), ("X-Echo-Path", self.path)]
+            body = json.dumps({"headers": dict(self.headers.items()), "path": self.path}).encode()
+            chunk = int(parse_qs(url.query).get("chunk", ["0"])[0])
+            self.send_response(status)
+            for k, v in extra:
+                self.send_header(k, v)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            for i in range(0, len(body), chunk or len(body)):  # small writes split the secret
+                self.wfile.write(body[i : i + (chunk or len(body))])
+                self.wfile.flush()
+            return
         body = json.dumps({"method": self.command, "path": self.path, "len": length, "sha256": sha}).encode()
         self.send_response(status)
         for k, v in extra:
