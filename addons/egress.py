@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from addons import limits
 from addons.admin import Admin
 from addons.gate import Gate, Tunnel
 from addons.inject import Inject
@@ -18,6 +19,7 @@ from addons.source import PolicySource
 
 def make_addons() -> list[Any]:
     """The egress addons, wired to one Policy source and one tunnel table."""
+    limits.install()
     source = PolicySource()
     tunnels: dict[str, Tunnel] = {}
     recorder = Recorder()
