@@ -5,6 +5,7 @@ Only loopback addresses are used. Every process started here is stopped by pid.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -121,6 +122,9 @@ class _Handler(BaseHTTPRequestHandler):
         )
         self.server.record(rec)
         url = urlsplit(self.path)
+        if self.headers.get("upgrade", "").lower() == "websocket":
+            self._websocket()
+            return
         if url.path.endswith("/info/refs") and self.server.git_repo:
             self._git_advertisement()
             return
@@ -164,6 +168,19 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def _websocket(self) -> None:
+        """Accept the handshake, send one text frame ("hello"), close."""
+        key = self.headers["sec-websocket-key"].encode()
+        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept.decode())
+        self.end_headers()
+        self.wfile.write(b"\x81\x05hello" + b"\x88\x00")
+        self.wfile.flush()
+        self.close_connection = True
 
     def _git_advertisement(self) -> None:
         """Smart-HTTP ref advertisement, enough for `git ls-remote`."""
