@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -105,6 +106,21 @@ def test_sighup_reapplies_config_and_keeps_old_on_error(
         del os.environ["CFG_SECRET"]
     late = f"https://api.late.test:{upstream.port}/x"
     s = session(proxy.url, proxy.ca)
+    failures: list[str] = []
+    done = threading.Event()
+
+    def load() -> None:  # requests keep flowing through every reload
+        client = session(proxy.url, proxy.ca)
+        while not done.is_set():
+            try:
+                r = client.get(f"https://api.stripe.test:{upstream.port}/load")
+                if r.status_code != 200:
+                    failures.append(str(r.status_code))
+            except requests.RequestException as e:
+                failures.append(repr(e))
+
+    loader = threading.Thread(target=load)
+    loader.start()
     try:
         assert s.get(f"https://api.stripe.test:{upstream.port}/a").status_code == 200
         with pytest.raises(requests.exceptions.ProxyError):
@@ -118,7 +134,7 @@ def test_sighup_reapplies_config_and_keeps_old_on_error(
             except requests.exceptions.ProxyError:
                 return False
 
-        assert wait_until(late_works, 3), proxy.log_text()
+        assert wait_until(late_works, 2), proxy.log_text()  # active within 2 s
         config.write_text("connectors: [oops\n")
         proxy.proc.send_signal(signal.SIGHUP)
         assert wait_until(lambda: "new configuration refused" in proxy.log_text(), 3)
@@ -127,5 +143,8 @@ def test_sighup_reapplies_config_and_keeps_old_on_error(
             session(proxy.url, proxy.ca).get(f"https://api.stripe.test:{upstream.port}/a").status_code == 200
         )
     finally:
+        done.set()
+        loader.join(30)
         assert proxy.stop() == 0
+    assert failures == []
     assert "cfg-secret-1" not in proxy.log_text()
