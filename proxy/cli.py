@@ -252,6 +252,13 @@ def _grant_list(reg: Registry, as_json: bool) -> int:
     return 0
 
 
+def cmd_keys_rotate(args: argparse.Namespace, home: Home) -> int:
+    old, new = Registry(home).rotate_master_key()
+    print(f"master key rotated: {old} -> {new}; every secret re-sealed (old key kept as *.old)")
+    print("running proxies pick the new key up at their next reload")
+    return 0
+
+
 def _recorded_proxy(home: Home) -> str:
     try:
         return "http://" + home.addr_file.read_text().strip()
@@ -625,6 +632,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = command("env", cmd_env, "shell exports that route a step through the proxy")
     sp.add_argument("--proxy", metavar="URL", help="proxy URL (default: the running proxy's address)")
     sp.add_argument("--grant", metavar="TOKEN", help="use this grant as the proxy credential")
+
+    keys = sub.add_parser("keys", help="master key management")
+    ksub = keys.add_subparsers(metavar="ACTION")
+    command("rotate", cmd_keys_rotate, "new master key; re-seal every secret", ksub)
 
     sp = command("grant", cmd_grant, "mint, list or revoke scoped proxy credentials")
     sp.add_argument("action", nargs="?", choices=["list", "revoke", "rotate-key"], help="default: mint")

@@ -7,9 +7,12 @@ store exactly as it was.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from proxy.ca import write_private
 from proxy.connectors import Connector, Declared, connector_from_spec
 from proxy.errors import ConfigError
 from proxy.grants import Grant, GrantKey, grant_id_of
@@ -104,6 +107,32 @@ class Registry:
         except ConfigError:
             return False
 
+    def rotate_master_key(self) -> tuple[str, str]:
+        """Re-seal every secret under a new master key; return (old id, new id).
+
+        Order keeps every step recoverable: the new key is written beside the
+        old one first, secrets are re-sealed in one transaction, and only then
+        does the new key take the old one's place (the old is kept as .old).
+        """
+        if "EGRESS_MASTER_KEY" in self.home.env:
+            raise ConfigError(
+                "the master key comes from EGRESS_MASTER_KEY: rotate it in your secret store "
+                "(point EGRESS_MASTER_KEY_FILE at a file to let `egress keys rotate` manage it)"
+            )
+        path = Path(self.home.env.get("EGRESS_MASTER_KEY_FILE") or self.home.key_path)
+        old = self.key
+        new, text = MasterKey.generate()
+        staged = path.with_name(path.name + ".new")
+        write_private(staged, (text + "\n").encode())
+        with self.store.write() as db:
+            for stored in self.store.connectors():
+                secret = old.open(stored.name, stored.sealed)
+                Store.put(db, stored.name, stored.spec, new.seal(stored.name, secret))
+        os.replace(path, path.with_name(path.name + ".old"))
+        os.replace(staged, path)
+        self._key = new
+        return old.key_id.hex(), new.key_id.hex()
+
     def mint_grant(self, connectors: list[str], ttl: int, label: str) -> tuple[str, Grant]:
         known = {c.name for c, _ in self.connectors()}
         unknown = sorted(set(connectors) - known)
@@ -137,6 +166,7 @@ class Registry:
 
     def policy(self) -> Policy:
         """All connectors with their secrets opened: what the proxy enforces."""
+        self._key = None  # re-read: `egress keys rotate` may have replaced it
         return Policy((c, self.key.open(c.name, s.sealed)) for c, s in self.connectors())
 
 

@@ -271,3 +271,22 @@ def test_secrets_never_leak_to_logs_output_or_state(proxy: Proxy, upstream: Upst
             data = path.read_bytes()
             for form in forms:
                 assert form not in data, f"secret found in {path}"
+
+
+def test_master_key_rotation_keeps_running_proxy_injecting(proxy: Proxy, upstream: Upstream) -> None:
+    key_file = proxy.home / "master.key"
+    before = key_file.read_bytes()
+    res = egress(proxy.home, "keys", "rotate")
+    proxy.outputs.extend([res.stdout, res.stderr])
+    assert res.returncode == 0, res.stderr
+    assert key_file.read_bytes() != before
+    assert (proxy.home / "master.key.old").read_bytes() == before
+    time.sleep(1.5)  # past one reload
+    t = tag()
+    r = session(proxy.url, proxy.ca).get(stripe(upstream, f"/v1/rotated?t={t}"))
+    assert r.status_code == 200
+    (rec,) = upstream.find(t)
+    assert rec.header("Authorization") == [f"Bearer {SECRETS['stripe']}"]
+    assert "reload failed" not in proxy.log_text()
+    check = egress(proxy.home, "check", stripe(upstream, "/v1/x"))
+    assert check.returncode == 0, check.stderr
