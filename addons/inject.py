@@ -89,7 +89,19 @@ class Inject:
             req.path = with_query_item(req.path, decision.query, decision.query_item)
         flow.metadata["egress.connector"] = decision.connector
         flow.metadata["egress.route"] = decision
-        req.stream = True
+        # An HTTP/2 body with no content-length would reach an HTTP/1.1 upstream
+        # unframed (a smuggled second request): buffer it and frame it in request().
+        req.stream = not ((req.is_http2 or req.is_http3) and "content-length" not in headers)
+
+    @fail_closed
+    def request(self, flow: http.HTTPFlow) -> None:
+        req = flow.request
+        if req.stream or flow.response or "egress.connector" not in flow.metadata:
+            return
+        if req.raw_content:
+            req.headers["content-length"] = str(len(req.raw_content))
+        if req.trailers:
+            block(flow, Block(Reason.BAD_REQUEST, "request trailers are not forwarded", 400))
 
     @fail_closed
     def responseheaders(self, flow: http.HTTPFlow) -> None:

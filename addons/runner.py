@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import certifi
-from mitmproxy import http, options
+from mitmproxy import connection, http, options
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
 from mitmproxy.proxy import mode_servers
@@ -128,17 +128,29 @@ class InFlight:
     """Counts requests between their headers and their end, for a graceful stop."""
 
     def __init__(self) -> None:
-        self.count = 0
+        self.by_client: dict[str, int] = {}
+
+    @property
+    def count(self) -> int:
+        return sum(self.by_client.values())
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        self.count += 1
+        cid = flow.client_conn.id
+        self.by_client[cid] = self.by_client.get(cid, 0) + 1
         flow.metadata["egress.inflight"] = True
 
     def _finished(self, flow: http.HTTPFlow) -> None:
         if flow.metadata.pop("egress.inflight", False):
-            self.count -= 1
+            cid = flow.client_conn.id
+            if self.by_client.get(cid, 0) > 1:
+                self.by_client[cid] -= 1
+            else:
+                self.by_client.pop(cid, None)
 
     response = error = _finished
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self.by_client.pop(client.id, None)  # flows a crashed connection never finished
 
 
 async def _drain(master: Master, inflight: InFlight) -> None:

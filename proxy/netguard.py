@@ -25,6 +25,8 @@ _CGNAT = ipaddress.IPv4Network("100.64.0.0/10")
 def _embedded_v4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     if ip.ipv4_mapped:
         return ip.ipv4_mapped
+    if int(ip) >> 32 == 0xFFFF0000:  # IPv4-translated ::ffff:0:a.b.c.d (SIIT)
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     if ip.sixtofour:
         return ip.sixtofour
     if ip.teredo:
@@ -38,6 +40,8 @@ def _embedded_v4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
 
 def _public(ip: IPAddress) -> bool:
     if ip.is_multicast or not ip.is_global or ip in _CGNAT:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local:
         return False
     if isinstance(ip, ipaddress.IPv6Address):
         inner = _embedded_v4(ip)

@@ -22,6 +22,8 @@ _PATH_CHARS = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*\Z")
 _ENCODED_DOTS = re.compile(r"%2e", re.IGNORECASE)
 _NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)\Z")
 _ENCODED_CONTROL = re.compile(r"%[01][0-9a-f]|%7f")
+# Overlong UTF-8 (%c0%ae is "." to a lenient decoder); never valid UTF-8.
+_OVERLONG = re.compile(r"%c[01]|%e0%[89]|%f0%8")
 
 
 def normalize_host(host: str) -> str:
@@ -110,6 +112,10 @@ def path_problem(path: str) -> str | None:
             return "encoded slash in path"
         if "%25" in low:
             return "double percent-encoding"
+        if "%3b" in low:
+            return "encoded semicolon in path"
+        if _OVERLONG.search(low):
+            return "overlong UTF-8 encoding in path"
         if _ENCODED_CONTROL.search(low):
             return "encoded control character in path"
     for segment in path.split("/"):
