@@ -25,6 +25,7 @@ from proxy.stats import Batch, Clock, Event, StatsStore, Tally, strip_query
 logger = logging.getLogger("egress")
 access_log = logging.getLogger("egress.access")
 FLUSH_INTERVAL = 1.0
+MAX_FLUSH_FAILURES = 5  # then a batch's log rows are dropped so one bad row cannot jam the writer
 
 
 def failure_kind(message: str) -> str:
@@ -61,6 +62,7 @@ class Recorder:
         self._task: asyncio.Task[None] | None = None
         self._flush_lock = threading.Lock()
         self._pending: Batch | None = None
+        self._failures = 0
 
     def load(self, loader: Loader) -> None:
         loader.add_option("egress_record", bool, True, "Record request, error and block statistics.")
@@ -93,11 +95,22 @@ class Recorder:
                 try:
                     await asyncio.to_thread(self._flush, batch)
                 except Exception as e:
-                    logger.error("statistics flush failed (%s); will retry", type(e).__name__)
+                    self._failures += 1
+                    drop = self._failures >= MAX_FLUSH_FAILURES
+                    logger.error(
+                        "statistics flush failed (%s); %s",
+                        type(e).__name__,
+                        "dropping its log rows, keeping counts" if drop else "will retry",
+                    )
                     with self._flush_lock:
                         if self._pending is batch:  # keep the counts for the next flush
                             self._pending = None
+                            if drop:
+                                batch.events.clear()
+                                self._failures = 0
                             self.tally.merge(batch)
+                else:
+                    self._failures = 0
 
     def _flush(self, batch: Batch) -> None:
         with self._flush_lock:  # done() must not close the store under a running flush

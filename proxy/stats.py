@@ -115,6 +115,18 @@ class Tally:
         return batch
 
 
+def text(value: str, limit: int) -> str:
+    """Storable text: undecodable bytes (surrogate escapes) as \\x.., at most ``limit`` chars.
+
+    The sandbox chooses paths and hosts; a stray byte must never make a flush fail.
+    """
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = value.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "backslashreplace")[:limit]
+
+
 def strip_query(path: str) -> str:
     return path.partition("?")[0].partition("#")[0]
 
@@ -167,14 +179,14 @@ class StatsStore:
             db.executemany(
                 "INSERT INTO blocked_minute VALUES (?, ?, ?, ?) ON CONFLICT (host, reason, minute) "
                 "DO UPDATE SET count = count + excluded.count",
-                [(h, r, m, n) for (h, r, m), n in batch.blocked.items()],
+                [(text(h, 300), r, m, n) for (h, r, m), n in batch.blocked.items()],
             )
             db.executemany(
                 "INSERT INTO events (kind, ts, connector, reason, status, failure, method, host, path, "
                 "request_id, grant_label) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (e.kind, e.ts, e.connector, e.reason, e.status, e.failure, e.method, e.host,
-                     e.path, e.request_id, e.grant_label)
+                    (e.kind, e.ts, e.connector, e.reason, e.status, e.failure, text(e.method, 32),
+                     text(e.host, 300), text(e.path, 2048), e.request_id, e.grant_label)
                     for e in batch.events
                 ],
             )  # fmt: skip

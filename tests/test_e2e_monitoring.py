@@ -170,6 +170,7 @@ def test_corrupt_store_is_reported_and_left_alone(tmp_path: Path) -> None:
 
 
 def test_logs_follow_streams_new_rows(proxy: Proxy, upstream: Upstream) -> None:
+    import select
     import subprocess
     import time
 
@@ -190,6 +191,8 @@ def test_logs_follow_streams_new_rows(proxy: Proxy, upstream: Upstream) -> None:
         assert follower.stdout is not None
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
+            if not select.select([follower.stdout], [], [], deadline - time.monotonic())[0]:
+                continue
             row = json.loads(follower.stdout.readline())
             if row["path"] == marker:
                 assert row["reason"] == "no-connector"

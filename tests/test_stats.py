@@ -144,3 +144,15 @@ def test_durations(text: str, seconds: int) -> None:
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ConfigError):
         parse_duration(text, "--since")
+
+
+def test_undecodable_bytes_in_paths_never_jam_a_flush(db: Path) -> None:
+    clock = Clock()
+    tally, store = Tally(clock), StatsStore(db, clock)
+    raw_path = b"/v1/\xff\xfe".decode("utf-8", "surrogateescape")
+    tally.blocked(Event("blocked", clock(), "GET", "h.test:443", raw_path, "r", reason="bad-path"))
+    tally.error(Event("error", clock(), "GET", "h\ud800.test", "/x" * 5000, "r2", connector="c", status=500))
+    store.flush(tally.drain())
+    paths = sorted(e.path for e in store.events())
+    assert paths[0] == "/v1/\\xff\\xfe"
+    assert len(paths[1]) == 2048
