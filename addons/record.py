@@ -142,49 +142,43 @@ class Recorder:
         failed = status >= 400
         if ctx.options.egress_access_log and flow.response.stream:
             flow.response.stream = self._count_bytes(flow, flow.response.stream)
-        self.tally.request(connector, failed)
-        self.metrics.requests.labels(connector).inc()
+        self._count(connector, failed)
         self.metrics.latency.labels(connector).observe(
             max(0.0, (flow.response.timestamp_start or 0) - flow.request.timestamp_start)
         )
         if failed:
-            self.metrics.errors.labels(connector).inc()
-            self.tally.error(
-                Event(
-                    "error",
-                    self.clock(),
-                    flow.request.method,
-                    event_host(flow),
-                    strip_query(flow.request.path),
-                    flow.id,
-                    connector=connector,
-                    status=status,
-                    grant_label=flow.metadata.get("egress.grant"),
-                )
-            )
+            self.tally.error(self._error_event(flow, connector, status=status))
 
     def error(self, flow: http.HTTPFlow) -> None:
         connector = flow.metadata.get("egress.connector")
         if connector is None or flow.response is not None or flow.error is None:
             return
-        self.tally.request(connector, True)
-        self.metrics.requests.labels(connector).inc()
-        self.metrics.errors.labels(connector).inc()
-        self.tally.error(
-            Event(
-                "error",
-                self.clock(),
-                flow.request.method,
-                event_host(flow),
-                strip_query(flow.request.path),
-                flow.id,
-                connector=connector,
-                failure=failure_kind(flow.error.msg),
-                grant_label=flow.metadata.get("egress.grant"),
-            )
-        )
+        self._count(connector, True)
+        self.tally.error(self._error_event(flow, connector, failure=failure_kind(flow.error.msg)))
         if ctx.options.egress_access_log:
             self._access(flow, "failed", None)
+
+    def _count(self, connector: str, failed: bool) -> None:
+        self.tally.request(connector, failed)
+        self.metrics.requests.labels(connector).inc()
+        if failed:
+            self.metrics.errors.labels(connector).inc()
+
+    def _error_event(
+        self, flow: http.HTTPFlow, connector: str, status: int | None = None, failure: str | None = None
+    ) -> Event:
+        return Event(
+            "error",
+            self.clock(),
+            flow.request.method,
+            event_host(flow),
+            strip_query(flow.request.path),
+            flow.id,
+            connector=connector,
+            status=status,
+            failure=failure,
+            grant_label=flow.metadata.get("egress.grant"),
+        )
 
     def response(self, flow: http.HTTPFlow) -> None:
         if "egress.blocked" in flow.metadata:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy.errors import ConfigError
+from proxy.store import connect
 
 WINDOW_MINUTES = 24 * 60
 ALERT_MINUTES = 60
@@ -152,9 +153,7 @@ class StatsStore:
         if not path.exists():
             raise ConfigError(f"no store at {path}: run `egress init` first")
         try:
-            self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db = connect(path, timeout=30)
             self._db.executescript(SCHEMA)
         except sqlite3.DatabaseError as e:
             raise ConfigError(

@@ -39,6 +39,23 @@ CREATE TABLE IF NOT EXISTS grants (
 """
 
 
+def connect(path: Path, timeout: float = 10) -> sqlite3.Connection:
+    """Open the store in WAL mode, refusing a database that is not ours.
+
+    Raises sqlite3.DatabaseError for a file that is not SQLite at all.
+    """
+    db = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if tables and "meta" not in tables:
+        db.close()
+        raise ConfigError(
+            f"{path}: an SQLite database that is not an egress store; the file was left untouched"
+        )
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    return db
+
+
 @dataclass(frozen=True, slots=True)
 class StoredConnector:
     name: str
@@ -56,15 +73,7 @@ class Store:
         if not create and not path.exists():
             raise ConfigError(f"no store at {path}: run `egress init` first")
         try:
-            self._db = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
-            tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            if tables and "meta" not in tables:
-                self._db.close()
-                raise ConfigError(
-                    f"{path}: an SQLite database that is not an egress store; the file was left untouched"
-                )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db = connect(path)
             self._db.executescript(_SCHEMA)
             row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
             if row is None:
