@@ -17,9 +17,9 @@ from addons.source import PolicySource
 from proxy.policy import Block, Reason, check_tunnel_request, with_query_item
 from proxy.scrub import StreamScrubber, scrub_text
 
-# Never forwarded: the sandbox's cookies and its proxy credentials.
-STRIP_REQUEST = ("cookie", "proxy-authorization", "proxy-connection")
-HOP_BY_HOP = frozenset({"keep-alive", "te", "trailer", "proxy-connection"})
+# Never forwarded: the sandbox's cookies, its proxy credentials, hop-by-hop headers.
+ALWAYS_STRIP = frozenset({"cookie", "proxy-authorization", "proxy-connection", "keep-alive", "te", "trailer"})
+CONNECTION_TOKENS_KEPT = frozenset({"upgrade", "close", "keep-alive"})
 EXPIRED = Block(Reason.EXPIRED_GRANT, "the grant of this tunnel expired or was revoked")
 NOT_TUNNELLED = Block(
     Reason.PLAIN_HTTP, "only https:// through CONNECT is proxied (set HTTPS_PROXY, use https)"
@@ -114,10 +114,11 @@ class Inject:
         route = flow.metadata.get("egress.route")
         pairs = route.scrub if self.scrub and route is not None else ()
         if pairs:
-            for name, value in resp.headers.items(multi=True):
-                cleaned = scrub_text(value, pairs)
-                if cleaned != value:
-                    resp.headers.set_all(name, [scrub_text(v, pairs) for v in resp.headers.get_all(name)])
+            echoed = {
+                name for name, value in resp.headers.items(multi=True) if scrub_text(value, pairs) != value
+            }
+            for name in echoed:
+                resp.headers.set_all(name, [scrub_text(v, pairs) for v in resp.headers.get_all(name)])
         if resp.status_code != 101:
             resp.stream = StreamScrubber(pairs) if pairs else True
 
@@ -127,11 +128,13 @@ def strip_hop_by_hop(headers: http.Headers) -> None:
 
     A WebSocket handshake keeps its ``Connection: upgrade`` and ``Upgrade``.
     """
-    tokens = {t.strip().lower() for v in headers.get_all("connection") for t in v.split(",") if t.strip()}
-    websocket = "upgrade" in tokens and headers.get("upgrade", "").lower() == "websocket"
-    names = set(STRIP_REQUEST) | HOP_BY_HOP | (tokens - {"upgrade", "close", "keep-alive"})
-    if not websocket:
-        names |= {"connection", "upgrade"}
+    names: frozenset[str] | set[str] = ALWAYS_STRIP
+    if "connection" in headers or "upgrade" in headers:
+        tokens = {t.strip().lower() for v in headers.get_all("connection") for t in v.split(",") if t.strip()}
+        websocket = "upgrade" in tokens and headers.get("upgrade", "").lower() == "websocket"
+        names = ALWAYS_STRIP | (tokens - CONNECTION_TOKENS_KEPT)
+        if not websocket:
+            names |= {"connection", "upgrade"}
     for name in names:
         if name in headers:
             del headers[name]
