@@ -61,19 +61,17 @@ class Allow:
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """A tunnel's destination as the client named it in CONNECT."""
+    """A tunnel's destination as the client named it in CONNECT (normalised)."""
 
     host: str
     port: int
+    is_ip: bool = field(init=False, compare=False)
+    authority: str = field(init=False, compare=False)  # what Host must say, and will
 
-    @property
-    def is_ip(self) -> bool:
-        return is_ip_literal(self.host)
-
-    @property
-    def authority(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return host if self.port == 443 else f"{host}:{self.port}"
+    def __post_init__(self) -> None:
+        shown = f"[{self.host}]" if ":" in self.host else self.host
+        object.__setattr__(self, "is_ip", is_ip_literal(self.host))
+        object.__setattr__(self, "authority", shown if self.port == 443 else f"{shown}:{self.port}")
 
 
 class Policy:
