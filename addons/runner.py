@@ -17,8 +17,8 @@ import certifi
 from mitmproxy import connection, http, options
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
-from mitmproxy.proxy import mode_servers
 
+from addons import speedups
 from addons.egress import make_addons
 from proxy import ca, logconfig
 from proxy.home import Home
@@ -51,13 +51,6 @@ class Ready:
             Path(path).write_text(str(os.getpid()))
 
 
-async def _listen_reuse_port(
-    self: mode_servers.RegularInstance, host: str, port: int
-) -> list[asyncio.Server]:
-    """Workers share one port; mitmproxy's own listen() has no reuse_port."""
-    return [await asyncio.start_server(self.handle_stream, host, port, reuse_port=True)]
-
-
 def upstream_bundle(home: Home, extra: str | None) -> str | None:
     """mitmproxy's trusted-CA option replaces certifi, so pass certifi + extra."""
     if not extra:
@@ -70,7 +63,7 @@ def upstream_bundle(home: Home, extra: str | None) -> str | None:
 def run(settings: RunSettings) -> int:
     """Serve until SIGTERM/SIGINT; configuration errors surface before listening."""
     logconfig.configure(settings.log_format)
-    mode_servers.RegularInstance.listen = _listen_reuse_port  # type: ignore[method-assign,assignment]
+    speedups.install()
     NetGuard(settings.allow_network, settings.resolve)  # raises ConfigError early
     registry = Registry(settings.home)
     registry.policy()  # wrong key or tampered store: fail now, clearly
