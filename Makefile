@@ -41,5 +41,8 @@ test: lint
 unit: install
 	$(BIN)/python -m pytest -q -m "not e2e"
 
+bench: install
+	bash bench/setup.sh && $(BIN)/python bench/run.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -10,8 +10,6 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST
-
 from proxy.errors import ConfigError
 
 
@@ -54,6 +52,8 @@ class _Handler(BaseHTTPRequestHandler):
             ok = self.server.healthy()
             self._send(200 if ok else 503, "text/plain", b"ok\n" if ok else b"unhealthy\n")
         elif self.path == "/metrics":
+            from prometheus_client import CONTENT_TYPE_LATEST  # only when scraped
+
             self._send(200, CONTENT_TYPE_LATEST, self.server.metrics())
         else:
             self._send(404, "text/plain", b"try /healthz or /metrics\n")

@@ -30,7 +30,7 @@ from proxy.netguard import NetGuard
 from proxy.policy import Allow
 from proxy.registry import Registry
 from proxy.stats import Event, StatsStore
-from proxy.supervisor import Supervisor
+from proxy.supervisor import SupervisorSpec
 
 logger = logging.getLogger("egress")
 
@@ -386,35 +386,41 @@ def cmd_run(args: argparse.Namespace, home: Home) -> int:
     reg.policy()  # wrong master key or tampered store: exit 2 now, not in every worker
     reg.close()
 
-    def worker_argv(index: int) -> list[str]:
-        argv = [sys.executable, "-m", "proxy.cli", "run", "--worker", "--listen", f"{sup.address}"]
-        argv += ["--log-format", args.log_format]
-        if args.upstream_ca:
-            argv += ["--upstream-ca", str(Path(args.upstream_ca).absolute())]
-        for cidr in args.allow_network:
-            argv += ["--allow-network", cidr]
-        for pin in args.resolve:
-            argv += ["--resolve", pin]
-        if args.require_grant:
-            argv.append("--require-grant")
-        if args.no_record:
-            argv.append("--no-record")
-        if not args.scrub_responses:
-            argv.append("--no-scrub-responses")
-        return argv
-
-    env = dict(os.environ, EGRESS_HOME=str(home.root))
-    sup = Supervisor(
-        worker_argv,
-        args.workers,
-        home.run_dir,
-        host,
-        port,
-        env,
-        on_reload=(lambda: _apply_config(home, config)) if config else None,
+    worker_args = ["--log-format", args.log_format]
+    if args.upstream_ca:
+        worker_args += ["--upstream-ca", str(Path(args.upstream_ca).absolute())]
+    for cidr in args.allow_network:
+        worker_args += ["--allow-network", cidr]
+    for pin in args.resolve:
+        worker_args += ["--resolve", pin]
+    if args.require_grant:
+        worker_args.append("--require-grant")
+    if args.no_record:
+        worker_args.append("--no-record")
+    if not args.scrub_responses:
+        worker_args.append("--no-scrub-responses")
+    spec = SupervisorSpec(
+        worker_args=worker_args,
+        count=args.workers,
+        run_dir=str(home.run_dir),
+        host=host,
+        port=port,
         admin=args.admin,
+        config=str(config.absolute()) if config else None,
+        log_format=args.log_format,
     )
-    return sup.run()
+    # Replace this process (same pid, so signals still reach it) with a lean
+    # supervisor: it need not hold the CLI's imports while the workers run.
+    os.environ["EGRESS_HOME"] = str(home.root)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "proxy.supervisor", spec.to_json()])
+    return 1  # not reached
+
+
+def reload_config(config: str) -> None:
+    """SIGHUP in the supervisor: re-apply the connectors file (workers reload it)."""
+    _apply_config(Home.from_env(), Path(config))
 
 
 def _apply_config(home: Home, path: Path) -> None:

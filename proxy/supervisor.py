@@ -10,6 +10,7 @@ from the store.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -19,11 +20,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from proxy.admin import AdminServer
 from proxy.errors import EgressError
 
 logger = logging.getLogger("egress")
@@ -39,6 +39,27 @@ class Worker:
     proc: subprocess.Popen[bytes]
     started: float
     ready_file: Path
+
+
+@dataclass(frozen=True)
+class SupervisorSpec:
+    """What `egress run` hands the supervisor process (as JSON on its command line)."""
+
+    worker_args: list[str]
+    count: int
+    run_dir: str
+    host: str
+    port: int
+    admin: str | None
+    config: str | None
+    log_format: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> SupervisorSpec:
+        return cls(**json.loads(text))
 
 
 @dataclass
@@ -65,13 +86,15 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
-        admin: AdminServer | None = None
+        admin = None
         try:
             self.workers = [self._spawn(i) for i in range(self.count)]
             code = self._await_ready()
             if code is not None:
                 return code
             if self.admin:
+                from proxy.admin import AdminServer  # http.server and friends: only when asked
+
                 admin = AdminServer(
                     self.admin, lambda: _multiprocess_metrics(metrics_dir), self._healthy
                 ).start()
@@ -189,6 +212,41 @@ class Supervisor:
         )
 
 
+def main(argv: list[str]) -> int:
+    """``python -m proxy.supervisor SPEC_JSON``: what `egress run` execs into."""
+    from proxy import logconfig
+
+    spec = SupervisorSpec.from_json(argv[0])
+    logconfig.configure(spec.log_format)
+    supervisor: Supervisor
+
+    def command(index: int) -> list[str]:
+        head = [sys.executable, "-m", "proxy.cli", "run", "--worker", "--listen", supervisor.address]
+        return head + spec.worker_args
+
+    def reload() -> None:
+        from proxy.cli import reload_config  # imported only when needed: keeps us small
+
+        assert spec.config
+        reload_config(spec.config)
+
+    supervisor = Supervisor(
+        command,
+        spec.count,
+        Path(spec.run_dir),
+        spec.host,
+        spec.port,
+        dict(os.environ),
+        on_reload=reload if spec.config else None,
+        admin=spec.admin,
+    )
+    try:
+        return supervisor.run()
+    except EgressError as e:
+        print(f"egress: error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
 def _multiprocess_metrics(directory: Path) -> bytes:
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.multiprocess import MultiProcessCollector
@@ -202,3 +260,7 @@ def _write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text + "\n")
     tmp.replace(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,97 @@
+"""Microbenchmark: the per-request decision with 10 and 10,000 connectors.
+
+One decision is what the request path computes for every request inside a
+tunnel: ``check_tunnel_request`` (SNI/Host/:authority against the CONNECT
+target), ``Policy.route`` (which connector, secret pre-rendered) and
+``Tally.request`` (the monitoring counter). ``Policy.connect`` runs once per
+tunnel and is shown separately.
+
+Run alone: ``.venv/bin/python bench/decision.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import timeit
+from collections.abc import Callable
+
+from proxy.connectors import make_connector
+from proxy.policy import Allow, Policy, Target, check_tunnel_request
+from proxy.stats import Tally
+
+HOST = "api.bench.test"
+PATH = "/v1/items/42"
+INJECT = {"header": "Authorization", "template": "Bearer {{secret}}"}
+
+
+def build_policy(n: int) -> Policy:
+    """The real connector plus ``n - 1`` fillers, each on a distinct host."""
+    connectors = [(make_connector("bench", patterns=[f"https://{HOST}/*"], inject=INJECT), "bench-secret")]
+    connectors += [
+        (
+            make_connector(f"filler-{i:05d}", patterns=[f"https://api-{i:05d}.filler.test/*"], inject=INJECT),
+            f"filler-secret-{i}",
+        )
+        for i in range(n - 1)
+    ]
+    return Policy(connectors)
+
+
+def _per_call_us(fn: Callable[[], object], number: int, repeat: int) -> float:
+    """Median over ``repeat`` timings of ``number`` calls, in microseconds per call."""
+    timings = timeit.repeat(fn, number=number, repeat=repeat)
+    return statistics.median(timings) / number * 1e6
+
+
+def measure(n: int, number: int = 50_000, repeat: int = 7) -> dict[str, float]:
+    policy = build_policy(n)
+    assert len(policy) == n
+    target = Target(HOST, 443)
+    tally = Tally()
+    host_headers = [HOST]
+
+    def check() -> object:
+        return check_tunnel_request(
+            target, tls=True, sni=HOST, authority="", host_headers=host_headers, port=443
+        )
+
+    def route() -> object:
+        return policy.route(target, PATH)
+
+    def count() -> None:
+        tally.request("bench", False)
+
+    def decide() -> None:
+        if check_tunnel_request(
+            target, tls=True, sni=HOST, authority="", host_headers=host_headers, port=443
+        ):
+            raise AssertionError("tunnel check refused the benchmark request")
+        decision = policy.route(target, PATH)
+        assert isinstance(decision, Allow)
+        tally.request(decision.connector, False)
+
+    decision = policy.route(target, PATH)
+    assert isinstance(decision, Allow) and decision.connector == "bench", decision
+    assert decision.header_value == "Bearer bench-secret"
+    assert policy.connect(target) is None
+    return {
+        "connectors": n,
+        "decision_us": _per_call_us(decide, number, repeat),
+        "check_us": _per_call_us(check, number, repeat),
+        "route_us": _per_call_us(route, number, repeat),
+        "tally_us": _per_call_us(count, number, repeat),
+        "connect_us": _per_call_us(lambda: policy.connect(target), number, repeat),
+    }
+
+
+def main() -> int:
+    rows = [measure(n) for n in (10, 10_000)]
+    for row in rows:
+        print(json.dumps({k: round(v, 3) for k, v in row.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

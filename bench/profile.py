@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Where does the proxy spend its time? py-spy on the egress worker and on mitmdump.
+
+Starts the same nginx / mitmdump / egress (1 worker, recording on) as
+bench/run.py, drives each with hey (keep-alive c=32, then a new CONNECT + TLS
+per request at c=8) while ``py-spy record`` samples the proxy process
+(it pauses the process per sample: stacks are whole, throughput drops a little), and prints the functions and files with the most samples. Raw
+collapsed stacks (for flamegraph.pl or speedscope) go to bench/out/.
+
+    .venv/bin/pip install py-spy
+    .venv/bin/python bench/profile.py [--duration 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import run
+
+OUT = run.BENCH / "out"
+SCENARIOS = {
+    "keepalive_c32": {"c": 32, "keepalive": True},
+    "newconn_c8": {"c": 8, "keepalive": False},
+}
+
+
+def summarize(raw: Path, top: int) -> str:
+    """Top functions by own samples and by inclusive samples, and own samples by file."""
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    by_file: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        total += n
+        own[frames[-1]] += n
+        by_file[_file(frames[-1])] += n
+        for frame in set(frames):
+            inclusive[frame] += n
+    if not total:
+        return "(no samples)\n"
+
+    def rows(counter: collections.Counter[str]) -> list[list[str]]:
+        return [[f"{n / total:.1%}", f"`{name[:150]}`"] for name, n in counter.most_common(top)]
+
+    # Inclusive: leave out the start-up and event-loop frames nearly every sample has.
+    below_loop = collections.Counter({k: n for k, n in inclusive.items() if n < 0.85 * total})
+    egress_only = collections.Counter({k: n for k, n in inclusive.items() if _ours(k)})
+
+    ours = ours_own = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            frames = stack.split(";")
+            ours += int(count) if any(_ours(f) for f in frames) else 0
+            ours_own += int(count) if _ours(frames[-1]) else 0
+    return "\n".join(
+        [
+            f"{total} samples. egress-proxy's own code (proxy/, addons/, start-up frames aside) is on "
+            f"the stack in {ours / total:.1%} of them and on top in {ours_own / total:.1%}.\n",
+            "Own time (the function was on top of the stack):\n",
+            run.table(["share", "function (file:first line)"], rows(own)),
+            "\nOwn time by file:\n",
+            run.table(["share", "file"], rows(by_file)),
+            "\nInclusive time (anywhere on the stack; frames in >= 85 % of samples left out):\n",
+            run.table(["share", "function (file:first line)"], rows(below_loop)),
+            "\negress-proxy's own functions, inclusive:\n",
+            run.table(["share", "function (file:first line)"], rows(egress_only)),
+            "",
+        ]
+    )
+
+
+def _file(frame: str) -> str:
+    inside = frame.rpartition("(")[2].rstrip(")")
+    return inside.rpartition(":")[0] or frame
+
+
+def _ours(frame: str) -> bool:
+    """A frame in egress-proxy's request-path code (not the start-up frames every stack has)."""
+    path = _file(frame)
+    return path.startswith(("proxy/", "addons/")) and path not in ("proxy/cli.py", "addons/runner.py")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--duration", type=float, default=15, help="seconds of load per profile")
+    p.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
+    p.add_argument("--top", type=int, default=15)
+    p.add_argument("--targets", default="egress,mitmdump")
+    args = p.parse_args()
+    pyspy = run.BIN / "py-spy"
+    if not pyspy.exists():
+        print("bench/profile.py: run `.venv/bin/pip install py-spy` first", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGALRM, run._on_alarm)
+    signal.alarm(900)
+    bench_args = argparse.Namespace(size_mib=1, connectors=10, duration=args.duration)
+    work = Path(tempfile.mkdtemp(prefix="egress-profile-"))
+    procs = run.Procs()
+    bench = run.Bench(bench_args, work, procs)
+    OUT.mkdir(parents=True, exist_ok=True)
+    sections = [f"# Profiles ({time.strftime('%Y-%m-%d %H:%M')}, py-spy {args.rate} Hz)\n"]
+    try:
+        bench.setup(variants=False)
+        for name in args.targets.split(","):
+            t = bench.targets[name]
+            pids = t.pids()
+            pid = pids[1] if len(pids) > 1 else pids[0]  # egress: the worker, not the supervisor
+            for scenario, kw in SCENARIOS.items():
+                raw = OUT / f"profile-{name}-{scenario}.txt"
+                spy = subprocess.Popen(
+                    [str(pyspy), "record", "--pid", str(pid), "--duration", str(int(args.duration)),
+                     "--rate", str(args.rate), "--function", "--format", "raw",
+                     "-o", str(raw)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                )  # fmt: skip
+                time.sleep(0.5)
+                result = run.hey(t, duration=args.duration, **kw)
+                try:
+                    _, err = spy.communicate(timeout=args.duration + 60)
+                except subprocess.TimeoutExpired:
+                    spy.kill()
+                    _, err = spy.communicate()
+                rps = f"{result.get('rps', 0):,.0f} req/s (2xx) under py-spy"
+                run.log(f"profiled {name} {scenario}: {rps}")
+                body = summarize(raw, args.top) if raw.exists() else f"py-spy failed: {err.decode()[-500:]}\n"
+                sections.append(f"## {t.label} (pid {pid}), {scenario}: {rps}\n\nRaw stacks: {raw}\n\n{body}")
+    finally:
+        procs.stop_all()
+        signal.alarm(0)
+        shutil.rmtree(work, ignore_errors=True)
+    text = "\n".join(sections)
+    (OUT / "PROFILE.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
