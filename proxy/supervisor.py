@@ -119,7 +119,17 @@ class Supervisor:
     def _reserve(self) -> socket.socket:
         """Bind (without listening) so port 0 becomes one concrete port all workers share."""
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        if self.port:
+            # Without SO_REUSEPORT first: joining another proxy's port group by
+            # accident would silently split traffic between two configurations.
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine
+                try:
+                    probe.bind((self.host, self.port))
+                except OSError as e:
+                    raise EgressError(f"--listen {self.address}: cannot bind ({e.strerror})") from None
         s = socket.socket(family, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             s.bind((self.host, self.port))

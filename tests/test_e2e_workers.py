@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.clients import session
 from tests.conftest import proxy_args
-from tests.harness import Upstream, egress, start_proxy
+from tests.harness import Proxy, Upstream, egress, start_proxy
 
 pytestmark = pytest.mark.e2e
 
@@ -148,3 +148,9 @@ def test_sighup_reapplies_config_and_keeps_old_on_error(
         assert proxy.stop() == 0
     assert failures == []
     assert "cfg-secret-1" not in proxy.log_text()
+
+
+def test_second_proxy_on_a_taken_port_refuses_to_start(proxy: Proxy, tmp_path: Path) -> None:
+    res = egress(tmp_path / "other", "run", "--workers", "1", "--listen", proxy.addr)
+    assert res.returncode == 1
+    assert f"--listen {proxy.addr}: cannot bind" in res.stderr
