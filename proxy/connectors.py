@@ -253,8 +253,10 @@ def load_yaml(path: str | Path) -> list[Declared]:
         at = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or "invalid YAML"
         raise ConfigError(f"{path}:{at}: {problem}") from None
-    if doc is None:
-        doc = {"connectors": []}
+    if doc is None or (isinstance(doc, dict) and doc.get("connectors", []) is None):
+        # An empty file is more often a mistake (a bad mount) than an intent; with
+        # --prune it would remove every connector. Say `connectors: []` to mean none.
+        raise ConfigError(f"{path}: declares nothing (write `connectors: []` to mean no connectors)")
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: top level must be a mapping with a 'connectors' list")
     unknown = set(doc) - _TOP_KEYS

@@ -400,9 +400,14 @@ def test_load_good_yaml(tmp_path: Path) -> None:
     ]
 
 
-@pytest.mark.parametrize("text", ["", "connectors: []\n", "connectors:\n", "# only a comment\n"])
-def test_empty_files(tmp_path: Path, text: str) -> None:
-    assert load_yaml(write(tmp_path, text)) == []
+def test_explicitly_empty_file(tmp_path: Path) -> None:
+    assert load_yaml(write(tmp_path, "connectors: []\n")) == []
+
+
+@pytest.mark.parametrize("text", ["", "connectors:\n", "# only a comment\n"])
+def test_blank_files_are_refused_not_read_as_no_connectors(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ConfigError, match="connectors: \\[\\]"):
+        load_yaml(write(tmp_path, text))
 
 
 def test_demo_config_loads() -> None:
