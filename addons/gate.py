@@ -41,6 +41,7 @@ SAFE_OPTIONS = {
     "validate_inbound_headers": True,  # refuses CL+TE, duplicate CL/TE, bad names
 }
 RESOLVE_TIMEOUT = 10.0
+ONE_TUNNEL = Block(Reason.BAD_REQUEST, "CONNECT must be the first and only request on a plain connection")
 GRANT_HELP = {
     GrantProblem.MISSING: "this proxy requires a grant: HTTPS_PROXY=http://grant:TOKEN@HOST:PORT",
     GrantProblem.BAD: "the grant token is malformed or not signed by this proxy",
@@ -90,6 +91,11 @@ class Gate:
 
     @fail_closed
     async def http_connect(self, flow: http.HTTPFlow) -> None:
+        if flow.client_conn.tls_established or flow.client_conn.id in self.tunnels:
+            # TLS to the proxy itself, or a second CONNECT on one (HTTP/2) connection:
+            # one connection carries exactly one tunnel.
+            block(flow, ONE_TUNNEL)
+            return
         grant = self._grant(flow)
         if isinstance(grant, Block):
             block(flow, grant)

@@ -19,7 +19,7 @@ from proxy.scrub import StreamScrubber, scrub_text
 
 # Never forwarded: the sandbox's cookies, its proxy credentials, hop-by-hop headers.
 ALWAYS_STRIP = frozenset({"cookie", "proxy-authorization", "proxy-connection", "keep-alive", "te", "trailer"})
-CONNECTION_TOKENS_KEPT = frozenset({"upgrade", "close", "keep-alive"})
+OUTSIDE_TUNNEL = Block(Reason.HOST_MISMATCH, "request is not inside the CONNECT tunnel")
 EXPIRED = Block(Reason.EXPIRED_GRANT, "the grant of this tunnel expired or was revoked")
 NOT_TUNNELLED = Block(
     Reason.PLAIN_HTTP, "only https:// through CONNECT is proxied (set HTTPS_PROXY, use https)"
@@ -50,6 +50,9 @@ class Inject:
             return
         target = tunnel.target
         flow.metadata["egress.host"] = target.authority
+        if req.host != tunnel.address or req.port != target.port:
+            block(flow, OUTSIDE_TUNNEL)  # e.g. an HTTP/2 stream beside a CONNECT stream
+            return
         problem = check_tunnel_request(
             target,
             tls=flow.client_conn.tls_established and req.scheme == "https",
@@ -126,15 +129,20 @@ class Inject:
 def strip_hop_by_hop(headers: http.Headers) -> None:
     """Drop what must not cross the proxy: cookies, proxy credentials, hop-by-hop.
 
-    A WebSocket handshake keeps its ``Connection: upgrade`` and ``Upgrade``.
+    Headers the client *names* in ``Connection`` are not deleted: mitmproxy has
+    already framed the body by Content-Length/Transfer-Encoding, and deleting
+    either (``Connection: content-length``) would forward an unframed body, a
+    smuggled request. The Connection header itself goes, so the upstream drops
+    nothing either. A WebSocket handshake keeps exactly ``Connection: Upgrade``.
     """
-    names: frozenset[str] | set[str] = ALWAYS_STRIP
-    if "connection" in headers or "upgrade" in headers:
-        tokens = {t.strip().lower() for v in headers.get_all("connection") for t in v.split(",") if t.strip()}
-        websocket = "upgrade" in tokens and headers.get("upgrade", "").lower() == "websocket"
-        names = ALWAYS_STRIP | (tokens - CONNECTION_TOKENS_KEPT)
-        if not websocket:
-            names |= {"connection", "upgrade"}
-    for name in names:
+    for name in ALWAYS_STRIP:
         if name in headers:
             del headers[name]
+    if "connection" in headers or "upgrade" in headers:
+        tokens = {t.strip().lower() for v in headers.get_all("connection") for t in v.split(",")}
+        if "upgrade" in tokens and headers.get("upgrade", "").lower() == "websocket":
+            headers["connection"] = "Upgrade"
+            headers["upgrade"] = "websocket"
+        else:
+            headers.pop("connection", None)
+            headers.pop("upgrade", None)
