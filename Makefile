@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export EGRESS_HOME ?= $(CURDIR)/.egress
 LISTEN ?= 127.0.0.1:8080
 
-.PHONY: install run demo test lint format unit e2e bench clean
+.PHONY: install run demo test lint format unit e2e bench docs clean
 
 # An interpreter >= 3.12: python3.13, python3.12, python3, then pyenv's versions.
 PYTHON ?= $(shell ./scripts/find-python)
@@ -30,6 +30,7 @@ lint: install
 	$(BIN)/ruff check proxy addons tests bench
 	$(BIN)/ruff format --check proxy addons tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff check --fix proxy addons tests bench
@@ -40,6 +41,9 @@ test: lint
 
 unit: install
 	$(BIN)/python -m pytest -q -m "not e2e"
+
+docs: install
+	$(BIN)/python scripts/gen-docs
 
 bench: install
 	bash bench/setup.sh && $(BIN)/python bench/run.py

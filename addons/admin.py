@@ -8,10 +8,10 @@ from mitmproxy import ctx, exceptions
 from mitmproxy.addonmanager import Loader
 
 from addons.record import Recorder
-from proxy.admin import AdminServer
 from proxy.errors import ConfigError
+from proxy.runtime.adminserver import AdminServer
 
-logger = logging.getLogger("egress")
+logger = logging.getLogger(__name__)
 
 
 class Admin:

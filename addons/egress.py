@@ -2,28 +2,36 @@
 
 The product runs these addons in its own trimmed Master (``egress run``); this
 file lets them load into a stock mitmdump too. Options: ``egress_home``,
-``egress_allow_network``, ``egress_resolve``, ``egress_record``, ``egress_admin``.
+``egress_allow_network``, ``egress_resolve``, ``egress_require_grant``,
+``egress_record``, ``egress_admin``, ``egress_scrub_responses``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from addons import limits
+from addons import patches
 from addons.admin import Admin
-from addons.gate import Gate, Tunnel
+from addons.gate import Gate
 from addons.inject import Inject
 from addons.record import Recorder
+from addons.scrub import Scrub
 from addons.source import PolicySource
+from addons.state import Tunnels
 
 
 def make_addons() -> list[Any]:
-    """The egress addons, wired to one Policy source and one tunnel table."""
-    limits.install()
+    """The egress addons, in the order a request walks through them.
+
+    The source holds the rules; the gate opens tunnels; inject admits each
+    request and sets its route, which scrub and record then read from the
+    flow's state (so they come after inject).
+    """
+    patches.install_guards()
     source = PolicySource()
-    tunnels: dict[str, Tunnel] = {}
+    tunnels = Tunnels()
     recorder = Recorder()
-    return [source, Gate(source, tunnels), Inject(source, tunnels), recorder, Admin(recorder)]
+    return [source, Gate(source, tunnels), Inject(source, tunnels), Scrub(), recorder, Admin(recorder)]
 
 
 addons = make_addons()

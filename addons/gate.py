@@ -14,7 +14,6 @@ import logging
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from mitmproxy import connection, ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
@@ -22,12 +21,15 @@ from mitmproxy.proxy import mode_specs, server_hooks
 
 from addons.respond import block, fail_closed, where_failed
 from addons.source import PolicySource
+from addons.state import Tunnels, state
+from proxy.admission import identify
+from proxy.context import Tunnel
 from proxy.errors import ConfigError
-from proxy.grants import Grant, GrantProblem, token_from_proxy_authorization
 from proxy.netguard import NetGuard
-from proxy.policy import Block, Reason, Target, parse_target
+from proxy.policy import Block, Target, parse_target
+from proxy.reasons import Reason
 
-logger = logging.getLogger("egress")
+logger = logging.getLogger(__name__)
 
 # Options that would open unfiltered tunnels or connect before we decide.
 SAFE_OPTIONS = {
@@ -42,27 +44,10 @@ SAFE_OPTIONS = {
 }
 RESOLVE_TIMEOUT = 10.0
 ONE_TUNNEL = Block(Reason.BAD_REQUEST, "CONNECT must be the first and only request on a plain connection")
-GRANT_HELP = {
-    GrantProblem.MISSING: "this proxy requires a grant: HTTPS_PROXY=http://grant:TOKEN@HOST:PORT",
-    GrantProblem.BAD: "the grant token is malformed or not signed by this proxy",
-    GrantProblem.EXPIRED: "the grant has expired",
-    GrantProblem.REVOKED: "the grant was revoked",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Tunnel:
-    target: Target
-    address: str  # the vetted IP the upstream socket must use
-    grant: Grant | None = None
-
-    @property
-    def allowed(self) -> frozenset[str] | None:
-        return self.grant.connectors if self.grant else None
 
 
 class Gate:
-    def __init__(self, source: PolicySource, tunnels: dict[str, Tunnel]) -> None:
+    def __init__(self, source: PolicySource, tunnels: Tunnels) -> None:
         self.source = source
         self.tunnels = tunnels
         self.guard = NetGuard()
@@ -91,20 +76,28 @@ class Gate:
 
     @fail_closed
     async def http_connect(self, flow: http.HTTPFlow) -> None:
-        if flow.client_conn.tls_established or flow.client_conn.id in self.tunnels:
+        if flow.client_conn.tls_established or flow.client_conn in self.tunnels:
             # TLS to the proxy itself, or a second CONNECT on one (HTTP/2) connection:
             # one connection carries exactly one tunnel.
             block(flow, ONE_TUNNEL)
             return
-        grant = self._grant(flow)
+        rules = self.source.rules
+        grant = identify(
+            flow.request.headers.get("proxy-authorization"),
+            rules,
+            required=ctx.options.egress_require_grant,
+            now=time.time(),
+        )
         if isinstance(grant, Block):
             block(flow, grant)
             return
+        s = state(flow)
+        s.grant_label = grant.label if grant else None
         target = parse_target(flow.request.host, flow.request.port)
         if isinstance(target, Block):
             block(flow, target)
             return
-        decision = self.source.policy.connect(target, grant.connectors if grant else None)
+        decision = rules.policy.connect(target, grant.connectors if grant else None)
         if decision:
             block(flow, decision)
             return
@@ -114,26 +107,8 @@ class Gate:
             return
         flow.server_conn.sni = None if target.is_ip else target.host
         flow.request.data.host = address  # the tunnel's upstream is the checked address
-        self.tunnels[flow.client_conn.id] = Tunnel(target, address, grant)
-
-    def _grant(self, flow: http.HTTPFlow) -> Grant | Block | None:
-        """The grant the client presents; None if it presents none and none is required."""
-        token = token_from_proxy_authorization(flow.request.headers.get("proxy-authorization"))
-        if token is GrantProblem.MISSING and not ctx.options.egress_require_grant:
-            return None
-        key = self.source.grant_key
-        if isinstance(token, GrantProblem):
-            grant: Grant | GrantProblem = token
-        elif key is None:
-            grant = GrantProblem.BAD
-        else:
-            grant = key.verify(token, time.time())
-        if isinstance(grant, Grant) and grant.id in self.source.revoked:
-            grant = GrantProblem.REVOKED
-        if isinstance(grant, GrantProblem):
-            return Block(Reason(grant.value), GRANT_HELP[grant], 407)
-        flow.metadata["egress.grant"] = grant.label
-        return grant
+        self.tunnels.open(flow.client_conn, Tunnel(target, address, grant))
+        s.note("connect", f"{target.authority} via {address}")
 
     async def _resolve(self, target: Target) -> str | Block:
         if target.is_ip:
@@ -148,7 +123,7 @@ class Gate:
                     RESOLVE_TIMEOUT,
                 )
             except (OSError, TimeoutError):
-                return Block(Reason.UNRESOLVABLE, f"cannot resolve {target.host}", 502)
+                return Block(Reason.UNRESOLVABLE, f"cannot resolve {target.host}")
             addresses = [str(info[4][0]) for info in infos]
         refused = [a for a in addresses if not self.guard.permits(a)]
         if refused or not addresses:
@@ -159,7 +134,7 @@ class Gate:
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         """Last line of defence: only the pinned address and SNI of a tunnel."""
         try:
-            tunnel = self.tunnels.get(data.client.id)
+            tunnel = self.tunnels.get(data.client)
             server = data.server
             expected_sni = None if tunnel is None or tunnel.target.is_ip else tunnel.target.host
             if (
@@ -177,4 +152,4 @@ class Gate:
             logger.error("server_connect hook failed (%s)", where_failed(e))
 
     def client_disconnected(self, client: connection.Client) -> None:
-        self.tunnels.pop(client.id, None)
+        self.tunnels.close(client)

@@ -11,19 +11,20 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
-from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
+from addons.source import home_from_options
+from addons.state import peek
+from proxy.context import FlowState
 from proxy.errors import EgressError
-from proxy.home import Home
-from proxy.metrics import Metrics
-from proxy.stats import Batch, Clock, Event, StatsStore, Tally, strip_query
+from proxy.runtime.metrics import Metrics
+from proxy.stats import Batch, Clock, Event, Tally, strip_query
+from proxy.store import Store
 
-logger = logging.getLogger("egress")
-access_log = logging.getLogger("egress.access")
+logger = logging.getLogger(__name__)
+access_log = logging.getLogger("egress.access")  # a stable name operators filter on
 FLUSH_INTERVAL = 1.0
 MAX_FLUSH_FAILURES = 5  # then a batch's log rows are dropped so one bad row cannot jam the writer
 
@@ -48,9 +49,8 @@ def failure_kind(message: str) -> str:
     return "other"
 
 
-def event_host(flow: http.HTTPFlow) -> str:
-    host = flow.metadata.get("egress.host")
-    return str(host) if host else flow.request.pretty_host
+def event_host(flow: http.HTTPFlow, s: FlowState) -> str:
+    return s.host or flow.request.pretty_host
 
 
 class Recorder:
@@ -58,7 +58,7 @@ class Recorder:
         self.clock = clock
         self.tally = Tally(clock)
         self.metrics = Metrics()
-        self.store: StatsStore | None = None
+        self.store: Store | None = None
         self._task: asyncio.Task[None] | None = None
         self._flush_lock = threading.Lock()
         self._pending: Batch | None = None
@@ -76,10 +76,8 @@ class Recorder:
                 self.store.close()
                 self.store = None
             if ctx.options.egress_record:
-                root = ctx.options.egress_home
-                home = Home.from_env() if not root else Home(Path(root), Home.from_env().env)
                 try:
-                    self.store = StatsStore(home.db_path, self.clock)
+                    self.store = home_from_options().store()
                 except EgressError as e:
                     raise exceptions.OptionsError(str(e)) from None
 
@@ -115,7 +113,7 @@ class Recorder:
     def _flush(self, batch: Batch) -> None:
         with self._flush_lock:  # done() must not close the store under a running flush
             if self.store and self._pending is batch:
-                self.store.flush(batch)
+                self.store.monitoring.flush(batch)
                 self._pending = None
 
     def done(self) -> None:
@@ -128,35 +126,35 @@ class Recorder:
             if self.store:
                 batch = self.tally.drain()
                 if batch:
-                    self.store.flush(batch)
+                    self.store.monitoring.flush(batch)
                 self.store.close()
                 self.store = None
 
     # -- hooks --------------------------------------------------------------
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        connector = flow.metadata.get("egress.connector")
-        if connector is None or "egress.blocked" in flow.metadata or flow.response is None:
+        s = peek(flow)
+        if s is None or s.route is None or s.blocked is not None or flow.response is None:
             return
+        connector = s.route.connector
         status = flow.response.status_code
         failed = status >= 400
-        if ctx.options.egress_access_log and flow.response.stream:
-            flow.response.stream = self._count_bytes(flow, flow.response.stream)
         self._count(connector, failed)
         self.metrics.latency.labels(connector).observe(
             max(0.0, (flow.response.timestamp_start or 0) - flow.request.timestamp_start)
         )
         if failed:
-            self.tally.error(self._error_event(flow, connector, status=status))
+            self.tally.error(self._error_event(flow, s, status=status))
 
     def error(self, flow: http.HTTPFlow) -> None:
-        connector = flow.metadata.get("egress.connector")
-        if connector is None or flow.response is not None or flow.error is None:
+        s = peek(flow)
+        if s is None or s.route is None or flow.response is not None or flow.error is None:
             return
-        self._count(connector, True)
-        self.tally.error(self._error_event(flow, connector, failure=failure_kind(flow.error.msg)))
+        self._count(s.route.connector, True)
+        self.tally.error(self._error_event(flow, s, failure=failure_kind(flow.error.msg)))
+        s.note("error", failure_kind(flow.error.msg))
         if ctx.options.egress_access_log:
-            self._access(flow, "failed", None)
+            self._access(flow, s, "failed", None)
 
     def _count(self, connector: str, failed: bool) -> None:
         self.tally.request(connector, failed)
@@ -165,72 +163,67 @@ class Recorder:
             self.metrics.errors.labels(connector).inc()
 
     def _error_event(
-        self, flow: http.HTTPFlow, connector: str, status: int | None = None, failure: str | None = None
+        self, flow: http.HTTPFlow, s: FlowState, status: int | None = None, failure: str | None = None
     ) -> Event:
         return Event(
             "error",
             self.clock(),
             flow.request.method,
-            event_host(flow),
+            event_host(flow, s),
             strip_query(flow.request.path),
             flow.id,
-            connector=connector,
+            connector=s.connector,
             status=status,
             failure=failure,
-            grant_label=flow.metadata.get("egress.grant"),
+            grant_label=s.grant_label,
         )
 
     def response(self, flow: http.HTTPFlow) -> None:
-        if "egress.blocked" in flow.metadata:
-            self._blocked(flow)
+        s = peek(flow)
+        if s is None:
+            return
+        if s.blocked is not None:
+            self._blocked(flow, s)
         elif ctx.options.egress_access_log and flow.response is not None:
-            self._access(
-                flow, "error" if flow.response.status_code >= 400 else "ok", flow.response.status_code
-            )
+            status = flow.response.status_code
+            self._access(flow, s, "error" if status >= 400 else "ok", status)
 
-    def _access(self, flow: http.HTTPFlow, outcome: str, status: int | None) -> None:
+    def http_connect_error(self, flow: http.HTTPFlow) -> None:
+        s = peek(flow)
+        if s is not None and s.blocked is not None:
+            self._blocked(flow, s)
+
+    def _access(self, flow: http.HTTPFlow, s: FlowState, outcome: str, status: int | None) -> None:
         end = flow.response.timestamp_end if flow.response and flow.response.timestamp_end else time.time()
+        host, path = event_host(flow, s), strip_query(flow.request.path)
         access_log.info(
             "%s %s %s%s %s %s",
             outcome,
             flow.request.method,
-            event_host(flow),
-            strip_query(flow.request.path),
+            host,
+            path,
             status if status is not None else "-",
             flow.id,
             extra={
                 "request_id": flow.id,
-                "connector": flow.metadata.get("egress.connector"),
-                "grant": flow.metadata.get("egress.grant"),
+                "connector": s.connector,
+                "grant": s.grant_label,
                 "method": flow.request.method,
-                "host": event_host(flow),
-                "path": strip_query(flow.request.path),
+                "host": host,
+                "path": path,
                 "status": status,
                 "duration_ms": round((end - flow.request.timestamp_start) * 1000, 1),
-                "bytes": flow.metadata.get("egress.bytes"),
+                "bytes": s.bytes_out if s.route is not None else None,
                 "outcome": outcome,
+                "trace": [f"{stage}:{what}" for stage, what in s.trace],
             },
         )
 
-    def _count_bytes(self, flow: http.HTTPFlow, inner: object) -> Callable[[bytes], bytes]:
-        flow.metadata["egress.bytes"] = 0
-        transform = inner if callable(inner) else None
-
-        def count(chunk: bytes) -> bytes:
-            out = transform(chunk) if transform else chunk
-            flow.metadata["egress.bytes"] += len(out)
-            return out
-
-        return count
-
-    def http_connect_error(self, flow: http.HTTPFlow) -> None:
-        if "egress.blocked" in flow.metadata:
-            self._blocked(flow)
-
-    def _blocked(self, flow: http.HTTPFlow) -> None:
-        reason = str(flow.metadata["egress.blocked"])
+    def _blocked(self, flow: http.HTTPFlow, s: FlowState) -> None:
+        assert s.blocked is not None
+        reason = str(s.blocked.reason)
         if ctx.options.egress_access_log:
-            self._access(flow, "blocked", flow.response.status_code if flow.response else None)
+            self._access(flow, s, "blocked", flow.response.status_code if flow.response else None)
         connect = flow.request.method == "CONNECT"
         self.metrics.blocked.labels(reason).inc()
         self.tally.blocked(
@@ -238,10 +231,10 @@ class Recorder:
                 "blocked",
                 self.clock(),
                 flow.request.method,
-                f"{flow.request.host}:{flow.request.port}" if connect else event_host(flow),
+                f"{flow.request.host}:{flow.request.port}" if connect else event_host(flow, s),
                 "" if connect else strip_query(flow.request.path),
                 flow.id,
                 reason=reason,
-                grant_label=flow.metadata.get("egress.grant"),
+                grant_label=s.grant_label,
             )
         )

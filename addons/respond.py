@@ -9,43 +9,38 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import logging
 import traceback
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from mitmproxy import http
 
-from proxy.policy import Block, Reason
+from addons.state import state
+from proxy.policy import Block
+from proxy.reasons import Reason, blocked_answer
 
-logger = logging.getLogger("egress")
+logger = logging.getLogger(__name__)
 
-F = TypeVar("F", bound=Callable[..., Any])
+FAILED = Block(Reason.INTERNAL, "the proxy failed to check this request")
 
 
 def block(flow: http.HTTPFlow, decision: Block) -> None:
     """Answer ``flow`` with the blocked JSON body; nothing goes upstream."""
     flow.request.stream = False  # a response on a streaming request hangs the client
-    body = {
-        "error": "blocked",
-        "reason": str(decision.reason),
-        "detail": decision.detail,
-        "request_id": flow.id,
-    }
-    headers = {"content-type": "application/json", "x-egress-blocked": str(decision.reason)}
-    if decision.status == 407:
-        headers["proxy-authenticate"] = 'Basic realm="egress-proxy"'
-    flow.response = http.Response.make(decision.status, json.dumps(body).encode(), headers)
-    flow.metadata["egress.blocked"] = decision.reason
+    status, headers, body = blocked_answer(decision.reason, decision.detail, flow.id, decision.status)
+    flow.response = http.Response.make(status, body, headers)
+    s = state(flow)
+    s.blocked = decision
+    s.note("blocked", str(decision.reason))
     if logger.isEnabledFor(logging.INFO):
-        path = flow.request.path.partition("?")[0] if flow.request.method != "CONNECT" else ""
+        connect = flow.request.method == "CONNECT"
         logger.info(
             "blocked %s %s %s%s (%s) id=%s",
             decision.reason,
             flow.request.method,
-            flow.request.pretty_host if flow.request.method != "CONNECT" else flow.request.host,
-            path,
+            flow.request.host if connect else flow.request.pretty_host,
+            "" if connect else flow.request.path.partition("?")[0],
             decision.detail,
             flow.id,
         )
@@ -62,7 +57,7 @@ def _fail(hook: str, flow: http.HTTPFlow, e: BaseException) -> None:
     if hook in ("responseheaders", "response"):
         flow.kill()
     else:
-        block(flow, Block(Reason.INTERNAL, "the proxy failed to check this request", 502))
+        block(flow, FAILED)
 
 
 def fail_closed[F: Callable[..., Any]](hook: F) -> F:

@@ -1,7 +1,9 @@
-"""Run the proxy in a trimmed mitmproxy Master: only the addons the product needs.
+"""A proxy worker: ``python -m addons.runner SETTINGS_JSON``, started by the supervisor.
 
-mitmdump loads some 35 addons and every event visits each; this Master loads
-the five the proxy core requires plus ours.
+It runs a trimmed mitmproxy Master: mitmdump loads some 35 addons and every
+event visits each; this one loads the five the proxy core requires plus ours.
+The settings were validated by ``egress run``; the addons load the policy
+once, and any error there stops the worker before it listens.
 """
 
 from __future__ import annotations
@@ -10,37 +12,46 @@ import asyncio
 import logging
 import os
 import signal
-from dataclasses import dataclass
+import sys
+import weakref
 from pathlib import Path
+from typing import Any
 
 import certifi
-from mitmproxy import connection, http, options
+from mitmproxy import connection, exceptions, http, options
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
 
-from addons import speedups
+from addons import patches
 from addons.egress import make_addons
-from proxy import ca, logconfig
-from proxy.home import Home
-from proxy.netguard import NetGuard
-from proxy.registry import Registry
+from proxy.runtime import logsetup
+from proxy.runtime.settings import RunSettings
+from proxy.service import ca
 
-logger = logging.getLogger("egress")
+logger = logging.getLogger(__name__)
 DRAIN_SECONDS = 30.0
 
 
-@dataclass(frozen=True)
-class RunSettings:
-    home: Home
-    listen_host: str = "127.0.0.1"
-    listen_port: int = 8080
-    upstream_ca: str | None = None
-    allow_network: tuple[str, ...] = ()
-    resolve: tuple[str, ...] = ()
-    require_grant: bool = False
-    log_format: str = "text"
-    scrub_responses: bool = True
-    record: bool = True
+def option_values(settings: RunSettings, upstream_bundle: str | None) -> dict[str, Any]:
+    """The mitmproxy options a worker runs with: the one mapping from settings to options."""
+    host, port = settings.listen_address
+    return {
+        "mode": ["regular"],
+        "listen_host": host,
+        "listen_port": port,
+        "confdir": str(Path(settings.home) / "ca"),
+        "connection_strategy": "lazy",
+        "rawtcp": False,
+        "ssl_verify_upstream_trusted_ca": upstream_bundle,
+        "egress_home": settings.home,
+        "egress_allow_network": list(settings.allow_network),
+        "egress_resolve": list(settings.resolve),
+        "egress_admin": "",  # the supervisor serves the admin endpoint for all workers
+        "egress_record": settings.record,
+        "egress_require_grant": settings.require_grant,
+        "egress_access_log": settings.log_format == "json",
+        "egress_scrub_responses": settings.scrub_responses,
+    }
 
 
 class Ready:
@@ -51,30 +62,50 @@ class Ready:
             Path(path).write_text(str(os.getpid()))
 
 
-def upstream_bundle(home: Home, extra: str | None) -> str | None:
-    """mitmproxy's trusted-CA option replaces certifi, so pass certifi + extra."""
-    if not extra:
+class InFlight:
+    """Counts requests between their headers and their end, for a graceful stop."""
+
+    def __init__(self) -> None:
+        self.by_client: dict[str, int] = {}
+        self._flows: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
+
+    @property
+    def count(self) -> int:
+        return sum(self.by_client.values())
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        cid = flow.client_conn.id
+        self.by_client[cid] = self.by_client.get(cid, 0) + 1
+        self._flows.add(flow)
+
+    def _finished(self, flow: http.HTTPFlow) -> None:
+        if flow in self._flows:
+            self._flows.discard(flow)
+            cid = flow.client_conn.id
+            if self.by_client.get(cid, 0) > 1:
+                self.by_client[cid] -= 1
+            else:
+                self.by_client.pop(cid, None)
+
+    response = error = _finished
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self.by_client.pop(client.id, None)  # flows a crashed connection never finished
+
+
+def upstream_bundle(settings: RunSettings) -> str | None:
+    """mitmproxy's trusted-CA option replaces certifi, so pass certifi + the extra CAs."""
+    if not settings.upstream_ca:
         return None
-    path = home.run_dir / f"upstream-ca-{os.getpid()}.pem"  # one per worker, no races
-    ca.write_bundle(path, Path(extra), base=Path(certifi.where()).read_bytes())
+    path = Path(settings.run_dir) / f"upstream-ca-{os.getpid()}.pem"  # one per worker, no races
+    ca.write_bundle(path, Path(settings.upstream_ca), base=Path(certifi.where()).read_bytes())
     return str(path)
 
 
-def run(settings: RunSettings) -> int:
-    """Serve until SIGTERM/SIGINT; configuration errors surface before listening."""
-    logconfig.configure(settings.log_format)
-    speedups.install()
-    NetGuard(settings.allow_network, settings.resolve)  # raises ConfigError early
-    registry = Registry(settings.home)
-    registry.policy()  # wrong key or tampered store: fail now, clearly
-    registry.close()
-    bundle = upstream_bundle(settings.home, settings.upstream_ca)
-    return asyncio.run(_serve(settings, bundle))
-
-
-async def _serve(settings: RunSettings, bundle: str | None) -> int:
+async def serve(settings: RunSettings) -> int:
     opts = options.Options()
     master = Master(opts)
+    inflight = InFlight()
     master.addons.add(
         core.Core(),
         proxyserver.Proxyserver(),
@@ -83,25 +114,13 @@ async def _serve(settings: RunSettings, bundle: str | None) -> int:
         errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
         *make_addons(),
         Ready(),
-        inflight := InFlight(),
+        inflight,
     )
-    opts.update(
-        mode=["regular"],
-        listen_host=settings.listen_host,
-        listen_port=settings.listen_port,
-        confdir=str(settings.home.ca_dir),
-        connection_strategy="lazy",
-        rawtcp=False,
-        ssl_verify_upstream_trusted_ca=bundle,
-        egress_home=str(settings.home.root),
-        egress_allow_network=list(settings.allow_network),
-        egress_resolve=list(settings.resolve),
-        egress_admin="",  # the supervisor serves the admin endpoint for all workers
-        egress_record=settings.record,
-        egress_require_grant=settings.require_grant,
-        egress_access_log=settings.log_format == "json",
-        egress_scrub_responses=settings.scrub_responses,
-    )
+    try:
+        opts.update(**option_values(settings, upstream_bundle(settings)))
+    except exceptions.OptionsError as e:
+        print(f"egress: error: {e}", file=sys.stderr)
+        return 2
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
 
@@ -117,35 +136,6 @@ async def _serve(settings: RunSettings, bundle: str | None) -> int:
     return 0
 
 
-class InFlight:
-    """Counts requests between their headers and their end, for a graceful stop."""
-
-    def __init__(self) -> None:
-        self.by_client: dict[str, int] = {}
-
-    @property
-    def count(self) -> int:
-        return sum(self.by_client.values())
-
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
-        cid = flow.client_conn.id
-        self.by_client[cid] = self.by_client.get(cid, 0) + 1
-        flow.metadata["egress.inflight"] = True
-
-    def _finished(self, flow: http.HTTPFlow) -> None:
-        if flow.metadata.pop("egress.inflight", False):
-            cid = flow.client_conn.id
-            if self.by_client.get(cid, 0) > 1:
-                self.by_client[cid] -= 1
-            else:
-                self.by_client.pop(cid, None)
-
-    response = error = _finished
-
-    def client_disconnected(self, client: connection.Client) -> None:
-        self.by_client.pop(client.id, None)  # flows a crashed connection never finished
-
-
 async def _drain(master: Master, inflight: InFlight) -> None:
     """Stop accepting, let in-flight requests finish (bounded), then shut down."""
     try:
@@ -157,3 +147,14 @@ async def _drain(master: Master, inflight: InFlight) -> None:
             logger.warning("stopping with %d request(s) still in flight", inflight.count)
     finally:
         master.shutdown()
+
+
+def main(argv: list[str]) -> int:
+    settings = RunSettings.from_json(argv[0])
+    logsetup.configure(settings.log_format)
+    patches.install_speedups()
+    return asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,4 +1,4 @@
-"""Holds the Policy the other addons consult and reloads it when the store changes."""
+"""Holds the rules the other addons enforce and reloads them when the store changes."""
 
 from __future__ import annotations
 
@@ -9,28 +9,32 @@ from pathlib import Path
 from mitmproxy import ctx, exceptions
 from mitmproxy.addonmanager import Loader
 
-from proxy.errors import EgressError
-from proxy.grants import GrantKey
-from proxy.home import Home
+from proxy.admission import Rules
+from proxy.errors import ConfigError, EgressError
 from proxy.policy import Policy
-from proxy.registry import Registry
+from proxy.service.connectors import Connectors
+from proxy.service.home import Home
 
-logger = logging.getLogger("egress")
+logger = logging.getLogger(__name__)
+
+
+def home_from_options() -> Home:
+    root = ctx.options.egress_home
+    env = Home.from_env()
+    return env if not root else Home(Path(root), env.env)
 
 
 class PolicySource:
-    """The current Policy (and grant key and revocations), reloaded in the background.
+    """The current ``Rules`` (policy, grant key, revocations), reloaded in the background.
 
-    Connector changes made with the CLI bump the store's generation; we poll it
-    off the event loop and rebuild the Policy in a thread, so requests never
-    wait on disk. A reload that fails keeps the previous Policy in force.
+    Connector changes bump the store's generation; we poll it off the event
+    loop and rebuild the rules in a thread, so requests never wait on disk. A
+    reload that fails keeps the previous rules in force.
     """
 
     def __init__(self) -> None:
-        self.policy = Policy()
-        self.revoked: frozenset[str] = frozenset()
-        self.grant_key: GrantKey | None = None
-        self._registry: Registry | None = None
+        self.rules = Rules(Policy())
+        self._connectors: Connectors | None = None
         self._generation = -1
         self._task: asyncio.Task[None] | None = None
 
@@ -43,25 +47,27 @@ class PolicySource:
     def configure(self, updated: set[str]) -> None:
         if "egress_home" not in updated:
             return
-        root = ctx.options.egress_home
-        home = Home.from_env() if not root else Home(Path(root), Home.from_env().env)
         try:
-            if self._registry:
-                self._registry.close()
-            self._registry = Registry(home)
-            self._reload()
+            if self._connectors:
+                self._connectors.close()
+            self._connectors = Connectors(home_from_options())
+            self._generation = -1
+            self.reload()
         except EgressError as e:
             raise exceptions.OptionsError(str(e)) from None
 
-    def _reload(self) -> bool:
-        assert self._registry
-        generation = self._registry.store.generation()
+    def reload(self) -> bool:
+        """Rebuild the rules if the store changed; True if it did."""
+        assert self._connectors
+        store = self._connectors.store
+        generation = store.generation()
         if generation == self._generation:
             return False
-        policy = self._registry.policy()
-        revoked = self._registry.store.revoked_grants()
-        key = self._registry.grant_key()
-        self.policy, self.revoked, self.grant_key = policy, revoked, key
+        try:
+            grant_key = self._connectors.home.grant_key()
+        except ConfigError:
+            grant_key = None  # no grant key: every grant is refused
+        self.rules = Rules(self._connectors.policy(), grant_key, store.revoked_grants())
         self._generation = generation
         return True
 
@@ -72,8 +78,8 @@ class PolicySource:
         while True:
             await asyncio.sleep(ctx.options.egress_reload_interval)
             try:
-                if await asyncio.to_thread(self._reload):
-                    logger.info("connectors reloaded: %d in force", len(self.policy))
+                if await asyncio.to_thread(self.reload):
+                    logger.info("connectors reloaded: %d in force", len(self.rules.policy))
             except EgressError as e:
                 logger.error("connector reload failed, previous connectors stay in force: %s", e)
             except Exception as e:  # keep watching whatever happens
@@ -84,5 +90,5 @@ class PolicySource:
     def done(self) -> None:
         if self._task:
             self._task.cancel()
-        if self._registry:
-            self._registry.close()
+        if self._connectors:
+            self._connectors.close()

@@ -17,8 +17,10 @@ import sys
 import timeit
 from collections.abc import Callable
 
+from proxy.admission import RequestFacts, Rules, admit, check_tunnel_request
 from proxy.connectors import make_connector
-from proxy.policy import Allow, Policy, Target, check_tunnel_request
+from proxy.context import Tunnel
+from proxy.policy import Allow, Policy, Target
 from proxy.stats import Tally
 
 HOST = "api.bench.test"
@@ -28,11 +30,13 @@ INJECT = {"header": "Authorization", "template": "Bearer {{secret}}"}
 
 def build_policy(n: int) -> Policy:
     """The real connector plus ``n - 1`` fillers, each on a distinct host."""
-    connectors = [(make_connector("bench", patterns=[f"https://{HOST}/*"], inject=INJECT), "bench-secret")]
+    connectors = [
+        (make_connector("bench", patterns=[f"https://{HOST}/*"], inject=INJECT), {"secret": "bench-secret"})
+    ]
     connectors += [
         (
             make_connector(f"filler-{i:05d}", patterns=[f"https://api-{i:05d}.filler.test/*"], inject=INJECT),
-            f"filler-secret-{i}",
+            {"secret": f"filler-secret-{i}"},
         )
         for i in range(n - 1)
     ]
@@ -50,12 +54,14 @@ def measure(n: int, number: int = 50_000, repeat: int = 7) -> dict[str, float]:
     assert len(policy) == n
     target = Target(HOST, 443)
     tally = Tally()
-    host_headers = [HOST]
+    rules = Rules(policy)
+    tunnel = Tunnel(target, "198.51.100.1")
+
+    def facts() -> RequestFacts:  # built per request, as the adapter does
+        return RequestFacts(True, HOST, "198.51.100.1", 443, "", [HOST], PATH)
 
     def check() -> object:
-        return check_tunnel_request(
-            target, tls=True, sni=HOST, authority="", host_headers=host_headers, port=443
-        )
+        return check_tunnel_request(target, facts())
 
     def route() -> object:
         return policy.route(target, PATH)
@@ -64,17 +70,13 @@ def measure(n: int, number: int = 50_000, repeat: int = 7) -> dict[str, float]:
         tally.request("bench", False)
 
     def decide() -> None:
-        if check_tunnel_request(
-            target, tls=True, sni=HOST, authority="", host_headers=host_headers, port=443
-        ):
-            raise AssertionError("tunnel check refused the benchmark request")
-        decision = policy.route(target, PATH)
+        decision = admit(tunnel, facts(), rules, 0.0)
         assert isinstance(decision, Allow)
         tally.request(decision.connector, False)
 
     decision = policy.route(target, PATH)
     assert isinstance(decision, Allow) and decision.connector == "bench", decision
-    assert decision.header_value == "Bearer bench-secret"
+    assert decision.rendered.headers == (("Authorization", "Bearer bench-secret"),)
     assert policy.connect(target) is None
     return {
         "connectors": n,

@@ -863,7 +863,7 @@ def report(b: Bench, micro: list[dict[str, float]], info: dict[str, str], wall: 
     cost = None if rec_on is None or not rec_off else 1 - rec_on / rec_off
     check("recording cost (1 - on/off), keep-alive c=32", cost, "<= 5 %", cost is not None and cost <= 0.05,
           f"{fmt(None if cost is None else cost * 100, 1, ' %')} ({fmt(rec_on)} on / {fmt(rec_off)} off req/s)")  # fmt: skip
-    out.append("## Targets (DESIGN.md section 12)\n")
+    out.append("## Targets (bench/README.md)\n")
     out.append(
         "Pass/fail is reported, never asserted. Ratios are of medians; run-to-run spread is a few "
         "percent (see the range columns below), so a result within ~3 % of its goal is a coin toss.\n"

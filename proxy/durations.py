@@ -19,11 +19,3 @@ def parse_duration(text: str, flag: str = "duration") -> int:
     if not parts or "".join(n + u for n, u in parts) != t:
         raise ConfigError(f"{flag} {text!r}: expected a duration such as 30s, 15m, 1h or 2d")
     return sum(int(n) * _UNITS[u] for n, u in parts)
-
-
-def format_age(seconds: float) -> str:
-    s = int(max(0, seconds))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= size:
-            return f"{s // size}{unit} ago"
-    return f"{s}s ago"

@@ -12,7 +12,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 
 from proxy.errors import ConfigError
-from proxy.patterns import normalize_host
+from proxy.hosts import normalize_host
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

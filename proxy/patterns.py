@@ -3,92 +3,25 @@
 A pattern is ``https://HOST[:PORT]/PATH``. HOST may start with ``*.`` (one or
 more labels); PATH may contain ``*`` (any run of characters, ``/`` included),
 and a trailing ``/*`` also matches the path without it. The query string
-never takes part in matching. See DESIGN §6.
+never takes part in matching (docs/usage.md, "Patterns").
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from proxy.errors import ConfigError
+from proxy.hosts import format_authority, split_authority
 
-_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)\Z")
 _PCT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 # Characters a request path may carry as-is (RFC 3986 pchar plus "/" and "%").
 _PATH_CHARS = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*\Z")
 _ENCODED_DOTS = re.compile(r"%2e", re.IGNORECASE)
-_NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)\Z")
 _ENCODED_CONTROL = re.compile(r"%[01][0-9a-f]|%7f")
 # Overlong UTF-8 (%c0%ae is "." to a lenient decoder); never valid UTF-8.
 _OVERLONG = re.compile(r"%c[01]|%e0%[89]|%f0%8")
-
-
-def normalize_host(host: str) -> str:
-    """Lowercase, drop one trailing dot, IDNA-encode; raise ValueError if invalid.
-
-    IPv6 literals come back without brackets, compressed; IPv4 literals must be
-    in dotted-quad form (odd spellings such as ``0x7f.1`` or ``2130706433`` are
-    rejected rather than interpreted).
-    """
-    h = host.strip()
-    if h.startswith("[") and h.endswith("]"):
-        return str(ipaddress.IPv6Address(h[1:-1]))
-    if h.endswith("."):
-        h = h[:-1]
-    if not h:
-        raise ValueError("empty host")
-    try:
-        return str(ipaddress.IPv4Address(h))
-    except ValueError:
-        pass
-    if ":" in h:
-        return str(ipaddress.IPv6Address(h))
-    try:
-        h = h.encode("idna").decode("ascii").lower()
-    except UnicodeError as e:
-        raise ValueError(f"invalid host name {host!r}") from e
-    labels = h.split(".")
-    if not all(_LABEL.match(label) for label in labels):
-        raise ValueError(f"invalid host name {host!r}")
-    if _NUMERIC_LABEL.match(labels[-1]):
-        # An odd IPv4 spelling (octal, hex, shortened, one integer): refuse it
-        # rather than guess how a resolver would read it.
-        raise ValueError(f"ambiguous numeric host {host!r}")
-    return h
-
-
-def split_authority(authority: str, default_port: int = 443) -> tuple[str, int]:
-    """Parse ``host[:port]`` (IPv6 in brackets) into a normalised (host, port)."""
-    a = authority.strip()
-    if "@" in a:
-        raise ValueError("userinfo in authority")
-    port = default_port
-    if a.startswith("["):
-        end = a.find("]")
-        if end < 0:
-            raise ValueError("unterminated IPv6 literal")
-        host, rest = a[: end + 1], a[end + 1 :]
-        if rest:
-            if not rest.startswith(":"):
-                raise ValueError("junk after IPv6 literal")
-            port = _port(rest[1:])
-    elif a.count(":") == 1:
-        host, p = a.split(":")
-        port = _port(p)
-    elif ":" in a:
-        raise ValueError("IPv6 literal must be in brackets")
-    else:
-        host = a
-    return normalize_host(host), port
-
-
-def _port(text: str) -> int:
-    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
-        raise ValueError(f"invalid port {text!r}")
-    return int(text)
 
 
 def path_problem(path: str) -> str | None:
@@ -192,8 +125,7 @@ def parse_pattern(text: str) -> Pattern:
         if path.endswith("/*"):
             expr += "(?:/.*)?"
         regex = re.compile(expr + r"\Z", re.DOTALL)
-    shown_host = f"[{host}]" if ":" in host else host
-    canonical = f"https://{'*.' if wildcard else ''}{shown_host}{'' if port == 443 else f':{port}'}{path}"
+    canonical = f"https://{'*.' if wildcard else ''}{format_authority(host, port)}{path}"
     specificity = (
         0 if wildcard else 1,
         len(host),

@@ -2,21 +2,33 @@
 
 Masks keep the length (``*`` for every byte), so Content-Length stays true,
 and a streaming scrubber holds back just enough bytes to catch a secret split
-across chunks.
+across chunks. ``needles_for`` defines, once, which forms of a secret are
+looked for.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from urllib.parse import quote
+
+Needles = tuple[tuple[bytes, bytes], ...]  # (needle, same-length mask), longest first
 
 
-def masks(needles: Iterable[bytes]) -> tuple[tuple[bytes, bytes], ...]:
+def masks(needles: Iterable[bytes]) -> Needles:
     """(needle, same-length mask) pairs, longest first; empty needles dropped."""
     unique = sorted({n for n in needles if n}, key=len, reverse=True)
     return tuple((n, b"*" * len(n)) for n in unique)
 
 
-def scrub_text(text: str, pairs: tuple[tuple[bytes, bytes], ...]) -> str:
+def needles_for(secrets: Iterable[str]) -> Needles:
+    """Every form of each secret the scrubber masks: raw and URL-encoded."""
+    forms: list[bytes] = []
+    for secret in secrets:
+        forms += [secret.encode(), quote(secret, safe="").encode()]
+    return masks(forms)
+
+
+def scrub_text(text: str, pairs: Needles) -> str:
     for needle, mask in pairs:
         s = needle.decode("utf-8", "replace")
         if s in text:
@@ -29,7 +41,7 @@ class StreamScrubber:
 
     __slots__ = ("_carry", "_keep", "_pairs")
 
-    def __init__(self, pairs: tuple[tuple[bytes, bytes], ...]) -> None:
+    def __init__(self, pairs: Needles) -> None:
         self._pairs = pairs
         self._keep = max((len(n) for n, _ in pairs), default=1) - 1
         self._carry = b""

@@ -1,0 +1,128 @@
+"""Admission: may this request pass, and as which connector? One function decides.
+
+``identify`` answers at CONNECT (who is asking); ``admit`` answers for every
+request inside a tunnel: the request must name exactly the tunnel's target
+(SNI, ``:authority``, Host, port), its grant must still be valid (signing
+key, revocation, expiry: the same check and the same 407 as at CONNECT), and
+some granted connector must allow the path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from proxy.context import Tunnel
+from proxy.grants import Grant, GrantKey, grant_problem, token_from_proxy_authorization
+from proxy.hosts import normalize_host, split_authority
+from proxy.policy import Allow, Block, Policy, Target
+from proxy.reasons import Reason, help_of
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """One consistent snapshot of what the proxy enforces, swapped whole on reload."""
+
+    policy: Policy
+    grant_key: GrantKey | None = None
+    revoked: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What a request inside a tunnel claims, as read off the wire."""
+
+    tls: bool  # client TLS established and the request scheme is https
+    sni: str | None
+    host: str  # the address the request is bound for (the tunnel's pinned IP)
+    port: int
+    authority: str  # HTTP/2 :authority or absolute-form authority, else ""
+    host_headers: Sequence[str]
+    path: str  # without the query
+
+
+OUTSIDE_TUNNEL = Block(Reason.HOST_MISMATCH, "request is not inside the CONNECT tunnel")
+NOT_TUNNELLED = Block(
+    Reason.PLAIN_HTTP, "only https:// through CONNECT is proxied (set HTTPS_PROXY, use https)"
+)
+
+
+def grant_block(reason: Reason) -> Block:
+    return Block(reason, help_of(reason))
+
+
+def identify(
+    proxy_authorization: str | None, rules: Rules, *, required: bool, now: float
+) -> Grant | Block | None:
+    """The grant a client presents at CONNECT; None if it presents none and none is required."""
+    token = token_from_proxy_authorization(proxy_authorization)
+    if token is Reason.NO_GRANT and not required:
+        return None
+    if isinstance(token, Reason):
+        return grant_block(token)
+    if rules.grant_key is None:
+        return grant_block(Reason.BAD_GRANT)
+    grant = rules.grant_key.verify(token)
+    if isinstance(grant, Reason):
+        return grant_block(grant)
+    problem = grant_problem(grant, rules.grant_key, rules.revoked, now)
+    return grant_block(problem) if problem else grant
+
+
+def admit(tunnel: Tunnel | None, request: RequestFacts, rules: Rules, now: float) -> Allow | Block:
+    """The decision for one request inside a tunnel."""
+    if tunnel is None:
+        return NOT_TUNNELLED
+    if request.host != tunnel.address or request.port != tunnel.target.port:
+        return OUTSIDE_TUNNEL  # e.g. an HTTP/2 stream beside a CONNECT stream
+    problem = check_tunnel_request(tunnel.target, request)
+    if problem:
+        return problem
+    if tunnel.grant is not None:
+        reason = grant_problem(tunnel.grant, rules.grant_key, rules.revoked, now)
+        if reason:
+            return grant_block(reason)
+    return rules.policy.route(tunnel.target, request.path, tunnel.allowed)
+
+
+def check_tunnel_request(target: Target, request: RequestFacts) -> Block | None:
+    """A request inside a tunnel must name exactly the tunnel's target.
+
+    The client SNI, the HTTP/2 ``:authority`` or absolute-form authority, and
+    the single ``Host`` header must all equal the CONNECT target, so that what
+    we matched is what the upstream sees.
+    """
+    if not request.tls:
+        return Block(Reason.PLAIN_HTTP, "request inside the tunnel was not TLS")
+    if request.port != target.port:
+        return Block(Reason.HOST_MISMATCH, "request port differs from the tunnel's")
+    sni = request.sni
+    if sni != target.host:  # fast path: clients normally send the name as given
+        if target.is_ip:
+            if sni and _norm(sni) != target.host:
+                return Block(Reason.SNI_MISMATCH, "TLS server name differs from the tunnel's")
+        elif sni is None or _norm(sni) != target.host:
+            return Block(Reason.SNI_MISMATCH, "TLS server name differs from the tunnel's")
+    host_headers = request.host_headers
+    if len(host_headers) > 1:
+        return Block(Reason.HOST_MISMATCH, "more than one Host header")
+    names = [request.authority] if request.authority else []
+    names.extend(host_headers)
+    if not names:
+        return Block(Reason.HOST_MISMATCH, "no Host header")
+    for name in names:
+        if name == target.authority:
+            continue
+        try:
+            if split_authority(name) != (target.host, target.port):
+                return Block(Reason.HOST_MISMATCH, "Host differs from the tunnel's target")
+        except ValueError:
+            return Block(Reason.HOST_MISMATCH, "Host is not a valid authority")
+    return None
+
+
+def _norm(name: str) -> str | None:
+    try:
+        return normalize_host(name)
+    except ValueError:
+        return None

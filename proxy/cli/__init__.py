@@ -1,0 +1,50 @@
+"""The ``egress`` command line. Errors are one line on stderr; exit 2 for bad input."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from proxy import __version__
+from proxy.cli import connectors, grants, monitoring, run, setup
+from proxy.errors import EgressError
+from proxy.service.home import Home
+
+Command = Callable[[argparse.Namespace, Home], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args, Home.from_env()) or 0)
+    except EgressError as e:
+        print(f"egress: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="egress",
+        description="HTTPS egress proxy that injects API secrets sandboxed code never sees.",
+    )
+    p.add_argument("--version", action="version", version=f"egress-proxy {__version__}")
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    def command(name: str, func: Command, help: str, parent: Any = sub) -> Any:
+        sp = parent.add_parser(name, help=help, description=help)
+        sp.set_defaults(func=func)
+        return sp
+
+    for group in (setup, connectors, run, monitoring, grants):
+        group.register(sub, command)
+    return p

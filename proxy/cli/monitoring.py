@@ -1,0 +1,103 @@
+"""``egress stats`` and ``egress logs``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+from proxy.cli.render import format_age, print_table
+from proxy.durations import parse_duration
+from proxy.service.home import Home
+from proxy.service.monitoring import Monitoring
+from proxy.stats import Event
+
+
+def cmd_stats(args: argparse.Namespace, home: Home) -> int:
+    with Monitoring(home) as monitoring:
+        rows, blocked = monitoring.stats(args.connector)
+    if args.json:
+        doc = {"window_hours": 24, "connectors": [asdict(r) for r in rows], "blocked": blocked}
+        print(json.dumps(doc, indent=2))
+        return 0
+    now = time.time()
+    table = []
+    for r in rows:
+        last = ""
+        if r.last_error:
+            e = r.last_error
+            what = str(e.get("status") or e.get("failure"))
+            last = f"{what} {e['method']} {e['path']} {format_age(now - e['ts'])}"
+        table.append(
+            (r.connector, str(r.requests_24h), str(r.errors_24h), f"{r.error_rate:.1%}", last,
+             f"! {r.errors_1h} error(s) in the last hour" if r.alert else "")
+        )  # fmt: skip
+    if table:
+        print_table(("CONNECTOR", "REQUESTS 24H", "ERRORS 24H", "ERROR RATE", "LAST ERROR", "ALERT"), table)
+    else:
+        print("no connectors")
+    if blocked:
+        print()
+        print_table(
+            ("BLOCKED HOST", "REASON", "COUNT 24H"),
+            [(b["host"], b["reason"], str(b["count"])) for b in blocked],
+        )
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace, home: Home) -> int:
+    kind = "blocked" if args.blocked else "error" if args.errors else None
+    since = time.time() - parse_duration(args.since, "--since") if args.since else None
+    filters: dict[str, Any] = {
+        "kind": kind,
+        "since": since,
+        "connector": args.connector,
+        "grant_label": args.grant,
+    }
+    header = ("TIME", "KIND", "WHAT", "METHOD", "HOST", "PATH", "GRANT", "REQUEST ID")
+
+    def row(e: Event) -> tuple[str, ...]:
+        what = f"{e.connector} {e.status or e.failure}" if e.kind == "error" else str(e.reason)
+        stamp = datetime.fromtimestamp(e.ts).strftime("%Y-%m-%d %H:%M:%S")
+        return (stamp, e.kind, what, e.method, e.host, e.path or "-", e.grant_label or "-", e.request_id)
+
+    def emit(events: Sequence[Event], with_header: bool) -> None:
+        if args.json:
+            for e in events:
+                print(json.dumps(e.to_dict()), flush=True)
+        elif events:
+            print_table(header if with_header else (), [row(e) for e in events])
+            sys.stdout.flush()
+
+    with Monitoring(home) as monitoring:
+        start = monitoring.last_id()
+        events = monitoring.events(**filters, limit=args.limit)
+        if not events and not args.json and not args.follow:
+            print("no matching log rows in the last 24 hours")
+        emit(events, True)
+        if args.follow:
+            for e in monitoring.follow(start, **filters):
+                emit([e], False)
+    return 0
+
+
+def register(sub: Any, command: Any) -> None:
+    sp = command("stats", cmd_stats, "requests, errors and alerts per connector over 24 hours")
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--connector", metavar="NAME")
+
+    sp = command("logs", cmd_logs, "error and blocked-request log, newest first")
+    g = sp.add_mutually_exclusive_group()
+    g.add_argument("--blocked", action="store_true", help="blocked requests only")
+    g.add_argument("--errors", action="store_true", help="errors only")
+    sp.add_argument("--connector", metavar="NAME")
+    sp.add_argument("--grant", metavar="LABEL", help="only rows of this grant label")
+    sp.add_argument("--since", metavar="DURATION", help="e.g. 15m, 1h (default: 24h)")
+    sp.add_argument("--limit", type=int, default=200, help="at most this many rows (default 200)")
+    sp.add_argument("--json", action="store_true", help="one JSON object per line")
+    sp.add_argument("--follow", "-f", action="store_true", help="keep printing new rows until interrupted")

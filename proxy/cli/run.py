@@ -1,0 +1,102 @@
+"""``egress run``: validate everything once, then become the supervisor."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from proxy.errors import ConfigError
+from proxy.hosts import is_loopback, parse_listen
+from proxy.netguard import NetGuard
+from proxy.runtime import logsetup
+from proxy.runtime.settings import RunSettings
+from proxy.service.apply import apply_config
+from proxy.service.connectors import Connectors
+from proxy.service.home import Home
+
+DEFAULT_LISTEN = "127.0.0.1:8080"
+
+
+def settings_from_args(args: argparse.Namespace, home: Home) -> RunSettings:
+    """The run spec, with every flag checked: bad input exits 2 here, never in a worker."""
+    host, _ = parse_listen(args.listen, "--listen")
+    if not is_loopback(host) and not (args.require_grant or args.insecure_no_auth):
+        raise ConfigError(
+            f"--listen {args.listen}: anyone who can reach this address could use every "
+            "connector; add --require-grant (clients present `egress grant` tokens), or pass "
+            "--insecure-no-auth to accept that"
+        )
+    if args.workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    if args.admin:
+        parse_listen(args.admin, "--admin")
+    if args.upstream_ca and not Path(args.upstream_ca).is_file():
+        raise ConfigError(f"--upstream-ca {args.upstream_ca}: no such file")
+    NetGuard(args.allow_network, args.resolve)  # bad CIDR or pin
+    return RunSettings(
+        home=str(home.root),
+        run_dir=str(home.run_dir),
+        listen=args.listen,
+        workers=args.workers,
+        admin=args.admin,
+        config=str(Path(args.config).absolute()) if args.config else None,
+        upstream_ca=str(Path(args.upstream_ca).absolute()) if args.upstream_ca else None,
+        allow_network=tuple(args.allow_network),
+        resolve=tuple(args.resolve),
+        require_grant=args.require_grant,
+        log_format=args.log_format,
+        scrub_responses=args.scrub_responses,
+        record=not args.no_record,
+    )
+
+
+def cmd_run(args: argparse.Namespace, home: Home) -> int:
+    settings = settings_from_args(args, home)
+    logsetup.configure(settings.log_format)
+    home.init()
+    if settings.config:
+        apply_config(home, Path(settings.config))
+    with Connectors(home) as connectors:
+        connectors.policy()  # wrong master key or tampered store: exit 2 now, not in every worker
+    # Replace this process (same pid, so signals still reach it) with a lean
+    # supervisor: it need not hold the CLI's imports while the workers run.
+    os.environ["EGRESS_HOME"] = str(home.root)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "proxy.runtime.supervisor", settings.to_json()])
+    return 1  # not reached
+
+
+def register(sub: Any, command: Any) -> None:
+    sp = command("run", cmd_run, "run the proxy")
+    sp.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT")
+    sp.add_argument("--config", metavar="FILE", help="apply this connectors file (with --prune) at start")
+    sp.add_argument("--upstream-ca", metavar="PEM", help="also trust these CAs for upstream servers")
+    sp.add_argument(
+        "--allow-network", action="append", default=[], metavar="CIDR",
+        help="let upstream connections reach this private range (repeat)",
+    )  # fmt: skip
+    sp.add_argument(
+        "--resolve", action="append", default=[], metavar="HOST=IP",
+        help="pin a host name to an address, like curl --resolve (repeat)",
+    )  # fmt: skip
+    sp.add_argument("--admin", metavar="HOST:PORT", help="serve /healthz and /metrics here")
+    sp.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, metavar="N",
+        help="proxy processes sharing the port (default: number of cores)",
+    )  # fmt: skip
+    sp.add_argument("--log-format", choices=["text", "json"], default="text")
+    sp.add_argument(
+        "--scrub-responses", action=argparse.BooleanOptionalAction, default=True,
+        help="mask an injected secret that an upstream echoes back (default: on)",
+    )  # fmt: skip
+    sp.add_argument("--require-grant", action="store_true", help="every client must present a grant")
+    sp.add_argument("--no-record", action="store_true", help=argparse.SUPPRESS)  # benchmarks only
+    sp.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="allow listening on a non-loopback address without client authentication",
+    )

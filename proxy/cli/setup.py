@@ -1,0 +1,105 @@
+"""``egress init``, ``egress ca``, ``egress env`` and ``egress keys rotate``."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from proxy.errors import ConfigError
+from proxy.grants import proxy_url
+from proxy.service import ca
+from proxy.service.connectors import Connectors
+from proxy.service.home import Home
+
+DEFAULT_PROXY = "127.0.0.1:8080"
+
+
+def recorded_proxy(home: Home) -> str:
+    """The running proxy's address as it recorded it in EGRESS_HOME, else the default."""
+    try:
+        return "http://" + home.addr_file.read_text().strip()
+    except OSError:
+        return "http://" + DEFAULT_PROXY
+
+
+def cmd_init(args: argparse.Namespace, home: Home) -> int:
+    created = home.init()
+    for what in created:
+        print(f"created {what}")
+    print(f"EGRESS_HOME {home.root} is ready" + ("" if created else " (nothing to do)"))
+    return 0
+
+
+def cmd_ca(args: argparse.Namespace, home: Home) -> int:
+    home.init()
+    if args.import_:
+        try:
+            pem = Path(args.import_).read_bytes()
+        except OSError as e:
+            raise ConfigError(f"--import {args.import_}: {e.strerror}") from None
+        backup = ca.import_ca(home.ca_dir, pem, f"--import {args.import_}")
+        print(f"imported CA into {home.ca_dir}" + (f" (previous CA kept as {backup})" if backup else ""))
+        print("restart the proxy so it signs with the new CA; clients must trust it")
+    elif args.bundle:
+        ca.write_bundle(Path(args.bundle), home.ca_cert)
+        print(f"wrote {args.bundle} (system CAs + egress-proxy CA)")
+    elif args.pem:
+        sys.stdout.write(home.ca_cert.read_text())
+    else:
+        print(home.ca_cert)
+    return 0
+
+
+def cmd_env(args: argparse.Namespace, home: Home) -> int:
+    home.init()
+    proxy = args.proxy or recorded_proxy(home)
+    if args.grant:
+        proxy = proxy_url(args.grant, proxy.removeprefix("http://").split("@")[-1].rstrip("/"))
+    bundle = home.ca_dir / "bundle.pem"
+    ca.write_bundle(bundle, home.ca_cert)
+    exports = {
+        "HTTPS_PROXY": proxy,
+        "https_proxy": proxy,
+        "NO_PROXY": "localhost,127.0.0.1,::1",
+        "no_proxy": "localhost,127.0.0.1,::1",
+        "SSL_CERT_FILE": str(bundle),
+        "REQUESTS_CA_BUNDLE": str(bundle),
+        "CURL_CA_BUNDLE": str(bundle),
+        "GIT_SSL_CAINFO": str(bundle),
+        "PIP_CERT": str(bundle),
+        "NODE_EXTRA_CA_CERTS": str(home.ca_cert),
+        "NODE_USE_ENV_PROXY": "1",
+    }
+    for key, value in exports.items():
+        print(f"export {key}={shlex.quote(value)}")
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace, home: Home) -> int:
+    with Connectors(home) as connectors:
+        old, new = connectors.rotate_master_key()
+    print(f"master key rotated: {old} -> {new}; every secret re-sealed (old key kept as *.old)")
+    print("running proxies pick the new key up at their next reload")
+    return 0
+
+
+def register(sub: Any, command: Any) -> None:
+    command("init", cmd_init, "create EGRESS_HOME, master key, store and CA (idempotent)")
+
+    sp = command("ca", cmd_ca, "the CA clients must trust")
+    g = sp.add_mutually_exclusive_group()
+    g.add_argument("--path", action="store_true", help="print the CA certificate's path (default)")
+    g.add_argument("--pem", action="store_true", help="print the CA certificate")
+    g.add_argument("--bundle", metavar="PATH", help="write system CAs plus ours to PATH")
+    g.add_argument("--import", dest="import_", metavar="PEM", help="use your own CA (key and certificate)")
+
+    sp = command("env", cmd_env, "shell exports that route a step through the proxy")
+    sp.add_argument("--proxy", metavar="URL", help="proxy URL (default: the running proxy's address)")
+    sp.add_argument("--grant", metavar="TOKEN", help="use this grant as the proxy credential")
+
+    keys = sub.add_parser("keys", help="master key management")
+    ksub = keys.add_subparsers(metavar="ACTION")
+    command("rotate", cmd_keys_rotate, "new master key; re-seal every secret", ksub)

@@ -1,0 +1,43 @@
+"""Per-tunnel and per-request state: what each stage decided, in one typed place.
+
+The gate opens a ``Tunnel`` at CONNECT; every request inside it carries a
+``FlowState`` naming its tunnel, route and outcome, plus a short ``trace`` of
+what each stage decided, which the access log reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from proxy.grants import Grant
+from proxy.policy import Allow, Block, Target
+
+
+@dataclass(frozen=True, slots=True)
+class Tunnel:
+    target: Target
+    address: str  # the vetted IP the upstream socket must use
+    grant: Grant | None = None
+
+    @property
+    def allowed(self) -> frozenset[str] | None:
+        """The connectors this tunnel's client may use (None: every one)."""
+        return self.grant.connectors if self.grant else None
+
+
+@dataclass(slots=True)
+class FlowState:
+    tunnel: Tunnel | None = None
+    route: Allow | None = None
+    blocked: Block | None = None
+    grant_label: str | None = None
+    host: str | None = None  # the authority the request was for, as logged
+    bytes_out: int = 0  # response body bytes sent to the client
+    trace: list[tuple[str, str]] = field(default_factory=list)
+
+    def note(self, stage: str, decision: str) -> None:
+        self.trace.append((stage, decision))
+
+    @property
+    def connector(self) -> str | None:
+        return self.route.connector if self.route else None

@@ -1,0 +1,1 @@
+"""Running the proxy: settings, the supervisor, the admin endpoint, logging and metrics."""

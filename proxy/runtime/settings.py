@@ -1,0 +1,49 @@
+"""One run spec: built and validated once by ``egress run``, handed whole to every process.
+
+The CLI turns flags into ``RunSettings``; the supervisor and each worker get
+it as one JSON argument, so a new flag is one field here, one flag in the CLI
+and one option in the worker.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from proxy.hosts import parse_listen
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    home: str  # EGRESS_HOME, absolute
+    run_dir: str  # runtime files: addresses, readiness, metrics
+    listen: str = "127.0.0.1:8080"
+    workers: int = 1
+    admin: str | None = None
+    config: str | None = None  # connectors file re-applied on SIGHUP
+    upstream_ca: str | None = None
+    allow_network: tuple[str, ...] = ()
+    resolve: tuple[str, ...] = ()
+    require_grant: bool = False
+    log_format: str = "text"
+    scrub_responses: bool = True
+    record: bool = True
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        return parse_listen(self.listen, "--listen")
+
+    def with_listen(self, listen: str) -> RunSettings:
+        return replace(self, listen=listen)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> RunSettings:
+        data: dict[str, Any] = json.loads(text)
+        for f in fields(cls):
+            if str(f.type).startswith("tuple") and f.name in data:
+                data[f.name] = tuple(data[f.name])
+        return cls(**data)

@@ -1,0 +1,1 @@
+"""Use cases shared by the CLI and the admin API: connectors, grants, monitoring, CA."""

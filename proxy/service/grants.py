@@ -1,0 +1,50 @@
+"""Grant use cases: mint, list, revoke, rotate the signing key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxy.errors import ConfigError
+from proxy.grants import Grant, grant_id_of
+from proxy.service.home import Home
+from proxy.store import Store
+
+
+class Grants:
+    def __init__(self, home: Home, store: Store | None = None) -> None:
+        self.home = home
+        self.store: Store = store or home.store()
+
+    def __enter__(self) -> Grants:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.store.close()
+
+    def mint(self, connectors: list[str], ttl: int, label: str) -> tuple[str, Grant]:
+        known = {s.name for s in self.store.connectors()}
+        unknown = sorted(set(connectors) - known)
+        if unknown:
+            raise ConfigError(f"--connector: no connector named {', '.join(map(repr, unknown))}")
+        if ttl <= 0:
+            raise ConfigError("--ttl must be positive")
+        token, grant = self.home.grant_key().mint(connectors, ttl, label)
+        with self.store.write() as tx:
+            tx.add_grant(grant.id, label, sorted(connectors), grant.expires_at)
+        return token, grant
+
+    def list(self) -> list[dict[str, Any]]:
+        return self.store.grants()
+
+    def revoke(self, token_or_id: str) -> str:
+        gid = grant_id_of(token_or_id) or token_or_id
+        with self.store.write() as tx:
+            if not tx.revoke_grant(gid):
+                raise ConfigError(f"no active grant with id {gid!r} (see `egress grant list`)")
+        return gid
+
+    def rotate_key(self) -> None:
+        """New grant key: every outstanding token stops working at the next reload, open tunnels too."""
+        self.home.new_grant_key()
+        with self.store.write():
+            pass  # bump the generation so running proxies reload the key

@@ -1,0 +1,52 @@
+"""The store's one versioned schema: every table, and the steps between versions.
+
+Version 1 held connectors and grants; version 2 adds the monitoring tables
+(stores written by earlier releases already have them, hence IF NOT EXISTS).
+A migration runs inside the transaction that bumps the version, so a store
+is never left half-migrated.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: connectors with sealed secrets, grants and revocations
+    """
+    CREATE TABLE IF NOT EXISTS connectors (
+        name TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        secret BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS grants (
+        id TEXT PRIMARY KEY,
+        label TEXT NOT NULL,
+        connectors TEXT NOT NULL,
+        expires_at REAL NOT NULL,
+        created_at REAL NOT NULL,
+        revoked_at REAL
+    );
+    """,
+    # 2: per-minute counters and the event log
+    """
+    CREATE TABLE IF NOT EXISTS stats_minute (
+        connector TEXT NOT NULL, minute INTEGER NOT NULL,
+        requests INTEGER NOT NULL, errors INTEGER NOT NULL,
+        PRIMARY KEY (connector, minute)
+    );
+    CREATE TABLE IF NOT EXISTS blocked_minute (
+        host TEXT NOT NULL, reason TEXT NOT NULL, minute INTEGER NOT NULL, count INTEGER NOT NULL,
+        PRIMARY KEY (host, reason, minute)
+    );
+    CREATE TABLE IF NOT EXISTS events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        ts REAL NOT NULL,
+        connector TEXT, reason TEXT, status INTEGER, failure TEXT,
+        method TEXT NOT NULL, host TEXT NOT NULL, path TEXT NOT NULL,
+        request_id TEXT NOT NULL, grant_label TEXT
+    );
+    CREATE INDEX IF NOT EXISTS events_by_time ON events (ts);
+    """,
+]
+VERSION = len(MIGRATIONS)

@@ -1,0 +1,170 @@
+"""The embedded SQLite store (WAL mode): safe to share between processes on one host.
+
+Every write runs in one ``BEGIN IMMEDIATE`` transaction and bumps the
+generation, which running proxies poll to reload. A file that is not a valid
+store is reported and left untouched, never replaced; an older store is
+migrated in place, in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from proxy.errors import ConfigError
+from proxy.stats import Clock
+from proxy.store.base import StoredConnector
+from proxy.store.schema import MIGRATIONS, VERSION
+from proxy.store.sqlite_monitoring import SqliteMonitoring
+
+_CONNECTOR_COLUMNS = "name, spec, secret, created_at, updated_at"
+
+
+def _connector(row: Any) -> StoredConnector:
+    return StoredConnector(row[0], json.loads(row[1]), bytes(row[2]), row[3], row[4])
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """Open in WAL mode, refusing a database that is not ours (DatabaseError for non-SQLite)."""
+    db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if tables and "meta" not in tables:
+        db.close()
+        raise ConfigError(
+            f"{path}: an SQLite database that is not an egress store; the file was left untouched"
+        )
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    return db
+
+
+def _version(db: sqlite3.Connection) -> int:
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone():
+        return 0
+    row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _migrate(db: sqlite3.Connection, path: Path) -> None:
+    """Bring the schema to VERSION; the write lock is taken only when there is work."""
+    if _version(db) == VERSION:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        current = _version(db)
+        if current > VERSION:
+            raise ConfigError(f"{path}: store schema {current} is newer than this egress-proxy understands")
+        for script in MIGRATIONS[current:]:
+            for statement in script.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+        if current < VERSION:
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(VERSION),))
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def get(self, name: str) -> StoredConnector | None:
+        row = self._db.execute(
+            f"SELECT {_CONNECTOR_COLUMNS} FROM connectors WHERE name=?", (name,)
+        ).fetchone()
+        return _connector(row) if row else None
+
+    def connectors(self) -> list[StoredConnector]:
+        rows = self._db.execute(f"SELECT {_CONNECTOR_COLUMNS} FROM connectors ORDER BY name").fetchall()
+        return [_connector(r) for r in rows]
+
+    def put(self, name: str, spec: dict[str, Any], sealed: bytes) -> None:
+        now = time.time()
+        self._db.execute(
+            "INSERT INTO connectors VALUES (?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE "
+            "SET spec=excluded.spec, secret=excluded.secret, updated_at=excluded.updated_at",
+            (name, json.dumps(spec, sort_keys=True), sealed, now, now),
+        )
+
+    def delete(self, name: str) -> bool:
+        return self._db.execute("DELETE FROM connectors WHERE name=?", (name,)).rowcount > 0
+
+    def add_grant(self, gid: str, label: str, connectors: list[str], expires_at: float) -> None:
+        self._db.execute(
+            "INSERT INTO grants VALUES (?, ?, ?, ?, ?, NULL)",
+            (gid, label, json.dumps(sorted(connectors)), expires_at, time.time()),
+        )
+
+    def revoke_grant(self, gid: str) -> bool:
+        cursor = self._db.execute(
+            "UPDATE grants SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (time.time(), gid)
+        )
+        return cursor.rowcount > 0
+
+
+class SqliteStore:
+    def __init__(self, path: Path, *, create: bool = False, clock: Clock = time.time) -> None:
+        self.path = path
+        self.location = str(path)
+        if not create and not path.exists():
+            raise ConfigError(f"no store at {path}: run `egress init` first")
+        try:
+            self._db = _connect(path)
+            _migrate(self._db, path)
+        except sqlite3.DatabaseError as e:
+            raise ConfigError(
+                f"{path}: not a usable egress store ({e}); the file was left untouched"
+            ) from None
+        self._read = _Transaction(self._db)
+        self.monitoring = SqliteMonitoring(self._db, clock)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def write(self) -> Iterator[_Transaction]:
+        """One transaction; bumps the generation so running proxies reload."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._read
+                self._db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='generation'")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.DatabaseError as e:
+            raise ConfigError(f"{self.path}: store write failed ({e}); nothing was changed") from None
+
+    def generation(self) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key='generation'").fetchone()
+        return int(row[0])
+
+    def connectors(self) -> list[StoredConnector]:
+        try:
+            return self._read.connectors()
+        except sqlite3.DatabaseError as e:
+            raise ConfigError(f"{self.path}: cannot read connectors ({e})") from None
+
+    def get(self, name: str) -> StoredConnector | None:
+        return self._read.get(name)
+
+    def grants(self) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT id, label, connectors, expires_at, created_at, revoked_at FROM grants ORDER BY created_at"
+        ).fetchall()
+        keys = ("id", "label", "connectors", "expires_at", "created_at", "revoked_at")
+        return [dict(zip(keys, (*r[:2], json.loads(r[2]), *r[3:]), strict=True)) for r in rows]
+
+    def revoked_grants(self) -> frozenset[str]:
+        rows = self._db.execute("SELECT id FROM grants WHERE revoked_at IS NOT NULL").fetchall()
+        return frozenset(r[0] for r in rows)

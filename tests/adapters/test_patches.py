@@ -1,0 +1,35 @@
+"""The mitmproxy patches: refused on unverified versions, raw answers from the reason table."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from addons import patches
+from proxy.reasons import Reason
+
+
+@pytest.mark.parametrize("version", ["13.0.0", "12.4.0", "11.1.3", "12"])
+def test_unverified_mitmproxy_is_refused_loudly(version: str) -> None:
+    with pytest.raises(patches.UnsupportedMitmproxy, match=version):
+        patches.check_version(version)
+
+
+def test_installed_mitmproxy_is_verified() -> None:
+    patches.check_version()
+    patches.install_guards()
+    patches.install_guards()  # idempotent
+
+
+def test_raw_answer_is_a_complete_blocked_response() -> None:
+    raw = patches.raw_answer(Reason.BAD_REQUEST, "request head over 64 KiB", 431)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "HTTP/1.1 431 Request Header Fields Too Large"
+    fields = dict(line.split(": ", 1) for line in lines[1:])
+    assert fields["x-egress-blocked"] == "bad-request"
+    assert fields["connection"] == "close"
+    assert int(fields["content-length"]) == len(body)
+    doc = json.loads(body)
+    assert doc["reason"] == "bad-request" and doc["request_id"]

@@ -1,0 +1,54 @@
+"""The recorder on real flows: counts, error and blocked rows, flushed to the store on done."""
+
+from __future__ import annotations
+
+from mitmproxy.test import taddons, tflow
+
+from addons.inject import Inject
+from addons.record import Recorder, failure_kind
+from addons.source import PolicySource
+from addons.state import Tunnels
+from proxy.service.home import Home
+from proxy.service.monitoring import Monitoring
+from tests.adapters.helpers import tunnel_flow
+
+
+def test_counts_errors_and_blocks_and_flushes_on_done(home: Home) -> None:
+    source, recorder, tunnels = PolicySource(), Recorder(), Tunnels()
+    inject = Inject(source, tunnels)
+    with taddons.context(source, recorder) as tctx:
+        tctx.configure(source, egress_home=str(home.root))
+        for status in (200, 503):
+            f = tunnel_flow(tunnels)
+            f.request.path = "/v1/charges?secret=no"
+            inject.requestheaders(f)
+            f.response = tflow.tresp(status_code=status)
+            recorder.responseheaders(f)
+            recorder.response(f)
+        failed = tunnel_flow(tunnels)
+        inject.requestheaders(failed)
+        failed.error = tflow.terr("Connection refused")
+        recorder.error(failed)
+        blocked = tflow.tflow()  # outside any tunnel
+        inject.requestheaders(blocked)
+        recorder.response(blocked)
+        recorder.done()
+    with Monitoring(home) as monitoring:
+        (row,), by_host = monitoring.stats()
+        events = monitoring.events()
+    assert (row.connector, row.requests_24h, row.errors_24h, row.alert) == ("stripe", 3, 2, True)
+    assert by_host == [{"host": blocked.request.pretty_host, "reason": "plain-http", "count": 1}]
+    kinds = sorted(str((e.kind, e.status, e.failure, e.reason)) for e in events)
+    assert kinds == [
+        str(("blocked", None, None, "plain-http")),
+        str(("error", 503, None, None)),
+        str(("error", None, "refused", None)),
+    ]
+    assert all("?" not in e.path for e in events)  # the query never reaches the log
+
+
+def test_failure_kinds() -> None:
+    assert failure_kind("Connect call failed ('1.2.3.4', 443)") == "refused"
+    assert failure_kind("TLS handshake failed: certificate verify failed") == "tls"
+    assert failure_kind("Connection reset by peer") == "reset"
+    assert failure_kind("something else") == "other"

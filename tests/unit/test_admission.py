@@ -1,0 +1,120 @@
+"""Admission: one decision per request in a tunnel, grants checked the same way everywhere."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from proxy.admission import RequestFacts, Rules, admit, identify
+from proxy.connectors import make_connector
+from proxy.context import Tunnel
+from proxy.grants import GrantKey
+from proxy.policy import Allow, Block, Policy, Target
+from proxy.reasons import Reason
+
+NOW = 1_800_000_000.0
+KEY = GrantKey(b"g" * 32)
+TARGET = Target("api.example.test", 443)
+POLICY = Policy(
+    [
+        (
+            make_connector("api", patterns=["https://api.example.test/v1/*"], inject={"header": "X-Key"}),
+            {"secret": "s"},
+        )
+    ]
+)
+
+
+def facts(**overrides: object) -> RequestFacts:
+    base: dict[str, object] = {
+        "tls": True,
+        "sni": "api.example.test",
+        "host": "198.51.100.1",
+        "port": 443,
+        "authority": "",
+        "host_headers": ["api.example.test"],
+        "path": "/v1/x",
+    }
+    base.update(overrides)
+    return RequestFacts(**base)  # type: ignore[arg-type]
+
+
+def basic(token: str) -> str:
+    return "Basic " + base64.b64encode(f"grant:{token}".encode()).decode()
+
+
+def test_admits_a_consistent_request() -> None:
+    decision = admit(Tunnel(TARGET, "198.51.100.1"), facts(), Rules(POLICY), NOW)
+    assert isinstance(decision, Allow) and decision.connector == "api"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"tls": False}, Reason.PLAIN_HTTP),
+        ({"host": "198.51.100.2"}, Reason.HOST_MISMATCH),
+        ({"sni": "evil.test"}, Reason.SNI_MISMATCH),
+        ({"sni": None}, Reason.SNI_MISMATCH),
+        ({"host_headers": ["evil.test"]}, Reason.HOST_MISMATCH),
+        ({"host_headers": ["api.example.test", "api.example.test"]}, Reason.HOST_MISMATCH),
+        ({"host_headers": []}, Reason.HOST_MISMATCH),
+        ({"authority": "evil.test", "host_headers": []}, Reason.HOST_MISMATCH),
+        ({"path": "/v2/x"}, Reason.NO_CONNECTOR),
+        ({"path": "/v1/../x"}, Reason.BAD_PATH),
+    ],
+)
+def test_refuses_inconsistent_requests(overrides: dict[str, object], reason: Reason) -> None:
+    decision = admit(Tunnel(TARGET, "198.51.100.1"), facts(**overrides), Rules(POLICY), NOW)
+    assert isinstance(decision, Block) and decision.reason == reason
+
+
+def test_no_tunnel_is_plain_http() -> None:
+    decision = admit(None, facts(), Rules(POLICY), NOW)
+    assert isinstance(decision, Block) and decision.reason == Reason.PLAIN_HTTP
+
+
+@pytest.mark.parametrize(
+    ("rules", "ttl", "reason"),
+    [
+        (Rules(POLICY, KEY, frozenset()), 60, None),
+        (Rules(POLICY, KEY, frozenset({"REVOKED"})), 60, Reason.REVOKED_GRANT),
+        (Rules(POLICY, GrantKey(b"n" * 32)), 60, Reason.BAD_GRANT),
+        (Rules(POLICY, None), 60, Reason.BAD_GRANT),
+        (Rules(POLICY, KEY), -5, Reason.EXPIRED_GRANT),
+    ],
+)
+def test_grant_validity_is_one_check_at_connect_and_per_request(
+    rules: Rules, ttl: int, reason: Reason | None
+) -> None:
+    token, grant = KEY.mint(["api"], ttl, "step", now=NOW)
+    if rules.revoked:
+        rules = Rules(rules.policy, rules.grant_key, frozenset({grant.id}))
+    at_connect = identify(basic(token), rules, required=True, now=NOW)
+    in_tunnel = admit(Tunnel(TARGET, "198.51.100.1", grant), facts(), rules, NOW)
+    if reason is None:
+        assert at_connect == grant
+        assert isinstance(in_tunnel, Allow)
+        return
+    for decision in (at_connect, in_tunnel):
+        assert isinstance(decision, Block)
+        assert (decision.reason, decision.status) == (reason, 407)
+
+
+@pytest.mark.parametrize(
+    ("header", "required", "expected"),
+    [(None, False, None), (None, True, Reason.NO_GRANT), ("Bearer x", False, Reason.BAD_GRANT),
+     (basic("eg1.forged.sig"), False, Reason.BAD_GRANT)],
+)  # fmt: skip
+def test_identify_without_a_valid_token(header: str | None, required: bool, expected: Reason | None) -> None:
+    decision = identify(header, Rules(POLICY, KEY), required=required, now=NOW)
+    if expected is None:
+        assert decision is None
+    else:
+        assert isinstance(decision, Block) and decision.reason == expected and decision.status == 407
+
+
+def test_grant_scopes_routes() -> None:
+    _, grant = KEY.mint(["other"], 60, "step", now=NOW)
+    decision = admit(Tunnel(TARGET, "198.51.100.1", grant), facts(), Rules(POLICY, KEY), NOW)
+    assert isinstance(decision, Block) and decision.reason == Reason.NOT_GRANTED
