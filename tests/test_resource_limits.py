@@ -1,0 +1,443 @@
+"""Resource limits: a hostile sandbox must not hold the proxy's sockets and memory.
+
+Regression tests for weaknesses found in review, against the real proxy:
+
+- HTTP/2 rapid reset (CVE-2023-44487): HEADERS then RST_STREAM, over and over on
+  one connection. Reset streams do not count against MAX_CONCURRENT_STREAMS, so
+  each becomes an upstream request carrying the secret; the proxy never sends
+  GOAWAY.
+- Idle and slow connections: a silent socket, a half-sent or trickled CONNECT
+  head, a tunnel with no (or a trickled) ClientHello, an idle tunnel. They are
+  closed only by mitmproxy's 600 s ``tcp_timeout``, reset by every byte.
+- Connections per client address: no cap, each one a socket and a buffer.
+- Memory: RSS grown by a flood does not come back.
+
+The timeout and cap tests start the proxy with flags the fix is to add:
+``--idle-timeout``, ``--handshake-timeout`` and ``--max-client-connections``.
+Until then ``egress run`` exits 2 and those tests error at setup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import pytest
+
+from tests.conftest import proxy_args
+from tests.harness import Proxy, Upstream, egress, start_proxy
+from tests.test_adversarial import exchange, tag, tunnel
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+STRIPE = "api.stripe.test"
+SECRET = "sk_limits_6a1f03"
+TIMEOUT = 2  # seconds, given to --idle-timeout and --handshake-timeout
+GRACE = 4.0  # how much later than TIMEOUT a close may come
+CLIENT_CAP = 50
+
+
+def stripe_home(home: Path, port: int) -> Path:
+    for args in (
+        ["init"],
+        [
+            "connector", "add", "stripe",
+            "--pattern", f"https://{STRIPE}:{port}/v1/*",
+            "--header", "Authorization", "--template", "Bearer {{secret}}",
+            "--secret-stdin",
+        ],
+    ):  # fmt: skip
+        res = egress(home, *args, stdin=SECRET)
+        assert res.returncode == 0, res.stderr
+    return home
+
+
+Spawn = Callable[..., Proxy]
+
+
+@pytest.fixture
+def spawn(tmp_path: Path, pki: tuple[Path, object], upstream: Upstream) -> Iterator[Spawn]:
+    """Start a proxy of its own (extra flags as given), stopped after the test."""
+    started: list[Proxy] = []
+
+    def start(*flags: str) -> Proxy:
+        home = stripe_home(tmp_path / f"home{len(started)}", upstream.port)
+        proxy = start_proxy(home, *proxy_args(pki[0]), *flags)
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()
+
+
+@pytest.fixture
+def timed(spawn: Spawn) -> Proxy:
+    return spawn("--idle-timeout", str(TIMEOUT), "--handshake-timeout", str(TIMEOUT))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def worker_pid(proxy: Proxy) -> int:
+    (pid,) = (
+        int(p) for p in Path(f"/proc/{proxy.proc.pid}/task/{proxy.proc.pid}/children").read_text().split()
+    )
+    return pid
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def wait_closed(
+    sock: socket.socket, seconds: float, trickle: bytes = b"", every: float = 0.5
+) -> float | None:
+    """Seconds until the peer closes ``sock`` (None: still open after ``seconds``),
+    sending ``trickle`` one byte each ``every`` seconds meanwhile."""
+    start = time.monotonic()
+    sock.settimeout(0.1)
+    sent, next_send = 0, start
+    while (now := time.monotonic()) - start < seconds:
+        if sent < len(trickle) and now >= next_send:
+            try:
+                sock.sendall(trickle[sent : sent + 1])
+            except OSError:
+                return now - start
+            sent, next_send = sent + 1, next_send + every
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except OSError:
+            return time.monotonic() - start
+        if not data:
+            return time.monotonic() - start
+    return None
+
+
+def connect_head(port: int) -> bytes:
+    return f"CONNECT {STRIPE}:{port} HTTP/1.1\r\nHost: {STRIPE}:{port}\r\n\r\n".encode()
+
+
+def connected(proxy: Proxy, port: int) -> socket.socket:
+    """A plain socket whose CONNECT was answered 200: the proxy now waits for a ClientHello."""
+    sock = socket.create_connection((proxy.host, proxy.port), timeout=5)
+    sock.sendall(connect_head(port))
+    reply = sock.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 200"), reply
+    return sock
+
+
+def client_hello() -> bytes:
+    """The bytes of a real TLS ClientHello for the stripe host."""
+    obj = ssl.create_default_context().wrap_bio(
+        ssl.MemoryBIO(), out := ssl.MemoryBIO(), server_hostname=STRIPE
+    )
+    with contextlib.suppress(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return out.read()
+
+
+def get(port: int, t: str) -> bytes:
+    return f"GET /v1/limits?t={t} HTTP/1.1\r\nHost: {STRIPE}:{port}\r\n\r\n".encode()
+
+
+def h2_connection(proxy: Proxy, port: int) -> tuple[ssl.SSLSocket, h2.connection.H2Connection]:
+    sock = tunnel(proxy, f"{STRIPE}:{port}", alpn=["h2"]).sock
+    assert isinstance(sock, ssl.SSLSocket) and sock.selected_alpn_protocol() == "h2"
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding="utf-8", validate_inbound_headers=False)
+    )
+    conn.initiate_connection()
+    sock.sendall(conn.data_to_send())
+    return sock, conn
+
+
+def reset_flood(proxy: Proxy, upstream: Upstream, streams: int, t: str) -> tuple[bool, int]:
+    """One h2 connection, ``streams`` times HEADERS then RST_STREAM. Returns whether the
+    proxy sent GOAWAY or closed within 5 s, and how many of the streams reached
+    the upstream (counted while the connection is still up, then it is closed)."""
+    sock, conn = h2_connection(proxy, upstream.port)
+    headers = [(":method", "GET"), (":authority", f"{STRIPE}:{upstream.port}"), (":scheme", "https")]
+    for i in range(streams):
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, [*headers, (":path", f"/v1/rr?t={t}&i={i}")], end_stream=True)
+        conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+    try:
+        sock.sendall(conn.data_to_send())
+        closed = wait_h2_closed(sock, conn, 5.0)
+        return closed, settled_count(upstream, t)
+    finally:
+        sock.close()
+
+
+def wait_h2_closed(sock: ssl.SSLSocket, conn: h2.connection.H2Connection, seconds: float) -> bool:
+    """True on GOAWAY or EOF; frames h2 cannot parse any more are read and dropped."""
+    deadline = time.monotonic() + seconds
+    sock.settimeout(0.2)
+    parse = True
+    while time.monotonic() < deadline:
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except OSError:
+            return True
+        if not data:
+            return True
+        if not parse:
+            continue
+        try:
+            events = conn.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            parse = False
+            continue
+        if any(isinstance(e, h2.events.ConnectionTerminated) for e in events):
+            return True
+        if out := conn.data_to_send():
+            sock.sendall(out)
+    return False
+
+
+def settled_count(upstream: Upstream, t: str, seconds: float = 15.0) -> int:
+    """Upstream requests with tag ``t``, once the count stops growing (bounded)."""
+    deadline = time.monotonic() + seconds
+    count = -1
+    while (now := len(upstream.find(t))) != count and time.monotonic() < deadline:
+        count = now
+        time.sleep(0.5)
+    return now
+
+
+def healthy(proxy: Proxy, upstream: Upstream) -> None:
+    t = tag()
+    conn = tunnel(proxy, f"{STRIPE}:{upstream.port}")
+    (reply,) = exchange(conn, get(upstream.port, t))
+    conn.close()
+    assert reply.status == 200, str(reply)
+    (rec,) = upstream.find(t)
+    assert rec.header("Authorization") == [f"Bearer {SECRET}"]
+
+
+# --------------------------------------------------------------------------- HTTP/2 rapid reset
+
+FLOOD = 1000
+
+
+def test_h2_rapid_reset_gets_goaway(spawn: Spawn, upstream: Upstream) -> None:
+    """Past a reset rate the connection must end with GOAWAY, well before every
+    reset stream has become an upstream request with the secret in it."""
+    proxy = spawn()
+    t = tag()
+    closed, forwarded = reset_flood(proxy, upstream, FLOOD, t)
+    assert closed, f"no GOAWAY or close after {FLOOD} reset streams; {forwarded} reached the upstream"
+    assert forwarded <= FLOOD // 4, f"{forwarded} of {FLOOD} reset streams reached the upstream"
+    healthy(proxy, upstream)
+
+
+def test_h2_many_normal_streams_are_not_mistaken_for_a_flood(spawn: Spawn, upstream: Upstream) -> None:
+    """Control: 300 ordinary requests, 50 in flight at a time, on one connection all succeed."""
+    proxy = spawn()
+    t = tag()
+    sock, conn = h2_connection(proxy, upstream.port)
+    headers = [(":method", "GET"), (":authority", f"{STRIPE}:{upstream.port}"), (":scheme", "https")]
+    done: set[int] = set()
+    sock.settimeout(10)
+    try:
+        for batch in range(6):
+            sids = []
+            for i in range(50):
+                sid = conn.get_next_available_stream_id()
+                conn.send_headers(sid, [*headers, (":path", f"/v1/n?t={t}&i={batch}-{i}")], end_stream=True)
+                sids.append(sid)
+            sock.sendall(conn.data_to_send())
+            while not set(sids) <= done:
+                data = sock.recv(65536)
+                assert data, "connection closed"
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, h2.events.StreamEnded):
+                        done.add(ev.stream_id)
+                    assert not isinstance(ev, h2.events.ConnectionTerminated | h2.events.StreamReset), ev
+                    if isinstance(ev, h2.events.DataReceived):
+                        conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                sock.sendall(conn.data_to_send())
+    finally:
+        sock.close()
+    assert settled_count(upstream, t) == 300
+
+
+# --------------------------------------------------------------------------- idle and slow connections
+
+
+def assert_closed_after_timeout(elapsed: float | None, what: str) -> None:
+    assert elapsed is not None, f"{what}: still open {TIMEOUT + GRACE:.0f} s later"
+    assert elapsed >= TIMEOUT * 0.5, f"{what}: closed after {elapsed:.1f} s, before any timeout"
+
+
+def test_silent_connection_closed(timed: Proxy) -> None:
+    with socket.create_connection((timed.host, timed.port), timeout=5) as sock:
+        assert_closed_after_timeout(wait_closed(sock, TIMEOUT + GRACE), "silent TCP connection")
+
+
+def test_half_sent_connect_head_closed(timed: Proxy, upstream: Upstream) -> None:
+    with socket.create_connection((timed.host, timed.port), timeout=5) as sock:
+        sock.sendall(connect_head(upstream.port)[:-2])  # all but the final CRLF
+        assert_closed_after_timeout(wait_closed(sock, TIMEOUT + GRACE), "half-sent CONNECT head")
+
+
+def test_trickled_connect_head_closed(timed: Proxy, upstream: Upstream) -> None:
+    """A byte every 0.5 s resets any inactivity timer: the head needs a deadline."""
+    with socket.create_connection((timed.host, timed.port), timeout=5) as sock:
+        trickle = connect_head(upstream.port)[:-2] + b"X-Pad: " + b"a" * 100
+        elapsed = wait_closed(sock, TIMEOUT + GRACE, trickle=trickle)
+        assert_closed_after_timeout(elapsed, "CONNECT head trickled at 2 bytes/s")
+
+
+def test_connect_without_client_hello_closed(timed: Proxy, upstream: Upstream) -> None:
+    with connected(timed, upstream.port) as sock:
+        assert_closed_after_timeout(wait_closed(sock, TIMEOUT + GRACE), "tunnel without a ClientHello")
+
+
+def test_trickled_client_hello_closed(timed: Proxy, upstream: Upstream) -> None:
+    with connected(timed, upstream.port) as sock:
+        elapsed = wait_closed(sock, TIMEOUT + GRACE, trickle=client_hello())
+        assert_closed_after_timeout(elapsed, "ClientHello trickled at 2 bytes/s")
+
+
+def test_idle_tunnel_closed(timed: Proxy, upstream: Upstream) -> None:
+    conn = tunnel(timed, f"{STRIPE}:{upstream.port}")
+    (reply,) = exchange(conn, get(upstream.port, tag()))
+    assert reply.status == 200, str(reply)
+    try:
+        assert_closed_after_timeout(wait_closed(conn.sock, TIMEOUT + GRACE), "idle keep-alive tunnel")
+    finally:
+        conn.close()
+
+
+def test_active_tunnel_outlives_the_timeouts(timed: Proxy, upstream: Upstream) -> None:
+    """Control: the timeouts are for idleness and handshakes, not a cap on a busy tunnel."""
+    conn = tunnel(timed, f"{STRIPE}:{upstream.port}")
+    try:
+        for _ in range(int((TIMEOUT + GRACE) / 0.5)):
+            (reply,) = exchange(conn, get(upstream.port, tag()))
+            assert reply.status == 200, str(reply)
+            time.sleep(0.5)
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- connections per client
+
+
+def still_open(socks: list[socket.socket]) -> list[socket.socket]:
+    """The sockets the proxy has not closed (poll: select() stops at fd 1024)."""
+    poller = select.poll()
+    for s in socks:
+        poller.register(s, select.POLLIN)
+    ready = {fd for fd, _ in poller.poll(0)}
+    gone = set()
+    for s in socks:
+        if s.fileno() in ready:
+            try:
+                if not s.recv(65536, socket.MSG_PEEK):
+                    gone.add(s)
+            except OSError:
+                gone.add(s)
+            else:  # an answer (e.g. 503) counts as refused only with the close after it
+                if wait_closed(s, 0.5) is not None:
+                    gone.add(s)
+    return [s for s in socks if s not in gone]
+
+
+def open_many(proxy: Proxy, n: int) -> list[socket.socket]:
+    socks = []
+    for _ in range(n):
+        with contextlib.suppress(OSError):  # refused at accept: fine
+            socks.append(socket.create_connection((proxy.host, proxy.port), timeout=5))
+    return socks
+
+
+def test_connections_per_client_capped(spawn: Spawn, upstream: Upstream) -> None:
+    proxy = spawn("--max-client-connections", str(CLIENT_CAP))
+    socks = open_many(proxy, 300)
+    try:
+        time.sleep(3)
+        survivors = still_open(socks)
+        assert 1 <= len(survivors) <= CLIENT_CAP, f"{len(survivors)} of 300 idle connections held open"
+    finally:
+        for s in socks:
+            s.close()
+    time.sleep(1)
+    healthy(proxy, upstream)  # the cap counts live connections, not all-time ones
+
+
+# --------------------------------------------------------------------------- memory
+
+MARGIN_MIB = 40.0
+
+
+def baseline(proxy: Proxy, upstream: Upstream) -> tuple[int, float]:
+    """Worker pid and its RSS after a warm-up (TLS contexts, certificates, imports)."""
+    for _ in range(3):
+        healthy(proxy, upstream)
+    time.sleep(1)
+    pid = worker_pid(proxy)
+    return pid, rss_mib(pid)
+
+
+def rss_back_near(pid: int, limit: float, seconds: float) -> float:
+    deadline = time.monotonic() + seconds
+    while (now := rss_mib(pid)) > limit and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return now
+
+
+def test_rss_returns_after_rapid_reset_flood(spawn: Spawn, upstream: Upstream) -> None:
+    """Two rapid-reset floods of 1000 streams, each on a connection then closed: the
+    worker's memory must come back within 15 s (it grows with each reset stream today)."""
+    proxy = spawn()
+    pid, base = baseline(proxy, upstream)
+    peak = base
+    for _ in range(2):
+        reset_flood(proxy, upstream, FLOOD, tag())
+        peak = max(peak, rss_mib(pid))
+    after = rss_back_near(pid, base + MARGIN_MIB, 15)
+    assert after <= base + MARGIN_MIB, f"RSS baseline {base:.0f} MiB, peak {peak:.0f}, 15 s after {after:.0f}"
+    healthy(proxy, upstream)
+
+
+def test_rss_bounded_under_slow_head_flood(spawn: Spawn, upstream: Upstream) -> None:
+    """1000 connections each holding a 60 KiB unfinished CONNECT head: the per-client cap
+    and the handshake deadline must keep and bring the worker's memory back near its baseline."""
+    proxy = spawn("--max-client-connections", str(CLIENT_CAP), "--handshake-timeout", str(TIMEOUT))
+    pid, base = baseline(proxy, upstream)
+    head = connect_head(upstream.port)[:-2] + b"X-Pad: " + b"a" * 60000
+    socks = open_many(proxy, 1000)
+    try:
+        for s in socks:
+            with contextlib.suppress(OSError):  # refused or closed: the point
+                s.sendall(head)
+        peak = rss_mib(pid)
+        after = rss_back_near(pid, base + MARGIN_MIB, TIMEOUT + 10)
+        alive = len(still_open(socks))
+    finally:
+        for s in socks:
+            s.close()
+    assert after <= base + MARGIN_MIB, (
+        f"RSS baseline {base:.0f} MiB, peak {peak:.0f}, after {after:.0f}; {alive} of 1000 still open"
+    )
+    healthy(proxy, upstream)
