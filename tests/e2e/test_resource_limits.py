@@ -36,7 +36,7 @@ import pytest
 
 from tests.conftest import proxy_args
 from tests.harness import Proxy, Upstream, egress, start_proxy
-from tests.test_adversarial import exchange, tag, tunnel
+from tests.e2e.test_adversarial import exchange, tag, tunnel
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 

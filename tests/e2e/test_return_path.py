@@ -36,7 +36,7 @@ import pytest
 from tests.clients import httpx_client, session
 from tests.conftest import SECRETS, proxy_args
 from tests.harness import Proxy, egress, start_proxy
-from tests.hostile import DECOMPRESSORS, ENCODINGS, Hostile, Seen, forms, make_contexts
+from tests.e2e.hostile import DECOMPRESSORS, ENCODINGS, Hostile, Seen, forms, make_contexts
 
 pytestmark = pytest.mark.e2e
 

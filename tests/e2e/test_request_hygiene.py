@@ -33,7 +33,7 @@ import pytest
 
 from tests.conftest import proxy_args
 from tests.harness import Proxy, egress, make_pki, start_proxy
-from tests.test_adversarial import Conn, H2Client, H2Result, Reply, tag, tunnel
+from tests.e2e.test_adversarial import Conn, H2Client, H2Result, Reply, tag, tunnel
 
 pytestmark = pytest.mark.e2e
 
