@@ -1,21 +1,34 @@
-"""The return path: what comes back from an upstream is cleaned before the sandbox sees it.
+"""The return path: everything an upstream sends is cleaned before the sandbox sees it.
 
-``Set-Cookie`` goes; an injected secret echoed in headers or the body is
-masked (length-preserving, across chunk boundaries). The response stream is
-composed here, once, with the byte count the access log reads.
+One place covers every channel: the status line (the reason phrase is
+replaced by the standard one), header names and values, trailers (scrubbed for
+HTTP/2 clients, dropped for HTTP/1 ones), the body (decompressed when the
+upstream compressed it anyway, since a compressed echo cannot be masked) and
+WebSocket messages. ``Set-Cookie`` and ``Set-Cookie2`` go. What cannot be
+scrubbed (an unknown content or transfer coding) is refused: the flow is
+killed. The response stream is composed here, once, with the byte count the
+access log reads.
 """
 
 from __future__ import annotations
 
+import logging
+import zlib
 from collections.abc import Callable
 
+import brotli  # type: ignore[import-untyped]
 from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
+from mitmproxy.net.http import status_codes
 
 from addons.respond import fail_closed
 from addons.state import peek
 from proxy.context import FlowState
-from proxy.scrub import StreamScrubber, scrub_text
+from proxy.scrub import Needles, StreamScrubber
+
+logger = logging.getLogger(__name__)
+COOKIES = ("set-cookie", "set-cookie2")
+Transform = Callable[[bytes], bytes]
 
 
 class Scrub:
@@ -31,10 +44,14 @@ class Scrub:
         if "egress_scrub_responses" in updated:
             self.enabled = ctx.options.egress_scrub_responses
 
+    def _needles(self, s: FlowState | None) -> Needles | None:
+        if not self.enabled or s is None or s.route is None or not s.route.scrub:
+            return None
+        return s.route.scrub
+
     @fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        s = peek(flow)
-        if self.enabled and s is not None and s.route is not None and s.route.scrub:
+        if self._needles(peek(flow)) is not None:
             flow.request.headers["accept-encoding"] = "identity"  # so an echoed secret is visible
 
     @fail_closed
@@ -43,24 +60,132 @@ class Scrub:
         s = peek(flow)
         if resp is None or (s is not None and s.blocked is not None):
             return  # our own answer: nothing to strip or stream
-        if "set-cookie" in resp.headers:
-            del resp.headers["set-cookie"]
+        for name in COOKIES:
+            resp.headers.pop(name, None)
+        resp.reason = status_codes.RESPONSES.get(resp.status_code, "")
         if s is None:
             return
-        pairs = s.route.scrub if self.enabled and s.route is not None else ()
-        if pairs:
-            echoed = {
-                name for name, value in resp.headers.items(multi=True) if scrub_text(value, pairs) != value
-            }
-            for name in echoed:
-                resp.headers.set_all(name, [scrub_text(v, pairs) for v in resp.headers.get_all(name)])
-        if resp.status_code != 101:
-            resp.stream = counted(s, StreamScrubber(pairs) if pairs else None)
+        needles = self._needles(s)
+        if needles is not None:
+            resp.headers.fields = mask_fields(resp.headers.fields, needles)
+        if resp.status_code == 101:
+            return
+        transform: Transform | None = None
+        if needles is not None:
+            try:
+                decode = decoder(resp.headers)
+            except Unscrubbable as e:
+                logger.warning("killed %s: %s", flow.id, e)
+                flow.kill()
+                return
+            transform = scrubbing(StreamScrubber(needles), decode)
+        resp.stream = counted(s, transform)
+
+    @fail_closed
+    def response(self, flow: http.HTTPFlow) -> None:
+        resp = flow.response
+        if resp is None or resp.trailers is None:
+            return
+        s = peek(flow)
+        if s is not None and s.blocked is not None:
+            return
+        if not flow.request.is_http2:
+            resp.trailers = None  # an HTTP/1 client did not ask for them (TE: trailers is stripped)
+            return
+        for name in COOKIES:
+            resp.trailers.pop(name, None)
+        needles = self._needles(s)
+        if needles is not None:
+            resp.trailers.fields = mask_fields(resp.trailers.fields, needles)
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        try:
+            assert flow.websocket is not None
+            message = flow.websocket.messages[-1]
+            needles = self._needles(peek(flow))
+            if needles is not None and not message.from_client:
+                message.content = needles.mask(message.content)
+        except Exception:
+            flow.kill()
 
 
-def counted(
-    s: FlowState, transform: Callable[[bytes], bytes] | None
-) -> Callable[[bytes], bytes | list[bytes]]:
+def mask_fields(fields: tuple[tuple[bytes, bytes], ...], needles: Needles) -> tuple[tuple[bytes, bytes], ...]:
+    """Header (or trailer) names and values with every form of a secret masked."""
+    return tuple((needles.mask(name), needles.mask(value)) for name, value in fields)
+
+
+class Unscrubbable(Exception):
+    pass
+
+
+def decoder(headers: http.Headers) -> Transform | None:
+    """A streaming decoder for the body's codings; None if identity; Unscrubbable if unknown.
+
+    The decoded body goes to the client as identity: the coding headers and the
+    now wrong Content-Length are removed.
+    """
+    te = [t.strip().lower() for t in headers.get("transfer-encoding", "").split(",") if t.strip()]
+    if any(t != "chunked" for t in te):
+        raise Unscrubbable(f"transfer coding {', '.join(te)} cannot be scrubbed")
+    codings = [c.strip().lower() for c in headers.get("content-encoding", "").split(",") if c.strip()]
+    codings = [c for c in codings if c != "identity"]
+    if not codings:
+        return None
+    steps: list[Transform] = []
+    for coding in reversed(codings):
+        step = _step(coding)
+        if step is None:
+            raise Unscrubbable(f"content coding {coding} cannot be scrubbed")
+        steps.append(step)
+    headers.pop("content-encoding", None)
+    headers.pop("content-length", None)
+
+    def decode(chunk: bytes) -> bytes:
+        """Decoded bytes of ``chunk``; b"" flushes every step in turn."""
+        if chunk:
+            for step in steps:
+                chunk = step(chunk)
+            return chunk
+        data = b""
+        for step in steps:
+            data = (step(data) if data else b"") + step(b"")
+        return data
+
+    return decode
+
+
+def scrubbing(scrubber: StreamScrubber, decode: Transform | None) -> Transform:
+    """Decode (if needed), then mask; b"" flushes both."""
+    if decode is None:
+        return scrubber
+
+    def transform(chunk: bytes) -> bytes:
+        if chunk:
+            return scrubber(decode(chunk))
+        tail = decode(b"")
+        return (scrubber(tail) if tail else b"") + scrubber(b"")
+
+    return transform
+
+
+def _step(coding: str) -> Transform | None:
+    if coding in ("gzip", "x-gzip", "deflate"):
+        z = zlib.decompressobj(47)  # gzip or zlib header, detected
+        return lambda chunk: z.decompress(chunk) if chunk else z.flush()
+    if coding == "br":
+        b = brotli.Decompressor()
+        return lambda chunk: b.process(chunk) if chunk else b""
+    if coding == "zstd":
+        try:
+            from compression import zstd  # type: ignore[import-not-found]
+        except ImportError:
+            from backports import zstd
+        d = zstd.ZstdDecompressor()
+        return lambda chunk: d.decompress(chunk) if chunk else b""
+    return None
+
+
+def counted(s: FlowState, transform: Transform | None) -> Callable[[bytes], bytes | list[bytes]]:
     """The response stream: ``transform`` (if any), counting bytes sent to the client.
 
     Nothing to send is an empty list, never ``b""``: mitmproxy frames an empty

@@ -38,7 +38,10 @@ class Allow:
     connector: str
     where: str  # "header Authorization", for operators
     rendered: Rendered = field(repr=False)
-    scrub: Needles = field(default=(), repr=False)  # the secrets' forms to mask in responses
+    scrub: Needles = field(default=Needles(), repr=False)  # the secrets' forms to mask in responses
+    # Client headers to remove before injecting: the injected names, compared
+    # lowercase with "_" as "-", so X_Api_Key cannot ride beside X-Api-Key.
+    strip: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +73,8 @@ class Policy:
                 route = Allow(connector.name, placement.where, Rendered())
             else:
                 rendered = placement.render(fields)
-                route = Allow(connector.name, placement.where, rendered, needles_for(rendered.secrets))
+                names = frozenset(header_key(name) for name, _ in rendered.headers)
+                route = Allow(connector.name, placement.where, rendered, needles_for(rendered.secrets), names)
             self.routes[connector.name] = route
             entries.extend((p, connector.name) for p in connector.patterns)
         self.index: PatternIndex[str] = PatternIndex(entries)
@@ -121,6 +125,11 @@ class Policy:
             return Block(Reason.BAD_HOST, str(e))
         target = Target(host, port)
         return self.connect(target, allowed) or self.route(target, parts.path or "/", allowed)
+
+
+def header_key(name: str) -> str:
+    """How upstreams may fold a header name: case-insensitive, "_" read as "-"."""
+    return name.lower().replace("_", "-")
 
 
 def parse_target(host: str, port: int) -> Target | Block:

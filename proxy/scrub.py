@@ -1,66 +1,142 @@
 """Mask a secret an upstream echoes back, before the sandbox reads it.
 
-Masks keep the length (``*`` for every byte), so Content-Length stays true,
-and a streaming scrubber holds back just enough bytes to catch a secret split
-across chunks. ``needles_for`` defines, once, which forms of a secret are
-looked for.
+``needles_for`` defines, once per policy load, every form of a secret the
+proxy looks for: raw (and lowercase, as an HTTP/2 header name), percent-encoded
+in any case and for any subset of its special characters, JSON string escapes
+(``\\/``, ``\\u0026`` for some or all characters), HTML entities, hex and
+base64/base64url at any alignment. Masks keep the length (``*`` for every
+byte), so Content-Length stays true, and the streaming scrubber holds back
+just enough bytes to catch a secret split across chunks.
 """
 
 from __future__ import annotations
 
+import base64
+import re
 from collections.abc import Iterable
-from urllib.parse import quote
+from dataclasses import dataclass, field
 
-Needles = tuple[tuple[bytes, bytes], ...]  # (needle, same-length mask), longest first
+_UNRESERVED = re.compile(rb"[A-Za-z0-9_.~-]+")
+_HTML = {b"&": [b"&amp;", b"&#38;", b"&#x26;"], b"<": [b"&lt;"], b">": [b"&gt;"],
+         b'"': [b"&quot;", b"&#34;"], b"'": [b"&#39;", b"&#x27;"]}  # fmt: skip
 
 
-def masks(needles: Iterable[bytes]) -> Needles:
-    """(needle, same-length mask) pairs, longest first; empty needles dropped."""
-    unique = sorted({n for n in needles if n}, key=len, reverse=True)
-    return tuple((n, b"*" * len(n)) for n in unique)
+def _any_case_hex(text: bytes) -> bytes:
+    return b"".join(b"[%c%c]" % (c, c ^ 0x20) if chr(c).isalpha() else re.escape(bytes([c])) for c in text)
+
+
+def _char_forms(ch: str) -> bytes:
+    """A regex group matching one character of a secret in any encoding a server may apply."""
+    raw = ch.encode()
+    alts = [re.escape(raw)]
+    alts.append(b"".join(b"%" + _any_case_hex(b"%02x" % b) for b in raw))  # percent, any case
+    alts.append(rb"\\u" + _any_case_hex(b"%04x" % ord(ch)))  # JSON \uXXXX
+    if ch == "/":
+        alts.append(rb"\\/")
+    alts += [re.escape(e) for e in _HTML.get(raw, [])]
+    return b"(?:" + b"|".join(alts) + b")"
+
+
+def _base64_cores(raw: bytes) -> list[bytes]:
+    """The secret's base64 at each of three alignments inside longer data, edges dropped."""
+    cores = []
+    for pad in range(3):
+        encoded = base64.b64encode(b"\0" * pad + raw)
+        start = (pad * 4 + 2) // 3  # characters that depend on the padding bytes
+        end = len(encoded) - (len(encoded) - ((pad + len(raw)) * 4 // 3)) - 1
+        core = encoded[start : max(start, end)].rstrip(b"=")
+        if len(core) >= 8:
+            cores += [core, core.replace(b"+", b"-").replace(b"/", b"_")]
+    return cores
+
+
+@dataclass(frozen=True, slots=True)
+class Needles:
+    """What to mask for a set of secrets, compiled once."""
+
+    literals: tuple[bytes, ...] = ()  # longest first
+    pattern: re.Pattern[bytes] | None = field(default=None, repr=False)
+    anchors: tuple[bytes, ...] = ()  # a match of ``pattern`` contains one of these
+    keep: int = 0  # bytes a stream holds back: the longest match minus one
+
+    def __bool__(self) -> bool:
+        return bool(self.literals or self.pattern)
+
+    def mask(self, data: bytes) -> bytes:
+        for needle in self.literals:
+            if needle in data:
+                data = data.replace(needle, b"*" * len(needle))
+        if self.pattern is not None and (not self.anchors or any(a in data for a in self.anchors)):
+            data = self.pattern.sub(lambda m: b"*" * (m.end() - m.start()), data)
+        return data
+
+    def text(self, value: str) -> str:
+        """``mask`` for header names and values, reason phrases, trailers."""
+        raw = value.encode("utf-8", "surrogateescape")
+        masked = self.mask(raw)
+        return value if masked == raw else masked.decode("utf-8", "surrogateescape")
 
 
 def needles_for(secrets: Iterable[str]) -> Needles:
-    """Every form of each secret the scrubber masks: raw and URL-encoded."""
-    forms: list[bytes] = []
+    literals: set[bytes] = set()
+    groups: list[bytes] = []
+    anchors: list[bytes] = []
+    longest = 0
     for secret in secrets:
-        forms += [secret.encode(), quote(secret, safe="").encode()]
-    return masks(forms)
+        raw = secret.encode()
+        if not raw:
+            continue
+        literals.add(raw)
+        literals.add(secret.lower().encode())
+        literals.update({raw.hex().encode(), raw.hex().upper().encode()})
+        # Every character encoded: no literal run left for the pattern's prefilter.
+        for form in ("%{:02x}", "%{:02X}"):
+            literals.add("".join(form.format(b) for b in raw).encode())
+        for form in ("\\u{:04x}", "\\u{:04X}"):
+            literals.add("".join(form.format(ord(c)) for c in secret).encode())
+        literals.update(_base64_cores(raw))
+        groups.append(b"".join(_char_forms(ch) for ch in secret))
+        runs = _UNRESERVED.findall(raw)
+        anchors.append(max(runs, key=len) if runs else b"")
+        longest = max(longest, len(raw) * 6, *(len(n) for n in literals))
+    if not groups:
+        return Needles()
+    ordered = tuple(sorted(literals, key=len, reverse=True))
+    pattern = re.compile(b"|".join(groups))
+    # Without an unreserved run in every secret there is no cheap prefilter: always run the pattern.
+    usable = tuple(a for a in anchors if a) if all(anchors) else ()
+    return Needles(ordered, pattern, usable, longest - 1)
 
 
-def scrub_text(text: str, pairs: Needles) -> str:
-    for needle, mask in pairs:
-        s = needle.decode("utf-8", "replace")
-        if s in text:
-            text = text.replace(s, mask.decode())
-    return text
+def masks(needles: Iterable[bytes]) -> Needles:
+    """Literal needles only (for tests of the stream mechanics)."""
+    unique = tuple(sorted({n for n in needles if n}, key=len, reverse=True))
+    return Needles(unique, None, (), max((len(n) for n in unique), default=1) - 1)
+
+
+def scrub_text(text: str, needles: Needles) -> str:
+    return needles.text(text)
 
 
 class StreamScrubber:
-    """A mitmproxy ``stream`` callable: chunks in, masked chunks out; b"" flushes."""
+    """A mitmproxy ``stream`` transform: chunks in, masked chunks out; b"" flushes."""
 
-    __slots__ = ("_carry", "_keep", "_pairs")
+    __slots__ = ("_carry", "_needles")
 
-    def __init__(self, pairs: Needles) -> None:
-        self._pairs = pairs
-        self._keep = max((len(n) for n, _ in pairs), default=1) - 1
+    def __init__(self, needles: Needles) -> None:
+        self._needles = needles
         self._carry = b""
 
-    def _mask(self, data: bytes) -> bytes:
-        for needle, mask in self._pairs:
-            if needle in data:
-                data = data.replace(needle, mask)
-        return data
-
     def __call__(self, chunk: bytes) -> bytes:
+        keep = self._needles.keep
         if not chunk:
-            out, self._carry = self._mask(self._carry), b""
+            out, self._carry = self._needles.mask(self._carry), b""
             return out
-        data = self._mask(self._carry + chunk)
-        if self._keep == 0:
+        data = self._needles.mask(self._carry + chunk)
+        if keep == 0:
             return data
-        if len(data) <= self._keep:
+        if len(data) <= keep:
             self._carry = data
             return b""
-        self._carry = data[-self._keep :]
-        return data[: -self._keep]
+        self._carry = data[-keep:]
+        return data[:-keep]

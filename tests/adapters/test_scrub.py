@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
+
+import pytest
+from mitmproxy import http, websocket
 from mitmproxy.test import tflow
+from wsproto.frame_protocol import Opcode
 
 from addons.scrub import Scrub
 from tests.adapters.helpers import SECRET, stripe_policy, tunnel_flow, wired
@@ -70,3 +75,64 @@ def test_response_hook_exception_kills_flow() -> None:
     f.response.headers = None  # type: ignore[assignment]  # any failure inside the hook
     Scrub().responseheaders(f)
     assert f.error is not None
+
+
+def test_reason_phrase_and_header_names_are_cleaned() -> None:
+    f = admitted_flow()
+    f.response.reason = f"OK {SECRET}"
+    f.response.headers[f"x-{SECRET}"] = "1"
+    f.response.headers["set-cookie2"] = "a=1"
+    Scrub().responseheaders(f)
+    assert f.response.reason == "OK"
+    assert SECRET.encode() not in b"".join(k + v for k, v in f.response.headers.fields)
+    assert "set-cookie2" not in f.response.headers
+
+
+def test_compressed_echo_is_decoded_then_masked() -> None:
+    f = admitted_flow()
+    body = gzip.compress(b'{"echo": "' + SECRET.encode() + b'"}' * 50)
+    f.response.headers["content-encoding"] = "gzip"
+    f.response.headers["content-length"] = str(len(body))
+    Scrub().responseheaders(f)
+    assert "content-encoding" not in f.response.headers and "content-length" not in f.response.headers
+    stream = f.response.stream
+    parts = [stream(body[i : i + 7]) for i in range(0, len(body), 7)] + [stream(b"")]
+    out = b"".join(p if isinstance(p, bytes) else b"".join(p) for p in parts)
+    assert out.startswith(b'{"echo": "*') and SECRET.encode() not in out
+
+
+@pytest.mark.parametrize(
+    ("header", "value"), [("content-encoding", "compress"), ("transfer-encoding", "gzip")]
+)
+def test_a_coding_that_cannot_be_scrubbed_is_refused(header: str, value: str) -> None:
+    f = admitted_flow()
+    f.response.headers[header] = value
+    Scrub().responseheaders(f)
+    assert f.error is not None  # killed, never passed unscrubbed
+
+
+def test_trailers_scrubbed_for_h2_clients_dropped_for_h1() -> None:
+    for version, kept in (("HTTP/2.0", True), ("HTTP/1.1", False)):
+        f = admitted_flow()
+        f.request.http_version = version
+        f.response.trailers = http.Headers(x_leak=SECRET, set_cookie="a=1", grpc_status="0")
+        Scrub().response(f)
+        if not kept:
+            assert f.response.trailers is None
+            continue
+        assert f.response.trailers is not None
+        assert f.response.trailers["x-leak"] == "*" * len(SECRET)
+        assert "set-cookie" not in f.response.trailers
+        assert f.response.trailers["grpc-status"] == "0"
+
+
+def test_websocket_messages_from_the_upstream_are_masked() -> None:
+    f = admitted_flow()
+    f.websocket = websocket.WebSocketData()
+    f.websocket.messages.append(websocket.WebSocketMessage(Opcode.TEXT, False, f"token={SECRET}".encode()))
+    f.websocket.messages.append(websocket.WebSocketMessage(Opcode.TEXT, True, f"mine={SECRET}".encode()))
+    scrub = Scrub()
+    scrub.websocket_message(f)
+    f.websocket.messages.pop()
+    scrub.websocket_message(f)
+    assert f.websocket.messages[0].content == b"token=" + b"*" * len(SECRET)

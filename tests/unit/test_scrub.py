@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 from urllib.parse import quote
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.scrub import StreamScrubber, masks, scrub_text
+from proxy.scrub import StreamScrubber, masks, needles_for, scrub_text
+from tests.e2e.hostile import ENCODINGS
 
 
 @settings(max_examples=300, deadline=None)
@@ -33,3 +36,49 @@ def test_stream_scrubber_masks_across_any_chunking(
 def test_scrub_text_masks_every_form() -> None:
     pairs = masks([b"s3cr/et", quote("s3cr/et", safe="").encode()])
     assert scrub_text("x s3cr/et y s3cr%2Fet", pairs) == "x ******* y *********"
+
+
+SECRETS_UNDER_TEST = ["wx/KEY+e2e=&7d3b", "sk_test_e2e_STRIPE_4f9a2c", "p@ss w\u00f6rd<>\"'"]
+
+
+@pytest.mark.parametrize("secret", SECRETS_UNDER_TEST)
+@pytest.mark.parametrize("name", sorted(ENCODINGS))
+def test_every_spelling_is_masked_in_place(secret: str, name: str) -> None:
+    spelled = ENCODINGS[name](secret).encode()
+    data = b'{"echo": "' + spelled + b'", "n": 1}'
+    out = needles_for([secret]).mask(data)
+    assert spelled not in out
+    assert len(out) == len(data)
+    assert out.startswith(b'{"echo": "') and out.endswith(b'", "n": 1}')
+
+
+@pytest.mark.parametrize("secret", SECRETS_UNDER_TEST)
+def test_base64_of_a_secret_inside_longer_data_is_masked(secret: str) -> None:
+    for pad in (b"", b"x", b"xy"):
+        blob = base64.b64encode(pad + secret.encode() + b"tail").decode()
+        out = needles_for([secret]).text(f"token={blob}")[6:]
+        assert "*" in out and len(out) == len(blob)
+        decoded = base64.b64decode(out.replace("*", "A"))  # what a reader could still recover
+        assert secret.encode() not in decoded
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    cuts=st.lists(st.integers(min_value=0, max_value=300), max_size=12),
+    name=st.sampled_from(sorted(ENCODINGS)),
+)
+def test_stream_masks_encoded_forms_across_any_chunking(cuts: list[int], name: str) -> None:
+    secret = SECRETS_UNDER_TEST[0]
+    spelled = ENCODINGS[name](secret).encode()
+    data = b"a" * 40 + spelled + b"b" * 40 + spelled
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    chunks = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True) if data[a:b]]
+    scrubber = StreamScrubber(needles_for([secret]))
+    out = b"".join(scrubber(c) for c in chunks) + scrubber(b"")
+    assert len(out) == len(data) and spelled not in out
+
+
+def test_unrelated_text_is_untouched() -> None:
+    needles = needles_for(SECRETS_UNDER_TEST)
+    text = b"GET /v1/charges?limit=3 HTTP/1.1 wx KEY e2e sk_test_ \\u0077 %2F"
+    assert needles.mask(text) == text
