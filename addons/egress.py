@@ -3,7 +3,8 @@
 The product runs these addons in its own trimmed Master (``egress run``); this
 file lets them load into a stock mitmdump too. Options: ``egress_home``,
 ``egress_allow_network``, ``egress_resolve``, ``egress_require_grant``,
-``egress_record``, ``egress_admin``, ``egress_scrub_responses``.
+``egress_record``, ``egress_admin``, ``egress_scrub_responses``,
+``egress_max_client_connections``, ``egress_handshake_timeout``, ``egress_h2_max_resets``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from addons import patches
 from addons.admin import Admin
 from addons.gate import Gate
 from addons.inject import Inject
+from addons.limits import Limits
 from addons.record import Recorder
 from addons.scrub import Scrub
 from addons.source import PolicySource
@@ -31,7 +33,15 @@ def make_addons() -> list[Any]:
     source = PolicySource()
     tunnels = Tunnels()
     recorder = Recorder()
-    return [source, Gate(source, tunnels), Inject(source, tunnels), Scrub(), recorder, Admin(recorder)]
+    return [
+        Limits(),
+        source,
+        Gate(source, tunnels),
+        Inject(source, tunnels),
+        Scrub(),
+        recorder,
+        Admin(recorder),
+    ]
 
 
 addons = make_addons()

@@ -17,11 +17,14 @@ from addons.source import PolicySource
 from addons.state import Tunnels, peek, state
 from proxy.admission import RequestFacts, admit
 from proxy.credentials.query import with_query_item
-from proxy.policy import Block
+from proxy.policy import Block, header_key
 from proxy.reasons import Reason
 
-# Never forwarded: the sandbox's cookies, its proxy credentials, hop-by-hop headers.
-ALWAYS_STRIP = frozenset({"cookie", "proxy-authorization", "proxy-connection", "keep-alive", "te", "trailer"})
+# Never forwarded: the sandbox's cookies, its proxy credentials, hop-by-hop headers
+# (compared as ``header_key`` folds them: lowercase, "_" as "-").
+ALWAYS_STRIP = frozenset(
+    {"cookie", "cookie2", "proxy-authorization", "proxy-connection", "keep-alive", "te", "trailer"}
+)
 TRAILERS = Block(Reason.BAD_REQUEST, "request trailers are not forwarded")
 
 
@@ -46,6 +49,9 @@ class Inject:
             authority=req.authority,
             host_headers=req.headers.get_all("host"),
             path=req.path.partition("?")[0],
+            method=req.data.method,
+            target=req.data.path,
+            fields=req.headers.fields,
         )
         decision = admit(tunnel, facts, self.source.rules, time.time())
         if isinstance(decision, Block):
@@ -53,7 +59,7 @@ class Inject:
             return
         assert tunnel is not None
         headers = req.headers
-        strip_hop_by_hop(headers)
+        strip_hop_by_hop(headers, ALWAYS_STRIP | decision.strip)
         if req.is_http2 or req.is_http3:
             req.authority = tunnel.target.authority
             headers.pop("host", None)
@@ -83,7 +89,7 @@ class Inject:
             block(flow, TRAILERS)
 
 
-def strip_hop_by_hop(headers: http.Headers) -> None:
+def strip_hop_by_hop(headers: http.Headers, strip: frozenset[str] = ALWAYS_STRIP) -> None:
     """Drop what must not cross the proxy: cookies, proxy credentials, hop-by-hop.
 
     Headers the client *names* in ``Connection`` are not deleted: mitmproxy has
@@ -92,7 +98,7 @@ def strip_hop_by_hop(headers: http.Headers) -> None:
     smuggled request. The Connection header itself goes, so the upstream drops
     nothing either. A WebSocket handshake keeps exactly ``Connection: Upgrade``.
     """
-    for name in ALWAYS_STRIP:
+    for name in [n for n in headers if header_key(n) in strip]:
         if name in headers:
             del headers[name]
     if "connection" in headers or "upgrade" in headers:

@@ -1,12 +1,23 @@
 """Every change egress-proxy makes to mitmproxy internals, applied once, version-checked.
 
-Guards (always, also under ``mitmdump -s``), closing gaps in mitmproxy's
-HTTP/1 server side before any hook runs:
+Guards (always, also under ``mitmdump -s``), closing gaps no hook can reach:
 
 - request heads are buffered without limit ("FIXME: protect against header
   size DoS" in ``_http1.py``): heads past MAX_HEAD get 431 and a close;
 - chunked request trailers raise NotImplementedError, which crashes the
-  connection without an answer: they get 400 and a close.
+  connection without an answer: they get 400 and a close;
+- chunked response trailers from an HTTP/1 upstream crash the client
+  connection the same way: they are dropped (never scrubbed, never sent);
+- mitmproxy's error pages quote the bytes it could not parse, which may be an
+  upstream echoing the secret: they say only the status;
+- WebSocket ping/pong payloads and close reasons are relayed without a hook:
+  those sent to the client are emptied;
+- HTTP/2 rapid reset (HEADERS then RST_STREAM, over and over) turned each
+  stream into an upstream request: past ``LIMITS.h2_resets`` resets in
+  ``LIMITS.h2_reset_window`` seconds the connection gets GOAWAY;
+- nothing bounded how long a connection may take to reach TLS inside its
+  tunnel (a silent socket, a trickled CONNECT head or ClientHello): past
+  ``LIMITS.handshake_timeout`` it is closed.
 
 Speedups (only in the product's own workers):
 
@@ -22,15 +33,22 @@ module was not verified against.
 from __future__ import annotations
 
 import asyncio
+import collections
+import time
 import uuid
 from collections.abc import Generator
+from dataclasses import dataclass
 from typing import Any
 
-from mitmproxy import http
+import h2.errors
+import h2.events
+import h11
+import wsproto.events
+from mitmproxy import connection, http
 from mitmproxy import version as mitmproxy_version
 from mitmproxy.net.http import status_codes
-from mitmproxy.proxy import commands, events, mode_servers
-from mitmproxy.proxy.layers.http import _http1
+from mitmproxy.proxy import commands, events, layers, mode_servers, server
+from mitmproxy.proxy.layers.http import _http1, _http2
 
 from proxy.reasons import Reason, blocked_answer
 
@@ -38,7 +56,23 @@ VERIFIED = ("12.1.", "12.2.", "12.3.")  # keep in step with pyproject.toml's mit
 MAX_HEAD = 64 * 1024
 _original_read_headers = _http1.Http1Server.read_headers
 _original_read_body = _http1.Http1Connection.read_body
+_original_h2_event = _http2.Http2Server.handle_h2_event
+_original_handle_client = server.ConnectionHandler.handle_client
+_original_ws_send = layers.websocket.WebsocketConnection.send2
 _installed: set[str] = set()
+
+
+@dataclass
+class Limits:
+    """Tunables of the guards; the limits addon sets them from its options."""
+
+    h2_resets: int = 100  # client stream resets per connection and window, then GOAWAY
+    h2_reset_window: float = 10.0
+    handshake_timeout: float = 10.0  # seconds from connect until TLS inside the tunnel
+
+
+LIMITS = Limits()
+_expiring: set[asyncio.Future[None]] = set()
 
 
 class UnsupportedMitmproxy(RuntimeError):
@@ -58,6 +92,12 @@ def check_version(version: str = mitmproxy_version.VERSION) -> None:
             (_http1.Http1Server, "read_headers"),
             (_http1.Http1Connection, "read_body"),
             (mode_servers.AsyncioServerInstance, "listen"),
+            (_http1, "format_error"),
+            (_http2, "format_error"),
+            (_http2.Http2Server, "handle_h2_event"),
+            (server.ConnectionHandler, "handle_client"),
+            (server.ConnectionHandler, "on_timeout"),
+            (layers.websocket.WebsocketConnection, "send2"),
             (http.MessageData, "__post_init__"),
         )
         if not hasattr(owner, name)
@@ -91,7 +131,25 @@ def _bounded_read_headers(
     yield from _original_read_headers(self, event)
 
 
+class _DropTrailers:
+    """An h11 body reader that ends a response at its trailers instead of raising."""
+
+    def __init__(self, reader: Any) -> None:
+        self._reader = reader
+
+    def __call__(self, buf: Any) -> Any:
+        event = self._reader(buf)
+        if isinstance(event, h11.EndOfMessage) and event.headers:
+            return h11.EndOfMessage()
+        return event
+
+    def read_eof(self) -> Any:
+        return self._reader.read_eof()
+
+
 def _guarded_read_body(self: _http1.Http1Connection, event: events.Event) -> Generator[Any, Any, None]:
+    if isinstance(self, _http1.Http1Client) and not isinstance(self.body_reader, _DropTrailers):
+        self.body_reader = _DropTrailers(self.body_reader)  # type: ignore[assignment]
     try:
         yield from _original_read_body(self, event)
     except NotImplementedError:
@@ -102,6 +160,51 @@ def _guarded_read_body(self: _http1.Http1Connection, event: events.Event) -> Gen
         )
         yield commands.CloseConnection(self.conn)
         self.state = self.done
+
+
+def _quiet_error_page(status_code: int, message: str) -> bytes:
+    """An error page that never quotes what failed to parse (it may be an echoed secret)."""
+    reason = status_codes.RESPONSES.get(status_code, "Error")
+    return f"<html><body><h1>{status_code} {reason}</h1><p>egress-proxy</p></body></html>".encode()
+
+
+def _h2_server_event(self: _http2.Http2Server, event: h2.events.Event) -> Generator[Any, Any, bool]:
+    if isinstance(event, h2.events.StreamReset) and event.remote_reset:
+        resets: collections.deque[float] = self.__dict__.setdefault("_egress_resets", collections.deque())
+        now = time.monotonic()
+        resets.append(now)
+        while resets and resets[0] < now - LIMITS.h2_reset_window:
+            resets.popleft()
+        if len(resets) > LIMITS.h2_resets:
+            yield from self.protocol_error(
+                "too many stream resets (HTTP/2 rapid reset)",
+                error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM,
+            )
+            return True
+    return (yield from _original_h2_event(self, event))
+
+
+async def _handle_client_with_deadline(self: server.ConnectionHandler) -> None:
+    def expire() -> None:
+        if not self.client.tls_established and self.client.state is not connection.ConnectionState.CLOSED:
+            task = asyncio.ensure_future(self.on_timeout())
+            _expiring.add(task)
+            task.add_done_callback(_expiring.discard)
+
+    deadline = asyncio.get_running_loop().call_later(LIMITS.handshake_timeout, expire)
+    try:
+        await _original_handle_client(self)
+    finally:
+        deadline.cancel()
+
+
+def _ws_send(self: Any, event: wsproto.events.Event) -> commands.SendData:
+    if isinstance(self.conn, connection.Client):  # towards the sandbox: control payloads carry nothing
+        if isinstance(event, wsproto.events.Ping | wsproto.events.Pong) and event.payload:
+            event = type(event)(payload=b"")
+        elif isinstance(event, wsproto.events.CloseConnection) and event.reason:
+            event = wsproto.events.CloseConnection(code=event.code, reason="")
+    return _original_ws_send(self, event)
 
 
 async def _listen_reuse_port(
@@ -121,6 +224,11 @@ def install_guards() -> None:
     check_version()
     _http1.Http1Server.read_headers = _bounded_read_headers  # type: ignore[method-assign]
     _http1.Http1Connection.read_body = _guarded_read_body  # type: ignore[method-assign]
+    _http1.format_error = _quiet_error_page  # type: ignore[attr-defined]
+    _http2.format_error = _quiet_error_page  # type: ignore[attr-defined]
+    _http2.Http2Server.handle_h2_event = _h2_server_event  # type: ignore[method-assign]
+    server.ConnectionHandler.handle_client = _handle_client_with_deadline  # type: ignore[method-assign]
+    layers.websocket.WebsocketConnection.send2 = _ws_send  # type: ignore[method-assign]
     _installed.add("guards")
 
 

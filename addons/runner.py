@@ -51,6 +51,10 @@ def option_values(settings: RunSettings, upstream_bundle: str | None) -> dict[st
         "egress_require_grant": settings.require_grant,
         "egress_access_log": settings.log_format == "json",
         "egress_scrub_responses": settings.scrub_responses,
+        "tcp_timeout": int(settings.idle_timeout),
+        "egress_handshake_timeout": settings.handshake_timeout,
+        "egress_max_client_connections": settings.max_client_connections,
+        "egress_h2_max_resets": settings.h2_max_resets,
     }
 
 

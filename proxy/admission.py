@@ -9,6 +9,7 @@ some granted connector must allow the path.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -39,7 +40,16 @@ class RequestFacts:
     authority: str  # HTTP/2 :authority or absolute-form authority, else ""
     host_headers: Sequence[str]
     path: str  # without the query
+    method: bytes = b"GET"
+    target: bytes = b"/"  # the request-target as sent, query included
+    fields: Sequence[tuple[bytes, bytes]] = ()  # every header, as sent
 
+
+# RFC 9110 token; a request-target of visible ASCII; field values without CTLs
+# (HTAB allowed), so no obs-fold, bare CR, LF or NUL reaches a lenient upstream.
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_TARGET_BAD = re.compile(rb"[^\x21-\x7e]")
+_VALUE_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 OUTSIDE_TUNNEL = Block(Reason.HOST_MISMATCH, "request is not inside the CONNECT tunnel")
 NOT_TUNNELLED = Block(
@@ -75,7 +85,7 @@ def admit(tunnel: Tunnel | None, request: RequestFacts, rules: Rules, now: float
         return NOT_TUNNELLED
     if request.host != tunnel.address or request.port != tunnel.target.port:
         return OUTSIDE_TUNNEL  # e.g. an HTTP/2 stream beside a CONNECT stream
-    problem = check_tunnel_request(tunnel.target, request)
+    problem = check_request_line(request) or check_tunnel_request(tunnel.target, request)
     if problem:
         return problem
     if tunnel.grant is not None:
@@ -83,6 +93,18 @@ def admit(tunnel: Tunnel | None, request: RequestFacts, rules: Rules, now: float
         if reason:
             return grant_block(reason)
     return rules.policy.route(tunnel.target, request.path, tunnel.allowed)
+
+
+def check_request_line(request: RequestFacts) -> Block | None:
+    """Refuse what a lenient upstream could read as a different request (400)."""
+    if not _TOKEN.match(request.method):
+        return Block(Reason.BAD_REQUEST, "the method is not an HTTP token")
+    if _TARGET_BAD.search(request.target):
+        return Block(Reason.BAD_REQUEST, "space, control or non-ASCII character in the request target")
+    for _, value in request.fields:
+        if _VALUE_BAD.search(value):
+            return Block(Reason.BAD_REQUEST, "control character, line break or obs-fold in a header value")
+    return None
 
 
 def check_tunnel_request(target: Target, request: RequestFacts) -> Block | None:

@@ -14,6 +14,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import math
 import os
 import secrets
 import time
@@ -77,7 +78,7 @@ class GrantKey:
         self, connectors: Iterable[str], ttl: int, label: str, now: float | None = None
     ) -> tuple[str, Grant]:
         now = time.time() if now is None else now
-        grant = Grant(secrets.token_hex(8), frozenset(connectors), int(now) + ttl, label, self.key_id)
+        grant = Grant(secrets.token_hex(8), frozenset(connectors), math.ceil(now + ttl), label, self.key_id)
         payload = {"id": grant.id, "c": sorted(grant.connectors), "exp": grant.expires_at, "l": label}
         body = f"{PREFIX}.{_b64(json.dumps(payload, separators=(',', ':')).encode())}"
         return f"{body}.{_b64(self._sign(body))}", grant

@@ -36,6 +36,11 @@ def settings_from_args(args: argparse.Namespace, home: Home) -> RunSettings:
     if args.upstream_ca and not Path(args.upstream_ca).is_file():
         raise ConfigError(f"--upstream-ca {args.upstream_ca}: no such file")
     NetGuard(args.allow_network, args.resolve)  # bad CIDR or pin
+    for flag, value in (("--idle-timeout", args.idle_timeout), ("--handshake-timeout", args.handshake_timeout),
+                        ("--max-client-connections", args.max_client_connections),
+                        ("--h2-max-resets", args.h2_max_resets)):  # fmt: skip
+        if value <= 0:
+            raise ConfigError(f"{flag} must be positive, not {value}")
     return RunSettings(
         home=str(home.root),
         run_dir=str(home.run_dir),
@@ -50,6 +55,10 @@ def settings_from_args(args: argparse.Namespace, home: Home) -> RunSettings:
         log_format=args.log_format,
         scrub_responses=args.scrub_responses,
         record=not args.no_record,
+        idle_timeout=args.idle_timeout,
+        handshake_timeout=args.handshake_timeout,
+        max_client_connections=args.max_client_connections,
+        h2_max_resets=args.h2_max_resets,
     )
 
 
@@ -94,6 +103,15 @@ def register(sub: Any, command: Any) -> None:
         help="mask an injected secret that an upstream echoes back (default: on)",
     )  # fmt: skip
     sp.add_argument("--require-grant", action="store_true", help="every client must present a grant")
+    limits = sp.add_argument_group("limits")
+    limits.add_argument("--idle-timeout", type=float, default=60.0, metavar="SECONDS",
+                        help="close a connection idle this long (default 60)")  # fmt: skip
+    limits.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="time from connect until TLS inside the tunnel (default 10)")  # fmt: skip
+    limits.add_argument("--max-client-connections", type=int, default=256, metavar="N",
+                        help="open connections per client address and worker (default 256)")  # fmt: skip
+    limits.add_argument("--h2-max-resets", type=int, default=100, metavar="N",
+                        help="HTTP/2 stream resets per connection in 10 s before GOAWAY (default 100)")  # fmt: skip
     sp.add_argument("--no-record", action="store_true", help=argparse.SUPPRESS)  # benchmarks only
     sp.add_argument(
         "--insecure-no-auth",

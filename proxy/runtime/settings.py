@@ -29,6 +29,10 @@ class RunSettings:
     log_format: str = "text"
     scrub_responses: bool = True
     record: bool = True
+    idle_timeout: float = 60.0  # an idle connection is closed after this many seconds
+    handshake_timeout: float = 10.0  # from connect until TLS inside the tunnel
+    max_client_connections: int = 256  # per client address and worker
+    h2_max_resets: int = 100  # per HTTP/2 connection in 10 s, then GOAWAY
 
     @property
     def listen_address(self) -> tuple[str, int]:

@@ -32,8 +32,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import proxy_args
-from tests.harness import Proxy, egress, make_pki, start_proxy
 from tests.e2e.test_adversarial import Conn, H2Client, H2Result, Reply, tag, tunnel
+from tests.harness import Proxy, egress, make_pki, start_proxy
 
 pytestmark = pytest.mark.e2e
 

@@ -35,8 +35,8 @@ import pytest
 
 from tests.clients import httpx_client, session
 from tests.conftest import SECRETS, proxy_args
-from tests.harness import Proxy, egress, start_proxy
 from tests.e2e.hostile import DECOMPRESSORS, ENCODINGS, Hostile, Seen, forms, make_contexts
+from tests.harness import Proxy, egress, start_proxy
 
 pytestmark = pytest.mark.e2e
 

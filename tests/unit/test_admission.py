@@ -118,3 +118,31 @@ def test_grant_scopes_routes() -> None:
     _, grant = KEY.mint(["other"], 60, "step", now=NOW)
     decision = admit(Tunnel(TARGET, "198.51.100.1", grant), facts(), Rules(POLICY, KEY), NOW)
     assert isinstance(decision, Block) and decision.reason == Reason.NOT_GRANTED
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"method": b"GET /v2/secret"},
+        {"method": b"GE\tT"},
+        {"method": b"G(E)T"},
+        {"method": b""},
+        {"method": b"GET\n"},
+        {"target": b"/v1/x?a=b HTTP/1.1"},
+        {"target": b"/v1/x?a=\tb"},
+        {"target": b"/v1/x?\xc3\xa9"},
+        {"fields": [(b"x-a", b"a\r\n Host: evil.test")]},
+        {"fields": [(b"x-a", b"a\rb")]},
+        {"fields": [(b"x-a", b"a\x00b")]},
+        {"fields": [(b"x-a", b"a\x0bb")]},
+    ],
+)
+def test_request_line_hygiene(overrides: dict[str, object]) -> None:
+    decision = admit(Tunnel(TARGET, "198.51.100.1"), facts(**overrides), Rules(POLICY), NOW)
+    assert isinstance(decision, Block)
+    assert (decision.reason, decision.status) == (Reason.BAD_REQUEST, 400)
+
+
+def test_tabs_and_obs_text_in_values_are_fine() -> None:
+    request = facts(method=b"PATCH", target=b"/v1/x?q=%20", fields=[(b"x-a", b"a\tb \xe9")])
+    assert isinstance(admit(Tunnel(TARGET, "198.51.100.1"), request, Rules(POLICY), NOW), Allow)

@@ -1,0 +1,34 @@
+"""The limits addon: connections per client address, and the guard tunables it sets."""
+
+from __future__ import annotations
+
+from mitmproxy.test import taddons, tflow
+
+from addons import patches
+from addons.limits import Limits
+
+
+def test_connections_past_the_cap_are_refused_and_slots_come_back() -> None:
+    limits = Limits()
+    with taddons.context(limits) as tctx:
+        tctx.configure(
+            limits, egress_max_client_connections=2, egress_handshake_timeout=3.0, egress_h2_max_resets=7
+        )
+        assert (patches.LIMITS.handshake_timeout, patches.LIMITS.h2_resets) == (3.0, 7)
+        clients = [tflow.tclient_conn() for _ in range(3)]
+        for c in clients:
+            c.peername = ("127.0.0.9", 40000)
+            limits.client_connected(c)
+        assert [c.error for c in clients[:2]] == [None, None]
+        assert clients[2].error
+        other = tflow.tclient_conn()
+        other.peername = ("127.0.0.10", 40000)
+        limits.client_connected(other)
+        assert other.error is None  # the cap is per address
+        limits.client_disconnected(clients[2])  # a refused one frees nothing
+        limits.client_disconnected(clients[0])
+        again = tflow.tclient_conn()
+        again.peername = ("127.0.0.9", 40001)
+        limits.client_connected(again)
+        assert again.error is None
+        tctx.configure(limits, egress_handshake_timeout=10.0, egress_h2_max_resets=100)
