@@ -111,7 +111,7 @@ class Scrub:
 
 def mask_fields(fields: tuple[tuple[bytes, bytes], ...], needles: Needles) -> tuple[tuple[bytes, bytes], ...]:
     """Header (or trailer) names and values with every form of a secret masked."""
-    return tuple((needles.mask(name), needles.mask(value)) for name, value in fields)
+    return tuple((needles.mask_name(name), needles.mask(value)) for name, value in fields)
 
 
 class Unscrubbable(Exception):

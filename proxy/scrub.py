@@ -55,20 +55,36 @@ class Needles:
     """What to mask for a set of secrets, compiled once."""
 
     literals: tuple[bytes, ...] = ()  # longest first
+    # (key, literals containing it): one scan of the key stands in for its family
+    # (the upper/lower hex or base64/base64url spellings of one encoding)
+    families: tuple[tuple[bytes, tuple[bytes, ...]], ...] = ()
     pattern: re.Pattern[bytes] | None = field(default=None, repr=False)
     anchors: tuple[bytes, ...] = ()  # a match of ``pattern`` contains one of these
+    lowered: tuple[bytes, ...] = ()  # the raw secrets lowercased, for header names
     keep: int = 0  # bytes a stream holds back: the longest match minus one
 
     def __bool__(self) -> bool:
         return bool(self.literals or self.pattern)
 
     def mask(self, data: bytes) -> bytes:
-        for needle in self.literals:
-            if needle in data:
-                data = data.replace(needle, b"*" * len(needle))
+        for key, members in self.families:
+            if key in data:
+                for needle in members:
+                    if needle in data:
+                        data = data.replace(needle, b"*" * len(needle))
         if self.pattern is not None and (not self.anchors or any(a in data for a in self.anchors)):
             data = self.pattern.sub(lambda m: b"*" * (m.end() - m.start()), data)
         return data
+
+    def mask_name(self, name: bytes) -> bytes:
+        """``mask`` for a header name, which HTTP/2 lowercases (and the echo with it)."""
+        lowered, out = name.lower(), bytearray(name)
+        for needle in self.lowered:
+            at = lowered.find(needle)
+            while at >= 0:
+                out[at : at + len(needle)] = b"*" * len(needle)
+                at = lowered.find(needle, at + 1)
+        return self.mask(bytes(out))
 
     def text(self, value: str) -> str:
         """``mask`` for header names and values, reason phrases, trailers."""
@@ -82,12 +98,13 @@ def needles_for(secrets: Iterable[str]) -> Needles:
     groups: list[bytes] = []
     anchors: list[bytes] = []
     longest = 0
+    secrets_seen: list[str] = []
     for secret in secrets:
         raw = secret.encode()
         if not raw:
             continue
-        literals.add(raw)
-        literals.add(secret.lower().encode())
+        secrets_seen.append(secret)
+        literals.update({raw, secret.lower().encode()})  # one family: a single scan
         literals.update({raw.hex().encode(), raw.hex().upper().encode()})
         # Every character encoded: no literal run left for the pattern's prefilter.
         for form in ("%{:02x}", "%{:02X}"):
@@ -105,13 +122,42 @@ def needles_for(secrets: Iterable[str]) -> Needles:
     pattern = re.compile(b"|".join(groups))
     # Without an unreserved run in every secret there is no cheap prefilter: always run the pattern.
     usable = tuple(a for a in anchors if a) if all(anchors) else ()
-    return Needles(ordered, pattern, usable, longest - 1)
+    lowered = tuple({s.lower().encode() for s in secrets_seen})
+    return Needles(ordered, _families(ordered), pattern, usable, lowered, longest - 1)
+
+
+def _families(literals: tuple[bytes, ...]) -> tuple[tuple[bytes, tuple[bytes, ...]], ...]:
+    """Group same-length spellings sharing a long run (hex in two cases, base64 and
+    base64url) under that run, so one scan stands in for the family."""
+    families: list[tuple[bytes, list[bytes]]] = []
+    for needle in literals:
+        for i, (_, members) in enumerate(families):
+            if len(members[0]) == len(needle):
+                run = _common_run([*members, needle])
+                if len(run) >= 8:
+                    members.append(needle)
+                    families[i] = (run, members)
+                    break
+        else:
+            families.append((needle, [needle]))
+    return tuple((key, tuple(members)) for key, members in families)
+
+
+def _common_run(members: list[bytes]) -> bytes:
+    """The longest run of positions where every member has the same byte."""
+    first, best, start = members[0], (0, 0), 0
+    for i in range(len(first) + 1):
+        if i == len(first) or any(m[i] != first[i] for m in members):
+            best = max(best, (i - start, start))
+            start = i + 1
+    length, at = best
+    return first[at : at + length]
 
 
 def masks(needles: Iterable[bytes]) -> Needles:
     """Literal needles only (for tests of the stream mechanics)."""
     unique = tuple(sorted({n for n in needles if n}, key=len, reverse=True))
-    return Needles(unique, None, (), max((len(n) for n in unique), default=1) - 1)
+    return Needles(unique, _families(unique), keep=max((len(n) for n in unique), default=1) - 1)
 
 
 def scrub_text(text: str, needles: Needles) -> str:
