@@ -19,8 +19,9 @@ from addons.source import home_from_options
 from addons.state import peek
 from proxy.context import FlowState
 from proxy.errors import EgressError
+from proxy.hosts import format_authority
 from proxy.runtime.metrics import Metrics
-from proxy.stats import Batch, Clock, Event, Tally, strip_query
+from proxy.stats import Batch, Clock, Event, Tally, printable, strip_query
 from proxy.store import Store
 
 logger = logging.getLogger(__name__)
@@ -49,8 +50,14 @@ def failure_kind(message: str) -> str:
     return "other"
 
 
-def event_host(flow: http.HTTPFlow, s: FlowState) -> str:
-    return s.host or flow.request.pretty_host
+def described(flow: http.HTTPFlow, s: FlowState) -> tuple[str, str, str]:
+    """Method, host and path (query dropped) as operators see them: escaped, bounded."""
+    req = flow.request
+    if req.method == "CONNECT":
+        host, path = format_authority(req.host, req.port, None), ""
+    else:
+        host, path = s.host or req.pretty_host, strip_query(req.path)
+    return printable(req.method, 32), printable(host, 300), printable(path, 2048)
 
 
 class Recorder:
@@ -165,12 +172,13 @@ class Recorder:
     def _error_event(
         self, flow: http.HTTPFlow, s: FlowState, status: int | None = None, failure: str | None = None
     ) -> Event:
+        method, host, path = described(flow, s)
         return Event(
             "error",
             self.clock(),
-            flow.request.method,
-            event_host(flow, s),
-            strip_query(flow.request.path),
+            method,
+            host,
+            path,
             flow.id,
             connector=s.connector,
             status=status,
@@ -195,11 +203,11 @@ class Recorder:
 
     def _access(self, flow: http.HTTPFlow, s: FlowState, outcome: str, status: int | None) -> None:
         end = flow.response.timestamp_end if flow.response and flow.response.timestamp_end else time.time()
-        host, path = event_host(flow, s), strip_query(flow.request.path)
+        method, host, path = described(flow, s)
         access_log.info(
             "%s %s %s%s %s %s",
             outcome,
-            flow.request.method,
+            method,
             host,
             path,
             status if status is not None else "-",
@@ -208,7 +216,7 @@ class Recorder:
                 "request_id": flow.id,
                 "connector": s.connector,
                 "grant": s.grant_label,
-                "method": flow.request.method,
+                "method": method,
                 "host": host,
                 "path": path,
                 "status": status,
@@ -224,15 +232,15 @@ class Recorder:
         reason = str(s.blocked.reason)
         if ctx.options.egress_access_log:
             self._access(flow, s, "blocked", flow.response.status_code if flow.response else None)
-        connect = flow.request.method == "CONNECT"
         self.metrics.blocked.labels(reason).inc()
+        method, host, path = described(flow, s)
         self.tally.blocked(
             Event(
                 "blocked",
                 self.clock(),
-                flow.request.method,
-                f"{flow.request.host}:{flow.request.port}" if connect else event_host(flow, s),
-                "" if connect else strip_query(flow.request.path),
+                method,
+                host,
+                path,
                 flow.id,
                 reason=reason,
                 grant_label=s.grant_label,

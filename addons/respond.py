@@ -19,6 +19,7 @@ from mitmproxy import http
 from addons.state import state
 from proxy.policy import Block
 from proxy.reasons import Reason, blocked_answer
+from proxy.stats import printable
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +39,10 @@ def block(flow: http.HTTPFlow, decision: Block) -> None:
         logger.info(
             "blocked %s %s %s%s (%s) id=%s",
             decision.reason,
-            flow.request.method,
-            flow.request.host if connect else flow.request.pretty_host,
-            "" if connect else flow.request.path.partition("?")[0],
-            decision.detail,
+            printable(flow.request.method, 32),
+            printable(flow.request.host if connect else flow.request.pretty_host, 300),
+            "" if connect else printable(flow.request.path.partition("?")[0], 2048),
+            printable(decision.detail, 300),
             flow.id,
         )
 

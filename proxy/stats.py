@@ -7,6 +7,7 @@ transaction with ``+=`` upserts, so several processes sharing a store add up.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -88,16 +89,22 @@ class Tally:
         return batch
 
 
-def text(value: str, limit: int) -> str:
-    """Storable text: undecodable bytes (surrogate escapes) as \\x.., at most ``limit`` chars.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
-    The sandbox chooses paths and hosts; a stray byte must never make a flush fail.
+
+def printable(value: str, limit: int) -> str:
+    """What the sandbox chose (method, host, path), safe to store and to show an operator.
+
+    Control characters (terminal escapes), undecodable bytes, bidi overrides
+    and every other non-ASCII character (decoded punycode look-alikes) become
+    visible ``\\x..``/``\\u..`` escapes; at most ``limit`` characters.
     """
     try:
-        raw = value.encode("utf-8", "surrogateescape")
+        raw = value.encode("utf-8", "surrogateescape")  # bytes that were not UTF-8 come back as \\xNN
     except UnicodeEncodeError:
         raw = value.encode("utf-8", "surrogatepass")
-    return raw.decode("utf-8", "backslashreplace")[:limit]
+    out = raw.decode("utf-8", "backslashreplace").encode("ascii", "backslashreplace").decode("ascii")
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", out)[:limit]
 
 
 def strip_query(path: str) -> str:

@@ -20,7 +20,7 @@ from proxy.stats import (
     Clock,
     ConnectorStats,
     Event,
-    text,
+    printable,
 )
 
 
@@ -49,14 +49,14 @@ class SqliteMonitoring:
             db.executemany(
                 "INSERT INTO blocked_minute VALUES (?, ?, ?, ?) ON CONFLICT (host, reason, minute) "
                 "DO UPDATE SET count = count + excluded.count",
-                [(text(h, 300), r, m, n) for (h, r, m), n in batch.blocked.items()],
+                [(printable(h, 300), r, m, n) for (h, r, m), n in batch.blocked.items()],
             )
             db.executemany(
                 "INSERT INTO events (kind, ts, connector, reason, status, failure, method, host, path, "
                 "request_id, grant_label) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (e.kind, e.ts, e.connector, e.reason, e.status, e.failure, text(e.method, 32),
-                     text(e.host, 300), text(e.path, 2048), e.request_id, e.grant_label)
+                    (e.kind, e.ts, e.connector, e.reason, e.status, e.failure, printable(e.method, 32),
+                     printable(e.host, 300), printable(e.path, 2048), e.request_id, e.grant_label)
                     for e in batch.events
                 ],
             )  # fmt: skip

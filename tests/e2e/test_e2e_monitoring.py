@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import time
 import urllib.request
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.clients import session
 from tests.conftest import proxy_args
+from tests.e2e.test_adversarial import exchange, tag, tunnel
 from tests.harness import Proxy, Upstream, egress, start_proxy
 
 pytestmark = pytest.mark.e2e
@@ -202,3 +204,24 @@ def test_logs_follow_streams_new_rows(proxy: Proxy, upstream: Upstream) -> None:
     finally:
         follower.send_signal(signal.SIGINT)
         assert follower.wait(10) == 130
+
+
+def test_hostile_text_reaches_operators_escaped(proxy: Proxy, upstream: Upstream) -> None:
+    """A path with a terminal escape and a bidi override is logged as visible escapes."""
+    t = tag()
+    authority = f"api.stripe.test:{upstream.port}"
+    conn = tunnel(proxy, authority)
+    raw = f"GET /v1/{t}/\x1b[2J\u202e HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode()
+    (reply,) = exchange(conn, raw)
+    conn.close()
+    assert reply.status in (400, 403), str(reply)
+    deadline = time.monotonic() + 10
+    while True:
+        out = egress(proxy.home, "logs", "--blocked")
+        rows = [line for line in out.stdout.splitlines() if t in line]
+        if rows or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert rows, out.stdout
+    assert "\x1b" not in out.stdout and "\u202e" not in out.stdout
+    assert "\\x1b[2J" in rows[0] and "\\u202e" in rows[0]
