@@ -4,7 +4,8 @@ The product runs these addons in its own trimmed Master (``egress run``); this
 file lets them load into a stock mitmdump too. Options: ``egress_home``,
 ``egress_allow_network``, ``egress_resolve``, ``egress_require_grant``,
 ``egress_record``, ``egress_admin``, ``egress_scrub_responses``,
-``egress_max_client_connections``, ``egress_handshake_timeout``, ``egress_h2_max_resets``.
+``egress_max_client_connections``, ``egress_max_connector_requests``,
+``egress_handshake_timeout``, ``egress_h2_max_resets``.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ def make_addons() -> list[Any]:
     """The egress addons, in the order a request walks through them.
 
     The source holds the rules; the gate opens tunnels; inject admits each
-    request and sets its route, which scrub and record then read from the
-    flow's state (so they come after inject).
+    request and sets its route, which limits, scrub and record then read from
+    the flow's state (so they come after inject).
     """
     patches.install_guards()
     source = PolicySource()

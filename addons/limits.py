@@ -1,18 +1,25 @@
-"""Per-client and per-connection limits: what one sandbox may hold open at once.
+"""Limits: what one sandbox may hold open at once, and what one connector may carry.
 
 Connections past ``egress_max_client_connections`` from one address are
-closed before any protocol runs. The handshake deadline and the HTTP/2 reset
+closed before any protocol runs; requests past ``egress_max_connector_requests``
+in flight on one connector get 503 ``over-capacity`` (each in-flight request
+holds at most one upstream connection, so this bounds those too). The handshake deadline and the HTTP/2 reset
 limit are enforced by guards in ``patches``; this addon sets their values.
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
 
-from mitmproxy import connection, ctx
+from mitmproxy import connection, ctx, http
 from mitmproxy.addonmanager import Loader
 
 from addons import patches
+from addons.respond import block, fail_closed
+from addons.state import peek
+from proxy.policy import Block
+from proxy.reasons import Reason
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +28,8 @@ class Limits:
     def __init__(self) -> None:
         self.open: dict[str, int] = {}
         self._counted: set[str] = set()
+        self.inflight: dict[str, int] = {}
+        self._flows: weakref.WeakKeyDictionary[http.HTTPFlow, str] = weakref.WeakKeyDictionary()
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -31,6 +40,12 @@ class Limits:
             float,
             10.0,
             "Seconds a connection has to reach TLS inside its tunnel.",
+        )
+        loader.add_option(
+            "egress_max_connector_requests",
+            int,
+            256,
+            "Requests in flight per connector (per worker), then 503.",
         )
         loader.add_option(
             "egress_h2_max_resets", int, 100, "HTTP/2 stream resets a client may send in 10 s before GOAWAY."
@@ -58,3 +73,28 @@ class Limits:
             self.open[address] -= 1
         else:
             self.open.pop(address, None)
+
+    @fail_closed
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """After inject: an admitted request counts against its connector, or is refused."""
+        s = peek(flow)
+        if s is None or s.route is None or flow.response is not None:
+            return
+        name = s.route.connector
+        if self.inflight.get(name, 0) >= ctx.options.egress_max_connector_requests:
+            block(
+                flow, Block(Reason.OVER_CAPACITY, f"connector {name} is at its limit of requests in flight")
+            )
+            return
+        self.inflight[name] = self.inflight.get(name, 0) + 1
+        self._flows[flow] = name
+
+    def _finished(self, flow: http.HTTPFlow) -> None:
+        name = self._flows.pop(flow, None)
+        if name is not None:
+            if self.inflight.get(name, 0) > 1:
+                self.inflight[name] -= 1
+            else:
+                self.inflight.pop(name, None)
+
+    response = error = _finished

@@ -54,6 +54,7 @@ def option_values(settings: RunSettings, upstream_bundle: str | None) -> dict[st
         "tcp_timeout": int(settings.idle_timeout),
         "egress_handshake_timeout": settings.handshake_timeout,
         "egress_max_client_connections": settings.max_client_connections,
+        "egress_max_connector_requests": settings.max_connector_requests,
         "egress_h2_max_resets": settings.h2_max_resets,
     }
 

@@ -30,6 +30,7 @@ class Reason(StrEnum):
     UNRESOLVABLE = "unresolvable"
     AMBIGUOUS = "ambiguous"
     BAD_REQUEST = "bad-request"
+    OVER_CAPACITY = "over-capacity"
     INTERNAL = "internal-error"
 
 
@@ -74,6 +75,9 @@ REASONS: dict[Reason, ReasonInfo] = {
     Reason.BAD_REQUEST: ReasonInfo(
         400,
         "malformed or unsupported request (request trailers, a second tunnel; 431 for a head over 64 KiB)",
+    ),
+    Reason.OVER_CAPACITY: ReasonInfo(
+        503, "the connector already has `--max-connector-requests` requests in flight (per worker)"
     ),
     Reason.INTERNAL: ReasonInfo(502, "a proxy check failed; the request was refused"),
 }

@@ -38,6 +38,7 @@ def settings_from_args(args: argparse.Namespace, home: Home) -> RunSettings:
     NetGuard(args.allow_network, args.resolve)  # bad CIDR or pin
     for flag, value in (("--idle-timeout", args.idle_timeout), ("--handshake-timeout", args.handshake_timeout),
                         ("--max-client-connections", args.max_client_connections),
+                        ("--max-connector-requests", args.max_connector_requests),
                         ("--h2-max-resets", args.h2_max_resets)):  # fmt: skip
         if value <= 0:
             raise ConfigError(f"{flag} must be positive, not {value}")
@@ -58,6 +59,7 @@ def settings_from_args(args: argparse.Namespace, home: Home) -> RunSettings:
         idle_timeout=args.idle_timeout,
         handshake_timeout=args.handshake_timeout,
         max_client_connections=args.max_client_connections,
+        max_connector_requests=args.max_connector_requests,
         h2_max_resets=args.h2_max_resets,
     )
 
@@ -110,6 +112,8 @@ def register(sub: Any, command: Any) -> None:
                         help="time from connect until TLS inside the tunnel (default 10)")  # fmt: skip
     limits.add_argument("--max-client-connections", type=int, default=256, metavar="N",
                         help="open connections per client address and worker (default 256)")  # fmt: skip
+    limits.add_argument("--max-connector-requests", type=int, default=256, metavar="N",
+                        help="requests in flight per connector and worker, then 503 (default 256)")  # fmt: skip
     limits.add_argument("--h2-max-resets", type=int, default=100, metavar="N",
                         help="HTTP/2 stream resets per connection in 10 s before GOAWAY (default 100)")  # fmt: skip
     sp.add_argument("--no-record", action="store_true", help=argparse.SUPPRESS)  # benchmarks only

@@ -32,6 +32,7 @@ class RunSettings:
     idle_timeout: float = 60.0  # an idle connection is closed after this many seconds
     handshake_timeout: float = 10.0  # from connect until TLS inside the tunnel
     max_client_connections: int = 256  # per client address and worker
+    max_connector_requests: int = 256  # in flight per connector and worker
     h2_max_resets: int = 100  # per HTTP/2 connection in 10 s, then GOAWAY
 
     @property

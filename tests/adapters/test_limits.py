@@ -32,3 +32,26 @@ def test_connections_past_the_cap_are_refused_and_slots_come_back() -> None:
         limits.client_connected(again)
         assert again.error is None
         tctx.configure(limits, egress_handshake_timeout=10.0, egress_h2_max_resets=100)
+
+
+def test_requests_in_flight_per_connector_are_capped() -> None:
+    from tests.adapters.helpers import stripe_policy, tunnel_flow, wired
+
+    limits = Limits()
+    _, tunnels, inject = wired(stripe_policy())
+    with taddons.context(limits) as tctx:
+        tctx.configure(limits, egress_max_connector_requests=2)
+        flows = [tunnel_flow(tunnels) for _ in range(3)]
+        for f in flows:
+            inject.requestheaders(f)
+            limits.requestheaders(f)
+        assert [f.response for f in flows[:2]] == [None, None]
+        third = flows[2].response
+        assert third is not None and third.status_code == 503
+        assert third.headers["x-egress-blocked"] == "over-capacity"
+        limits.response(flows[0])  # one finishes: a slot comes back
+        again = tunnel_flow(tunnels)
+        inject.requestheaders(again)
+        limits.requestheaders(again)
+        assert again.response is None
+        assert limits.inflight == {"stripe": 2}

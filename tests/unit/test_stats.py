@@ -172,8 +172,7 @@ def test_printable_escapes_what_could_fool_an_operator() -> None:
     from proxy.stats import printable
 
     assert (
-        printable("GET\x1b[2J /a\u202eb \udcff \u0430pple", 100)
-        == "GET\\x1b[2J /a\\u202eb \\xff \\u0430pple"
+        printable("GET\x1b[2J /a\u202eb \udcff \u0430pple", 100) == "GET\\x1b[2J /a\\u202eb \\xff \\u0430pple"
     )
     assert printable("x" * 50, 10) == "x" * 10
     assert printable("/v1/ok?a=b", 100) == "/v1/ok?a=b"
