@@ -21,6 +21,7 @@ from addons.record import Recorder
 from addons.scrub import Scrub
 from addons.source import PolicySource
 from addons.state import Tunnels
+from addons.transparent import TransparentGate
 
 
 def make_addons() -> list[Any]:
@@ -34,11 +35,13 @@ def make_addons() -> list[Any]:
     source = PolicySource()
     tunnels = Tunnels()
     recorder = Recorder()
+    gate = Gate(source, tunnels)
     return [
-        Limits(),
         source,
-        Gate(source, tunnels),
+        gate,
+        TransparentGate(gate),
         Inject(source, tunnels),
+        Limits(),
         Scrub(),
         recorder,
         Admin(recorder),

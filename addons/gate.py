@@ -71,8 +71,12 @@ class Gate:
             ctx.options.update(**unsafe)
         if "mode" in updated:
             for spec in ctx.options.mode:
-                if not isinstance(mode_specs.ProxyMode.parse(spec), mode_specs.RegularMode):
-                    raise exceptions.OptionsError(f"egress-proxy runs in regular mode only, not {spec!r}")
+                if not isinstance(
+                    mode_specs.ProxyMode.parse(spec), mode_specs.RegularMode | mode_specs.TransparentMode
+                ):
+                    raise exceptions.OptionsError(
+                        f"egress-proxy runs in regular or transparent mode, not {spec!r}"
+                    )
 
     @fail_closed
     async def http_connect(self, flow: http.HTTPFlow) -> None:
@@ -101,7 +105,7 @@ class Gate:
         if decision:
             block(flow, decision)
             return
-        address = await self._resolve(target)
+        address = await self.resolve(target)
         if isinstance(address, Block):
             block(flow, address)
             return
@@ -110,7 +114,8 @@ class Gate:
         self.tunnels.open(flow.client_conn, Tunnel(target, address, grant))
         s.note("connect", f"{target.authority} via {address}")
 
-    async def _resolve(self, target: Target) -> str | Block:
+    async def resolve(self, target: Target) -> str | Block:
+        """The one vetted address a tunnel to ``target`` connects to."""
         if target.is_ip:
             addresses = [target.host]
         elif pinned := self.guard.pins.get(target.host):
@@ -136,6 +141,10 @@ class Gate:
         try:
             tunnel = self.tunnels.get(data.client)
             server = data.server
+            if tunnel is not None and tunnel.transparent:
+                # The sandbox chose the destination address; the proxy uses its own.
+                server.address = (tunnel.address, tunnel.target.port)
+                server.sni = None if tunnel.target.is_ip else tunnel.target.host
             expected_sni = None if tunnel is None or tunnel.target.is_ip else tunnel.target.host
             if (
                 tunnel is None

@@ -238,5 +238,6 @@ def install_speedups() -> None:
         return
     check_version()
     mode_servers.RegularInstance.listen = _listen_reuse_port  # type: ignore[method-assign,assignment]
+    mode_servers.TransparentInstance.listen = _listen_reuse_port  # type: ignore[method-assign,assignment]
     http.MessageData.__post_init__ = _no_field_typecheck  # type: ignore[method-assign]
     _installed.add("speedups")

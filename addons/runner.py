@@ -35,8 +35,9 @@ DRAIN_SECONDS = 30.0
 def option_values(settings: RunSettings, upstream_bundle: str | None) -> dict[str, Any]:
     """The mitmproxy options a worker runs with: the one mapping from settings to options."""
     host, port = settings.listen_address
+    mode = "regular" if settings.mode == "regular" else f"transparent@{host}:{port}"
     return {
-        "mode": ["regular"],
+        "mode": [mode],
         "listen_host": host,
         "listen_port": port,
         "confdir": str(Path(settings.home) / "ca"),
@@ -56,6 +57,8 @@ def option_values(settings: RunSettings, upstream_bundle: str | None) -> dict[st
         "egress_max_client_connections": settings.max_client_connections,
         "egress_max_connector_requests": settings.max_connector_requests,
         "egress_h2_max_resets": settings.h2_max_resets,
+        "egress_transparent_grant": settings.transparent_grant,
+        "egress_transparent_connectors": list(settings.transparent_connectors),
     }
 
 

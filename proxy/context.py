@@ -15,14 +15,20 @@ from proxy.policy import Allow, Block, Target
 
 @dataclass(frozen=True, slots=True)
 class Tunnel:
+    """Where one client connection may go: opened at CONNECT, or at the ClientHello
+    of an intercepted (transparent) connection, whose destination address the
+    proxy ignores."""
+
     target: Target
     address: str  # the vetted IP the upstream socket must use
     grant: Grant | None = None
+    scope: frozenset[str] | None = None  # connectors a transparent listener was given
+    transparent: bool = False
 
     @property
     def allowed(self) -> frozenset[str] | None:
         """The connectors this tunnel's client may use (None: every one)."""
-        return self.grant.connectors if self.grant else None
+        return self.grant.connectors if self.grant else self.scope
 
 
 @dataclass(slots=True)

@@ -211,8 +211,8 @@ class Upstream(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, ctx: ssl.SSLContext) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, ctx: ssl.SSLContext, port: int = 0) -> None:
+        super().__init__(("127.0.0.1", port), _Handler)
         self.ctx = ctx
         self._sni: dict[int, str | None] = {}
         ctx.sni_callback = self._on_sni
@@ -313,8 +313,10 @@ def egress(home: Path, *args: str, stdin: str | None = None, **env: str) -> subp
     )
 
 
-def start_proxy(home: Path, *args: str, log: Path | None = None) -> Proxy:
-    """Start ``egress run`` on a free loopback port and wait until it listens."""
+def start_proxy(home: Path, *args: str, log: Path | None = None, prefix: tuple[str, ...] = ()) -> Proxy:
+    """Start ``egress run`` on a free loopback port and wait until it listens.
+
+    ``prefix`` runs it under another command (``ip netns exec NS``)."""
     home.mkdir(parents=True, exist_ok=True)
     log = log or home / "proxy.log"
     addr_file = home / "run" / "proxy.addr"
@@ -322,6 +324,7 @@ def start_proxy(home: Path, *args: str, log: Path | None = None) -> Proxy:
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [
+                *prefix,
                 EGRESS,
                 "run",
                 "--listen",

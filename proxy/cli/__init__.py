@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from proxy import __version__
-from proxy.cli import connectors, grants, monitoring, run, setup
+from proxy.cli import connectors, grants, monitoring, run, setup, transparent
 from proxy.errors import EgressError
 from proxy.service.home import Home
 
@@ -45,6 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
         return sp
 
-    for group in (setup, connectors, run, monitoring, grants):
+    for group in (setup, connectors, run, monitoring, grants, transparent):
         group.register(sub, command)
     return p

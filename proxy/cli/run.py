@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from proxy.errors import ConfigError
 from proxy.hosts import is_loopback, parse_listen
 from proxy.netguard import NetGuard
+from proxy.reasons import Reason, help_of
 from proxy.runtime import logsetup
 from proxy.runtime.settings import RunSettings
 from proxy.service.apply import apply_config
@@ -29,6 +31,13 @@ def settings_from_args(args: argparse.Namespace, home: Home) -> RunSettings:
             "connector; add --require-grant (clients present `egress grant` tokens), or pass "
             "--insecure-no-auth to accept that"
         )
+    if args.mode == "transparent" and bool(args.grant) == bool(args.connector):
+        raise ConfigError(
+            "--mode transparent needs --grant TOKEN or --connector NAME (intercepted traffic carries "
+            "no credential of its own, so the listener says who it is)"
+        )
+    if args.mode == "regular" and (args.grant or args.connector):
+        raise ConfigError("--grant and --connector scope a transparent listener: add --mode transparent")
     if args.workers < 1:
         raise ConfigError("--workers must be at least 1")
     if args.admin:
@@ -46,6 +55,9 @@ def settings_from_args(args: argparse.Namespace, home: Home) -> RunSettings:
         home=str(home.root),
         run_dir=str(home.run_dir),
         listen=args.listen,
+        mode=args.mode,
+        transparent_grant=args.grant or "",
+        transparent_connectors=tuple(args.connector or ()),
         workers=args.workers,
         admin=args.admin,
         config=str(Path(args.config).absolute()) if args.config else None,
@@ -64,6 +76,23 @@ def settings_from_args(args: argparse.Namespace, home: Home) -> RunSettings:
     )
 
 
+def check_grant(home: Home, token: str) -> None:
+    """A listener's grant must verify now; revocation and expiry are re-checked per connection."""
+    from proxy.grants import grant_problem
+
+    key = home.grant_key()
+    grant = key.verify(token)
+    if isinstance(grant, Reason):
+        raise ConfigError(f"--grant: {help_of(grant)}")
+    store = home.store()
+    try:
+        problem = grant_problem(grant, key, store.revoked_grants(), time.time())
+    finally:
+        store.close()
+    if problem:
+        raise ConfigError(f"--grant: {help_of(problem)}")
+
+
 def cmd_run(args: argparse.Namespace, home: Home) -> int:
     settings = settings_from_args(args, home)
     logsetup.configure(settings.log_format)
@@ -72,6 +101,11 @@ def cmd_run(args: argparse.Namespace, home: Home) -> int:
         apply_config(home, Path(settings.config))
     with Connectors(home) as connectors:
         connectors.policy()  # wrong master key or tampered store: exit 2 now, not in every worker
+        unknown = sorted(set(settings.transparent_connectors) - set(connectors.names()))
+        if unknown:
+            raise ConfigError(f"--connector: no connector named {', '.join(map(repr, unknown))}")
+    if settings.transparent_grant:
+        check_grant(home, settings.transparent_grant)
     # Replace this process (same pid, so signals still reach it) with a lean
     # supervisor: it need not hold the CLI's imports while the workers run.
     os.environ["EGRESS_HOME"] = str(home.root)
@@ -84,6 +118,18 @@ def cmd_run(args: argparse.Namespace, home: Home) -> int:
 def register(sub: Any, command: Any) -> None:
     sp = command("run", cmd_run, "run the proxy")
     sp.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT")
+    sp.add_argument(
+        "--mode", choices=["regular", "transparent"], default="regular",
+        help="regular: clients set HTTPS_PROXY; transparent: traffic redirected by iptables (see "
+        "`egress transparent rules`)",
+    )  # fmt: skip
+    sp.add_argument("--grant", metavar="TOKEN", help="transparent mode: intercepted traffic uses this grant")
+    sp.add_argument(
+        "--connector",
+        action="append",
+        metavar="NAME",
+        help="transparent mode: connectors it may use (repeat)",
+    )
     sp.add_argument("--config", metavar="FILE", help="apply this connectors file (with --prune) at start")
     sp.add_argument("--upstream-ca", metavar="PEM", help="also trust these CAs for upstream servers")
     sp.add_argument(

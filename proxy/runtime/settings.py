@@ -19,6 +19,9 @@ class RunSettings:
     home: str  # EGRESS_HOME, absolute
     run_dir: str  # runtime files: addresses, readiness, metrics
     listen: str = "127.0.0.1:8080"
+    mode: str = "regular"  # or "transparent": the listener takes redirected traffic
+    transparent_grant: str = ""  # who intercepted traffic is: a grant token...
+    transparent_connectors: tuple[str, ...] = ()  # ...or these connectors
     workers: int = 1
     admin: str | None = None
     config: str | None = None  # connectors file re-applied on SIGHUP

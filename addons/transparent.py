@@ -1,0 +1,126 @@
+"""The gate for intercepted connections: decide on the TLS server name, at ClientHello.
+
+Traffic redirected to a transparent listener carries no CONNECT: the only
+name is the ClientHello's SNI, and the destination address is whatever the
+sandbox chose, so it is ignored. A connection that is not TLS, has no SNI, or
+names a host none of the listener's connectors cover is closed before any
+byte goes anywhere; otherwise the name is resolved and vetted like a CONNECT
+target and the tunnel pinned to that address (the gate's ``server_connect``
+swaps it in). Who is asking comes from the listener (``--grant`` or
+``--connector``), never from the traffic.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import Generator, Sequence
+from typing import Any
+
+from mitmproxy import ctx, exceptions
+from mitmproxy.addonmanager import Loader
+from mitmproxy.net.tls import starts_like_tls_record
+from mitmproxy.proxy import commands, events, layer
+from mitmproxy.proxy.layers import modes
+from mitmproxy.proxy.layers.tls import parse_client_hello
+
+from addons.gate import Gate
+from addons.respond import where_failed
+from proxy.admission import identify
+from proxy.context import Tunnel
+from proxy.grants import GRANT_USER, Grant
+from proxy.policy import Block, parse_target
+from proxy.reasons import Reason
+
+logger = logging.getLogger(__name__)
+NEEDS_MORE = object()
+
+
+class Refuse(layer.Layer):
+    """Close the client connection, sending nothing."""
+
+    def _handle_event(self, event: events.Event) -> Generator[Any, Any, None]:
+        if isinstance(event, events.Start | events.DataReceived):
+            yield commands.CloseConnection(self.context.client)
+
+
+class TransparentGate:
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+
+    def load(self, loader: Loader) -> None:
+        loader.add_option("egress_transparent_grant", str, "", "Grant token that scopes intercepted traffic.")
+        loader.add_option(
+            "egress_transparent_connectors", Sequence[str], [], "Connectors intercepted traffic may use."
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if ctx.options.egress_transparent_grant and ctx.options.egress_transparent_connectors:
+            raise exceptions.OptionsError("give a transparent listener a grant or connectors, not both")
+
+    def _identity(self) -> tuple[Grant | None, frozenset[str] | None] | Block:
+        token = ctx.options.egress_transparent_grant
+        if not token:
+            names = ctx.options.egress_transparent_connectors
+            return None, (frozenset(names) if names else None)
+        header = "Basic " + base64.b64encode(f"{GRANT_USER}:{token}".encode()).decode()
+        grant = identify(header, self.gate.source.rules, required=True, now=time.time())
+        return grant if isinstance(grant, Block) else (grant, None)
+
+    async def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        context = nextlayer.context
+        if (
+            not isinstance(context.layers[0], modes.TransparentProxy)
+            or context.client.tls_established
+            or context.client in self.gate.tunnels
+        ):
+            return  # not an intercepted connection, or already decided
+        try:
+            decision = await self._decide(nextlayer)
+        except Exception as e:
+            logger.error("transparent gate failed (%s); connection closed", where_failed(e))
+            decision = Block(Reason.INTERNAL, "transparent gate failed")
+        if decision is NEEDS_MORE:
+            nextlayer.layer = None  # wait for the rest of the ClientHello
+        elif isinstance(decision, Block):
+            logger.info(
+                "refused intercepted connection from %s: %s (%s)",
+                context.client.peername,
+                decision.reason,
+                decision.detail,
+            )
+            nextlayer.layer = Refuse(context)
+
+    async def _decide(self, nextlayer: layer.NextLayer) -> object:
+        data = nextlayer.data_client()
+        if len(data) < 5:
+            return NEEDS_MORE
+        if not starts_like_tls_record(data):
+            return Block(Reason.PLAIN_HTTP, "not TLS (plain HTTP or other bytes)")
+        try:
+            hello = parse_client_hello(data)
+        except ValueError:
+            return Block(Reason.BAD_REQUEST, "malformed ClientHello")
+        if hello is None:
+            return NEEDS_MORE
+        if not hello.sni:
+            return Block(Reason.BAD_HOST, "no TLS server name (SNI)")
+        context = nextlayer.context
+        port = context.client.sockname[1]
+        target = parse_target(hello.sni, port)
+        if isinstance(target, Block):
+            return target
+        identity = self._identity()
+        if isinstance(identity, Block):
+            return identity
+        grant, scope = identity
+        allowed = grant.connectors if grant else scope
+        refused = self.gate.source.rules.policy.connect(target, allowed)
+        if refused:
+            return refused
+        address = await self.gate.resolve(target)
+        if isinstance(address, Block):
+            return address
+        self.gate.tunnels.open(context.client, Tunnel(target, address, grant, scope, transparent=True))
+        return None
