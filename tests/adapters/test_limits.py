@@ -55,3 +55,12 @@ def test_requests_in_flight_per_connector_are_capped() -> None:
         limits.requestheaders(again)
         assert again.response is None
         assert limits.inflight == {"stripe": 2}
+
+
+def test_addons_run_in_the_order_a_request_walks() -> None:
+    """Limits, scrub and record read the route inject sets, so they must come after it."""
+    from addons.egress import make_addons
+
+    names = [type(a).__name__ for a in make_addons()]
+    assert names.index("Gate") < names.index("TransparentGate") < names.index("Inject")
+    assert names.index("Inject") < min(names.index(n) for n in ("Limits", "Scrub", "Recorder"))
