@@ -34,7 +34,7 @@ def make_addons() -> list[Any]:
     patches.install_guards()
     source = PolicySource()
     tunnels = Tunnels()
-    recorder = Recorder()
+    recorder = Recorder(tunnels=tunnels)
     gate = Gate(source, tunnels)
     return [
         source,

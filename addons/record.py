@@ -12,14 +12,15 @@ import logging
 import threading
 import time
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import ctx, exceptions, http, tls
 from mitmproxy.addonmanager import Loader
 
 from addons.source import home_from_options
-from addons.state import peek
+from addons.state import Tunnels, peek
 from proxy.context import FlowState
 from proxy.errors import EgressError
 from proxy.hosts import format_authority
+from proxy.reasons import Reason
 from proxy.runtime.metrics import Metrics
 from proxy.stats import Batch, Clock, Event, Tally, printable, strip_query
 from proxy.store import Store
@@ -61,8 +62,9 @@ def described(flow: http.HTTPFlow, s: FlowState) -> tuple[str, str, str]:
 
 
 class Recorder:
-    def __init__(self, clock: Clock = time.time) -> None:
+    def __init__(self, clock: Clock = time.time, tunnels: Tunnels | None = None) -> None:
         self.clock = clock
+        self.tunnels = tunnels
         self.tally = Tally(clock)
         self.metrics = Metrics()
         self.store: Store | None = None
@@ -225,6 +227,28 @@ class Recorder:
                 "outcome": outcome,
                 "trace": [f"{stage}:{what}" for stage, what in s.trace],
             },
+        )
+
+    def tls_failed_client(self, data: tls.TlsData) -> None:
+        """A client that would not finish TLS with us (an untrusted CA, usually): say so."""
+        client = data.context.client
+        tunnel = self.tunnels.get(client) if self.tunnels else None
+        if tunnel is not None:
+            host = tunnel.target.authority
+        else:
+            host = format_authority(client.sni or str(client.sockname[0]), client.sockname[1], None)
+        self.metrics.blocked.labels(str(Reason.CLIENT_TLS)).inc()
+        self.tally.blocked(
+            Event(
+                "blocked",
+                self.clock(),
+                "TLS",
+                printable(host, 300),
+                "",
+                client.id,
+                reason=str(Reason.CLIENT_TLS),
+                grant_label=tunnel.grant.label if tunnel and tunnel.grant else None,
+            )
         )
 
     def _blocked(self, flow: http.HTTPFlow, s: FlowState) -> None:

@@ -31,6 +31,7 @@ class Reason(StrEnum):
     AMBIGUOUS = "ambiguous"
     BAD_REQUEST = "bad-request"
     OVER_CAPACITY = "over-capacity"
+    CLIENT_TLS = "client-tls"
     INTERNAL = "internal-error"
 
 
@@ -79,6 +80,9 @@ REASONS: dict[Reason, ReasonInfo] = {
     Reason.OVER_CAPACITY: ReasonInfo(
         503, "the connector already has `--max-connector-requests` requests in flight (per worker)"
     ),
+    Reason.CLIENT_TLS: ReasonInfo(
+        0, "the client gave up the TLS handshake with the proxy: most often it does not trust the proxy CA"
+    ),
     Reason.INTERNAL: ReasonInfo(502, "a proxy check failed; the request was refused"),
 }
 
@@ -102,5 +106,5 @@ def blocked_answer(
 def markdown_table() -> str:
     """The reason table of docs/usage.md."""
     lines = ["| reason | status | meaning |", "|---|---|---|"]
-    lines += [f"| `{r}` | {info.status} | {info.meaning} |" for r, info in REASONS.items()]
+    lines += [f"| `{r}` | {info.status or 'none (closed)'} | {info.meaning} |" for r, info in REASONS.items()]
     return "\n".join(lines) + "\n"

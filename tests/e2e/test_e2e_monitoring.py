@@ -225,3 +225,32 @@ def test_hostile_text_reaches_operators_escaped(proxy: Proxy, upstream: Upstream
     assert rows, out.stdout
     assert "\x1b" not in out.stdout and "\u202e" not in out.stdout
     assert "\\x1b[2J" in rows[0] and "\\u202e" in rows[0]
+
+
+def test_client_that_does_not_trust_the_ca_is_logged(proxy: Proxy, upstream: Upstream) -> None:
+    """The most common integration failure shows up in the blocked log, not nowhere."""
+    import subprocess
+
+    from tests.harness import clean_env
+
+    authority = f"api.stripe.test:{upstream.port}"
+    before = {e["request_id"] for e in _blocked_rows(proxy) if e["reason"] == "client-tls"}
+    r = subprocess.run(
+        ["curl", "-sS", "--max-time", "10", "-x", proxy.url, f"https://{authority}/v1/untrusted"],
+        capture_output=True, text=True, timeout=30, env=clean_env(proxy.home),
+    )  # fmt: skip
+    assert r.returncode != 0  # curl refused the proxy's certificate
+    deadline = time.monotonic() + 10
+    while True:
+        rows = [
+            e for e in _blocked_rows(proxy) if e["reason"] == "client-tls" and e["request_id"] not in before
+        ]
+        if rows or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert rows and rows[0]["host"] == authority and rows[0]["method"] == "TLS"
+
+
+def _blocked_rows(proxy: Proxy) -> list[dict[str, object]]:
+    out = egress(proxy.home, "logs", "--blocked", "--json")
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
