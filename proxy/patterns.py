@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 from proxy.errors import ConfigError
 from proxy.hosts import format_authority, split_authority
@@ -24,12 +25,20 @@ _ENCODED_CONTROL = re.compile(r"%[01][0-9a-f]|%7f")
 _OVERLONG = re.compile(r"%c[01]|%e0%[89]|%f0%8")
 
 
-def path_problem(path: str) -> str | None:
+ENCODED_SEPARATOR = re.compile(r"%2f|%25", re.IGNORECASE)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_DECODINGS = 4
+
+
+def path_problem(path: str, *, encoded_ok: bool = False) -> str | None:
     """Why a request path (query already removed) is unsafe to match, or None.
 
     Paths are never normalised: anything an upstream might resolve differently
     from us (dot segments, encoded slashes or backslashes, double encoding,
-    control characters) is refused outright.
+    control characters) is refused outright. With ``encoded_ok``, ``%2F`` and
+    ``%25`` pass here (the caller then requires them inside a wildcard), and
+    the path is decoded repeatedly so no decoding uncovers a dot segment,
+    backslash or control character.
     """
     if not path.startswith("/"):
         return "path must start with /"
@@ -41,9 +50,9 @@ def path_problem(path: str) -> str | None:
         if _PCT.search(path):
             return "malformed percent-encoding"
         low = path.lower()
-        if "%2f" in low or "%5c" in low:
+        if "%5c" in low or (not encoded_ok and "%2f" in low):
             return "encoded slash in path"
-        if "%25" in low:
+        if not encoded_ok and "%25" in low:
             return "double percent-encoding"
         if "%3b" in low:
             return "encoded semicolon in path"
@@ -55,7 +64,26 @@ def path_problem(path: str) -> str | None:
         seg = _ENCODED_DOTS.sub(".", segment).split(";", 1)[0]
         if seg in (".", ".."):
             return "dot segment in path"
-    return None
+    return _decoded_problem(path) if encoded_ok and "%" in path else None
+
+
+def _decoded_problem(path: str) -> str | None:
+    """What any number of decodings of ``path`` could turn into."""
+    current = path
+    for _ in range(MAX_DECODINGS):
+        decoded = unquote(current, errors="replace")
+        if decoded == current:
+            return None
+        current = decoded
+        low = current.lower()
+        if "\\" in current or "%5c" in low:
+            return "backslash after decoding"
+        if _CONTROL.search(current) or _ENCODED_CONTROL.search(low) or _OVERLONG.search(low):
+            return "control character or overlong encoding after decoding"
+        for segment in current.split("/"):
+            if segment.split(";", 1)[0] in (".", ".."):
+                return "dot segment after decoding"
+    return "percent-encoding nested too deep"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +98,7 @@ class Pattern:
     # Higher wins: exact host, longer host, literal path, longer literal prefix.
     specificity: tuple[int, int, int, int]
     _regex: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
+    _spans: re.Pattern[str] | None = field(default=None, compare=False, repr=False)  # * as groups
 
     def host_matches(self, host: str, port: int) -> bool:
         if port != self.port:
@@ -82,6 +111,14 @@ class Pattern:
         if self._regex is None:
             return path == self.path
         return self._regex.match(path) is not None
+
+    def wildcards_cover(self, path: str, at: Iterable[int], width: int = 3) -> bool:
+        """Whether every ``path[i:i+width]`` for ``i`` in ``at`` lies where a ``*`` matched."""
+        m = self._spans.match(path) if self._spans else None
+        if m is None:
+            return False
+        spans = [m.span(g) for g in range(1, (m.lastindex or 0) + 1) if m.start(g) >= 0]
+        return all(any(a <= i and i + width <= b for a, b in spans) for i in at)
 
     def matches(self, host: str, port: int, path: str) -> bool:
         return self.host_matches(host, port) and self.path_matches(path)
@@ -118,13 +155,16 @@ def parse_pattern(text: str) -> Pattern:
     problem = path_problem(path.replace("*", "x"))
     if problem:
         raise ConfigError(f"{text!r}: {problem}")
-    regex = None
+    regex = spans = None
     if "*" in path:
         body = path[:-2] if path.endswith("/*") else path
-        expr = ".*".join(re.escape(part) for part in body.split("*"))
+        parts = [re.escape(part) for part in body.split("*")]
+        expr, grouped = ".*".join(parts), "(.*)".join(parts)
         if path.endswith("/*"):
             expr += "(?:/.*)?"
+            grouped += "(/.*)?"
         regex = re.compile(expr + r"\Z", re.DOTALL)
+        spans = re.compile(grouped + r"\Z", re.DOTALL)
     canonical = f"https://{'*.' if wildcard else ''}{format_authority(host, port)}{path}"
     specificity = (
         0 if wildcard else 1,
@@ -132,7 +172,7 @@ def parse_pattern(text: str) -> Pattern:
         0 if "*" in path else 1,
         len(path.split("*", 1)[0]),
     )
-    return Pattern(canonical, host, wildcard, port, path, specificity, regex)
+    return Pattern(canonical, host, wildcard, port, path, specificity, regex, spans)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from proxy.connectors import Connector
 from proxy.credentials import Rendered
 from proxy.hosts import format_authority, is_ip_literal, normalize_host, split_authority
-from proxy.patterns import Pattern, PatternIndex, path_problem
+from proxy.patterns import ENCODED_SEPARATOR, Pattern, PatternIndex, path_problem
 from proxy.reasons import REASONS, Reason
 from proxy.scrub import Needles, needles_for
 
@@ -96,9 +96,17 @@ class Policy:
     def route(self, target: Target, path: str, allowed: frozenset[str] | None = None) -> Allow | Block:
         """Which connector serves ``path`` (query removed) on ``target``."""
         problem = path_problem(path)
+        encoded = problem is not None and ENCODED_SEPARATOR.search(path) is not None
+        if encoded:
+            problem = path_problem(path, encoded_ok=True)  # allowed inside a wildcard, checked below
         if problem:
             return Block(Reason.BAD_PATH, problem)
         hits = self.index.best(target.host, target.port, path)
+        if encoded:
+            at = [m.start() for m in ENCODED_SEPARATOR.finditer(path)]
+            hits = [h for h in hits if h.pattern.wildcards_cover(path, at)]
+            if not hits:
+                return Block(Reason.BAD_PATH, "encoded / or % outside the part a wildcard allows")
         if allowed is not None:
             granted = [h for h in hits if h.owner in allowed]
             if hits and not granted:
