@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from proxy.errors import ConfigError
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_DOTENV_PLAIN = re.compile(r"[^\s'\"\\$#`]+( [^\s'\"\\$#`]+)*\Z")
+_DOTENV_PLAIN = re.compile(r"[^\s'\"\\$#`]+\Z")
 
 
 def _sh(name: str, value: str) -> str:
@@ -35,7 +35,8 @@ def _powershell(name: str, value: str) -> str:
 
 
 def _dotenv(name: str, value: str) -> str:
-    """Unquoted when every reader agrees (docker --env-file takes quotes literally), else double quotes."""
+    """Unquoted when every reader agrees (docker --env-file takes quotes literally), else double
+    quotes with the escapes compose, python-dotenv, systemd and a POSIX shell all read alike."""
     if _DOTENV_PLAIN.match(value):
         return f"{name}={value}"
     escaped = (
