@@ -11,7 +11,6 @@ regenerate: nothing here creates keys, stores or CAs.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -76,10 +75,7 @@ class Layout:
         return self.node_dir / "egress-preload.js"
 
     def wgetrc(self, proxy: str) -> Path:
-        """One file per proxy URL: a grant's token must not leak into another step's wgetrc."""
-        if urlsplit(proxy).username is None:
-            return self.root / "client" / "wgetrc"
-        return self.root / "client" / f"wgetrc-{hashlib.sha256(proxy.encode()).hexdigest()[:12]}"
+        return self.root / "client" / ("wgetrc" if urlsplit(proxy).username is None else "wgetrc-grant")
 
     def node_ready(self) -> bool:
         modules = self.node_dir / "node_modules"
@@ -169,8 +165,10 @@ def build(home: Home, proxy: str) -> ClientEnv:
     write_truststore(layout.truststore, home.ca_cert, system)
     bundle = str(layout.bundle)
     wgetrc = layout.wgetrc(proxy)
-    wget_text = f"ca_certificate = {bundle}\nhttps_proxy = {proxy}\nhttp_proxy = {proxy}\nuse_proxy = on\n"
-    _write_if_changed(wgetrc, wget_text.encode(), private=True)
+    wget_text = f"ca_certificate = {bundle}\nuse_proxy = on\n"
+    if parts.username is None:  # a grant's token is never stored: then wget reads https_proxy from the env
+        wget_text += f"https_proxy = {proxy}\nhttp_proxy = {proxy}\n"
+    _write_if_changed(wgetrc, wget_text.encode())
     _write_if_changed(
         layout.python_dir / "sitecustomize.py", (_PACKAGE_DIR / "sitecustomize.py").read_bytes()
     )

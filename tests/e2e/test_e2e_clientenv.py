@@ -219,7 +219,11 @@ def grant_shell(gproxy: Proxy, script: str) -> subprocess.CompletedProcess[str]:
     res = egress(gproxy.home, "grant", "--connector", "stripe", "--ttl", "5m")
     assert res.returncode == 0, res.stderr
     token = res.stdout.strip().split("grant:", 1)[1].split("@", 1)[0]
-    return env_shell(gproxy, script, f"--grant {token}")
+    done = env_shell(gproxy, script, f"--grant {token}")
+    for f in gproxy.home.rglob("*"):  # egress env wrote client files: never with the token
+        if f.is_file() and "node_modules" not in f.parts:
+            assert token.encode() not in f.read_bytes(), f
+    return done
 
 
 @pytest.mark.parametrize(
