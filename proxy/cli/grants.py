@@ -18,6 +18,7 @@ from proxy.service.home import Home
 
 
 def cmd_grant(args: argparse.Namespace, home: Home) -> int:
+    home.require_initialised(need_grant_key=args.action is None)
     with Grants(home) as grants:
         if args.action == "list":
             return _list(grants, args.json)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
+from proxy.cli import shells
 from proxy.errors import ConfigError
 from proxy.grants import proxy_url
-from proxy.service import ca
+from proxy.service import ca, clientenv
 from proxy.service.connectors import Connectors
 from proxy.service.home import Home
 
@@ -46,6 +46,12 @@ def cmd_ca(args: argparse.Namespace, home: Home) -> int:
     elif args.bundle:
         ca.write_bundle(Path(args.bundle), home.ca_cert)
         print(f"wrote {args.bundle} (system CAs + egress-proxy CA)")
+    elif args.java_truststore:
+        count = clientenv.write_truststore(Path(args.java_truststore), home.ca_cert)
+        print(
+            f"wrote {args.java_truststore} (PKCS12, {count} trusted certificates, system CAs + "
+            f"egress-proxy CA; password {clientenv.TRUSTSTORE_PASSWORD!r})"
+        )
     elif args.pem:
         sys.stdout.write(home.ca_cert.read_text())
     else:
@@ -54,27 +60,25 @@ def cmd_ca(args: argparse.Namespace, home: Home) -> int:
 
 
 def cmd_env(args: argparse.Namespace, home: Home) -> int:
-    home.init()
-    proxy = args.proxy or recorded_proxy(home)
+    home.require_initialised(need_ca=True)
+    if args.proxy:
+        proxy = args.proxy if "://" in args.proxy else "http://" + args.proxy
+    else:
+        proxy = recorded_proxy(home)
+        if not home.addr_file.exists():
+            print(
+                f"warning: no running proxy is recorded in {home.addr_file}; assuming {proxy} "
+                "(start `egress run` or pass --proxy)",
+                file=sys.stderr,
+            )
     if args.grant:
         proxy = proxy_url(args.grant, proxy.removeprefix("http://").split("@")[-1].rstrip("/"))
-    bundle = home.ca_dir / "bundle.pem"
-    ca.write_bundle(bundle, home.ca_cert)
-    exports = {
-        "HTTPS_PROXY": proxy,
-        "https_proxy": proxy,
-        "NO_PROXY": "localhost,127.0.0.1,::1",
-        "no_proxy": "localhost,127.0.0.1,::1",
-        "SSL_CERT_FILE": str(bundle),
-        "REQUESTS_CA_BUNDLE": str(bundle),
-        "CURL_CA_BUNDLE": str(bundle),
-        "GIT_SSL_CAINFO": str(bundle),
-        "PIP_CERT": str(bundle),
-        "NODE_EXTRA_CA_CERTS": str(home.ca_cert),
-        "NODE_USE_ENV_PROXY": "1",
-    }
-    for key, value in exports.items():
-        print(f"export {key}={shlex.quote(value)}")
+    if args.setup_node and clientenv.setup_node(home):
+        print(f"installed the Node preload into {clientenv.Layout(home.root).node_dir}", file=sys.stderr)
+    result = clientenv.build(home, proxy.rstrip("/"))
+    for note in result.notes:
+        print(f"hint: {note}", file=sys.stderr)
+    sys.stdout.write(shells.render(result.variables, args.shell))
     return 0
 
 
@@ -94,11 +98,20 @@ def register(sub: Any, command: Any) -> None:
     g.add_argument("--path", action="store_true", help="print the CA certificate's path (default)")
     g.add_argument("--pem", action="store_true", help="print the CA certificate")
     g.add_argument("--bundle", metavar="PATH", help="write system CAs plus ours to PATH")
+    g.add_argument(
+        "--java-truststore", metavar="PATH", help="write system CAs plus ours to PATH as a PKCS12 truststore"
+    )
     g.add_argument("--import", dest="import_", metavar="PEM", help="use your own CA (key and certificate)")
 
     sp = command("env", cmd_env, "shell exports that route a step through the proxy")
     sp.add_argument("--proxy", metavar="URL", help="proxy URL (default: the running proxy's address)")
     sp.add_argument("--grant", metavar="TOKEN", help="use this grant as the proxy credential")
+    sp.add_argument("--shell", choices=shells.SHELLS, default="sh", help="output form (default sh)")
+    sp.add_argument(
+        "--setup-node",
+        action="store_true",
+        help="install the Node < 24 proxy preload (npm install, once) and export NODE_OPTIONS",
+    )
 
     keys = sub.add_parser("keys", help="master key management")
     ksub = keys.add_subparsers(metavar="ACTION")

@@ -117,3 +117,18 @@ class Home:
         if ca.ensure_ca(self.ca_dir):
             created.append(f"CA {self.ca_cert}")
         return created
+
+    def require_initialised(self, *, need_ca: bool = False, need_grant_key: bool = False) -> None:
+        """Refuse, naming the home, unless ``egress init`` ran: reading commands must never create state."""
+        missing = []
+        path = sqlite_path(self.database_url)
+        if path is not None and not path.exists():
+            missing.append(f"no store at {path}")
+        if need_ca and not self.ca_cert.exists():
+            missing.append(f"no CA certificate at {self.ca_cert}")
+        if need_grant_key and not self.grant_key_path.exists():
+            missing.append(f"no grant key at {self.grant_key_path}")
+        if missing:
+            raise ConfigError(
+                f"EGRESS_HOME {self.root} is not initialised ({'; '.join(missing)}): run `egress init`"
+            )

@@ -95,19 +95,18 @@ def test_git_ls_remote_through_proxy(proxy: Proxy, upstream: Upstream, tmp_path:
 
 
 def test_node_fetch_through_proxy(proxy: Proxy, upstream: Upstream) -> None:
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed")
-    major = int(
-        subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip("v\n").split(".")[0]
-    )
-    if major < 24:
-        pytest.skip(f"node {major} ignores HTTPS_PROXY for fetch (NODE_USE_ENV_PROXY needs node >= 24)")
+    """Node 20/22 ignore HTTPS_PROXY; `egress env --setup-node` adds the preload that fixes it."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.skip("node and npm are needed for the Node preload (not installed)")
+    setup = egress(proxy.home, "env", "--setup-node")  # npm install, once per EGRESS_HOME
+    assert setup.returncode == 0, setup.stderr
     tag = f"node{time.monotonic_ns()}"
     url = f"https://api.stripe.test:{upstream.port}/v1/node?t={tag}"
     res = shell(proxy, f"node -e 'fetch(process.argv[1]).then(r => process.exit(r.ok ? 0 : 1))' {url}")
     assert res.returncode == 0, res.stderr
-    assert len(upstream.find(tag)) == 1
+    (rec,) = upstream.find(tag)
+    assert rec.header("Authorization") == [f"Bearer {SECRETS['stripe']}"]
 
 
 def free_port() -> int:

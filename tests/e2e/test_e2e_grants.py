@@ -170,6 +170,9 @@ def test_grant_label_in_logs_and_token_never_logged(gproxy: Proxy, upstream: Ups
 
 def test_env_with_grant_and_non_loopback_refusal(tmp_path: Path) -> None:
     home = tmp_path / "home"
+    assert egress(home, "env").returncode == 2  # egress env never creates the home
+    assert not home.exists()
+    assert egress(home, "init").returncode == 0
     res = egress(home, "env", "--proxy", "http://127.0.0.1:9999", "--grant", "eg1.x.y")
     assert "export HTTPS_PROXY=http://grant:eg1.x.y@127.0.0.1:9999" in res.stdout
     res = egress(home, "run", "--listen", "0.0.0.0:0")
