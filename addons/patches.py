@@ -15,6 +15,9 @@ Guards (always, also under ``mitmdump -s``), closing gaps no hook can reach:
 - HTTP/2 rapid reset (HEADERS then RST_STREAM, over and over) turned each
   stream into an upstream request: past ``LIMITS.h2_resets`` resets in
   ``LIMITS.h2_reset_window`` seconds the connection gets GOAWAY;
+- an exception from a response stream transform (a decompression bomb, a
+  corrupt compressed body) crashed the layer and hung the client: it kills
+  the flow instead;
 - nothing bounded how long a connection may take to reach TLS inside its
   tunnel (a silent socket, a trickled CONNECT head or ClientHello): past
   ``LIMITS.handshake_timeout`` it is closed.
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import time
 import uuid
 from collections.abc import Generator
@@ -44,10 +48,11 @@ import h2.errors
 import h2.events
 import h11
 import wsproto.events
-from mitmproxy import connection, http
+from mitmproxy import connection, flow, http
 from mitmproxy import version as mitmproxy_version
 from mitmproxy.net.http import status_codes
 from mitmproxy.proxy import commands, events, layers, mode_servers, server
+from mitmproxy.proxy.layers import http as http_layer
 from mitmproxy.proxy.layers.http import _http1, _http2
 
 from proxy.reasons import Reason, blocked_answer
@@ -59,6 +64,7 @@ _original_read_body = _http1.Http1Connection.read_body
 _original_h2_event = _http2.Http2Server.handle_h2_event
 _original_handle_client = server.ConnectionHandler.handle_client
 _original_ws_send = layers.websocket.WebsocketConnection.send2
+_original_stream_body = http_layer.HttpStream.state_stream_response_body
 _installed: set[str] = set()
 
 
@@ -98,6 +104,8 @@ def check_version(version: str = mitmproxy_version.VERSION) -> None:
             (server.ConnectionHandler, "handle_client"),
             (server.ConnectionHandler, "on_timeout"),
             (layers.websocket.WebsocketConnection, "send2"),
+            (http_layer.HttpStream, "state_stream_response_body"),
+            (http_layer.HttpStream, "check_killed"),
             (http.MessageData, "__post_init__"),
         )
         if not hasattr(owner, name)
@@ -160,6 +168,22 @@ def _guarded_read_body(self: _http1.Http1Connection, event: events.Event) -> Gen
         )
         yield commands.CloseConnection(self.conn)
         self.state = self.done
+
+
+def _stream_body_or_kill(self: http_layer.HttpStream, event: events.Event) -> Generator[Any, Any, None]:
+    """A response stream transform that raises (a bomb, corrupt compression) kills its flow.
+
+    Unguarded, the exception crashes the layer: the client waits on a body that
+    never ends, and the request keeps its place in every counter.
+    """
+    try:
+        yield from _original_stream_body(self, event)
+    except Exception as e:
+        logging.getLogger(__name__).warning("killed %s: %s", self.flow.id, type(e).__name__)
+        self.flow.error = flow.Error(flow.Error.KILLED_MESSAGE)
+        yield from self.check_killed(True)
+        if self.context.server.connected:
+            yield commands.CloseConnection(self.context.server)
 
 
 def _quiet_error_page(status_code: int, message: str) -> bytes:
@@ -229,6 +253,7 @@ def install_guards() -> None:
     _http2.Http2Server.handle_h2_event = _h2_server_event  # type: ignore[method-assign]
     server.ConnectionHandler.handle_client = _handle_client_with_deadline  # type: ignore[method-assign]
     layers.websocket.WebsocketConnection.send2 = _ws_send  # type: ignore[method-assign]
+    http_layer.HttpStream.state_stream_response_body = _stream_body_or_kill  # type: ignore[method-assign]
     _installed.add("guards")
 
 

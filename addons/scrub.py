@@ -13,14 +13,13 @@ access log reads.
 from __future__ import annotations
 
 import logging
-import zlib
 from collections.abc import Callable
 
-import brotli  # type: ignore[import-untyped]
 from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 from mitmproxy.net.http import status_codes
 
+from addons.decoding import Unscrubbable, step_for
 from addons.respond import fail_closed
 from addons.state import peek
 from proxy.context import FlowState
@@ -105,6 +104,7 @@ class Scrub:
             needles = self._needles(peek(flow))
             if needles is not None and not message.from_client:
                 message.content = needles.mask(message.content)
+            del flow.websocket.messages[:-1]  # relayed already: keeping them grows without bound
         except Exception:
             flow.kill()
 
@@ -122,10 +122,6 @@ def mask_fields(fields: tuple[tuple[bytes, bytes], ...], needles: Needles) -> tu
     return tuple((needles.mask_name(name), needles.mask(value)) for name, value in fields)
 
 
-class Unscrubbable(Exception):
-    pass
-
-
 def decoder(headers: http.Headers) -> Transform | None:
     """A streaming decoder for the body's codings; None if identity; Unscrubbable if unknown.
 
@@ -141,7 +137,7 @@ def decoder(headers: http.Headers) -> Transform | None:
         return None
     steps: list[Transform] = []
     for coding in reversed(codings):
-        step = _step(coding)
+        step = step_for(coding)
         if step is None:
             raise Unscrubbable(f"content coding {coding} cannot be scrubbed")
         steps.append(step)
@@ -174,23 +170,6 @@ def scrubbing(scrubber: StreamScrubber, decode: Transform | None) -> Transform:
         return (scrubber(tail) if tail else b"") + scrubber(b"")
 
     return transform
-
-
-def _step(coding: str) -> Transform | None:
-    if coding in ("gzip", "x-gzip", "deflate"):
-        z = zlib.decompressobj(47)  # gzip or zlib header, detected
-        return lambda chunk: z.decompress(chunk) if chunk else z.flush()
-    if coding == "br":
-        b = brotli.Decompressor()
-        return lambda chunk: b.process(chunk) if chunk else b""
-    if coding == "zstd":
-        try:
-            from compression import zstd  # type: ignore[import-not-found]
-        except ImportError:
-            from backports import zstd
-        d = zstd.ZstdDecompressor()
-        return lambda chunk: d.decompress(chunk) if chunk else b""
-    return None
 
 
 def counted(s: FlowState, transform: Transform | None) -> Callable[[bytes], bytes | list[bytes]]:

@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-_UNRESERVED = re.compile(rb"[A-Za-z0-9_.~-]+")
+_UNRESERVED = re.compile(rb"[A-Za-z0-9_.-]+")  # never escaped by any encoder seen (~ is, by some)
 _HTML = {b"&": [b"&amp;", b"&#38;", b"&#x26;"], b"<": [b"&lt;"], b">": [b"&gt;"],
          b'"': [b"&quot;", b"&#34;"], b"'": [b"&#39;", b"&#x27;"]}  # fmt: skip
 
@@ -34,6 +34,8 @@ def _char_forms(ch: str) -> bytes:
     if ch == "/":
         alts.append(rb"\\/")
     alts += [re.escape(e) for e in _HTML.get(raw, [])]
+    if not ch.isalnum():  # numeric character references: &#43; &#x2B;
+        alts += [b"&#0*" + str(ord(ch)).encode() + b";", b"&#[xX]0*" + _any_case_hex(b"%x" % ord(ch)) + b";"]
     return b"(?:" + b"|".join(alts) + b")"
 
 

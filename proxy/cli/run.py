@@ -152,8 +152,8 @@ def register(sub: Any, command: Any) -> None:
     )  # fmt: skip
     sp.add_argument("--require-grant", action="store_true", help="every client must present a grant")
     limits = sp.add_argument_group("limits")
-    limits.add_argument("--idle-timeout", type=float, default=60.0, metavar="SECONDS",
-                        help="close a connection idle this long (default 60)")  # fmt: skip
+    limits.add_argument("--idle-timeout", type=float, default=600.0, metavar="SECONDS",
+                        help="close a connection idle this long (default 600; keep it above your slowest upstream)")  # fmt: skip
     limits.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS",
                         help="time from connect until TLS inside the tunnel (default 10)")  # fmt: skip
     limits.add_argument("--max-client-connections", type=int, default=256, metavar="N",

@@ -32,7 +32,7 @@ class RunSettings:
     log_format: str = "text"
     scrub_responses: bool = True
     record: bool = True
-    idle_timeout: float = 60.0  # an idle connection is closed after this many seconds
+    idle_timeout: float = 600.0  # an idle connection is closed after this many seconds
     handshake_timeout: float = 10.0  # from connect until TLS inside the tunnel
     max_client_connections: int = 256  # per client address and worker
     max_connector_requests: int = 256  # in flight per connector and worker

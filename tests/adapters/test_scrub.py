@@ -126,13 +126,39 @@ def test_trailers_scrubbed_for_h2_clients_dropped_for_h1() -> None:
         assert f.response.trailers["grpc-status"] == "0"
 
 
-def test_websocket_messages_from_the_upstream_are_masked() -> None:
+def test_websocket_messages_from_the_upstream_are_masked_and_not_kept() -> None:
     f = admitted_flow()
     f.websocket = websocket.WebSocketData()
-    f.websocket.messages.append(websocket.WebSocketMessage(Opcode.TEXT, False, f"token={SECRET}".encode()))
-    f.websocket.messages.append(websocket.WebSocketMessage(Opcode.TEXT, True, f"mine={SECRET}".encode()))
     scrub = Scrub()
+    f.websocket.messages.append(websocket.WebSocketMessage(Opcode.TEXT, False, f"token={SECRET}".encode()))
     scrub.websocket_message(f)
-    f.websocket.messages.pop()
+    assert f.websocket.messages[-1].content == b"token=" + b"*" * len(SECRET)
+    f.websocket.messages.append(websocket.WebSocketMessage(Opcode.TEXT, True, f"mine={SECRET}".encode()))
     scrub.websocket_message(f)
-    assert f.websocket.messages[0].content == b"token=" + b"*" * len(SECRET)
+    assert f.websocket.messages[-1].content == f"mine={SECRET}".encode()  # the sandbox's own
+    assert len(f.websocket.messages) == 1  # relayed messages are not kept
+
+
+def test_decompression_bomb_is_refused_within_its_budget() -> None:
+    from addons.decoding import FREE, Unscrubbable, step_for
+
+    step = step_for("gzip")
+    assert step is not None
+    bomb = gzip.compress(b"\0" * (64 << 20))  # 64 MiB of zeros in ~64 KiB
+    produced = 0
+    with pytest.raises(Unscrubbable, match="bomb"):
+        for i in range(0, len(bomb), 4096):
+            produced += len(step(bomb[i : i + 4096]))
+    assert produced < FREE + 200 * len(bomb)
+
+
+def test_corrupt_and_multi_member_gzip() -> None:
+    from addons.decoding import Unscrubbable, step_for
+
+    step = step_for("gzip")
+    assert step is not None
+    assert step(gzip.compress(b"one ") + gzip.compress(b"two")) + step(b"") == b"one two"
+    bad = step_for("gzip")
+    assert bad is not None
+    with pytest.raises(Unscrubbable, match="corrupt"):
+        bad(b"\x1f\x8b\x08\x00garbage-garbage-garbage")

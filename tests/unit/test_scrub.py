@@ -82,3 +82,16 @@ def test_unrelated_text_is_untouched() -> None:
     needles = needles_for(SECRETS_UNDER_TEST)
     text = b"GET /v1/charges?limit=3 HTTP/1.1 wx KEY e2e sk_test_ \\u0077 %2F"
     assert needles.mask(text) == text
+
+
+@pytest.mark.parametrize(
+    ("secret", "spelled"),
+    [
+        ("abc~def_ghi.jkl", "abc%7Edef_ghi.jkl"),  # PHP/Java/.NET encode ~
+        ("wx/KEY+e2e=&7d3b", "wx/KEY&#43;e2e=&amp;7d3b"),  # Go html/template
+        ("wx/KEY+e2e=&7d3b", "wx&#x2f;KEY+e2e&#61;&7d3b"),
+    ],
+)
+def test_more_spellings_from_real_encoders(secret: str, spelled: str) -> None:
+    out = needles_for([secret]).mask(spelled.encode())
+    assert out == b"*" * len(spelled)

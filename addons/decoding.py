@@ -1,0 +1,117 @@
+"""Streaming, bounded decoders for response bodies an upstream compressed anyway.
+
+A compressed echo cannot be masked, so the return path decodes it. Output is
+produced in bounded pieces and checked against a budget (a first megabyte,
+then at most RATIO bytes out per byte in), so a few kilobytes of brotli
+cannot expand into gigabytes in the proxy; past the budget, or on corrupt
+input, ``Unscrubbable`` is raised and the flow is killed.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+
+import brotli  # type: ignore[import-untyped]
+
+PIECE = 256 * 1024
+FREE = 1 << 20
+RATIO = 200
+Transform = Callable[[bytes], bytes]
+
+
+class Unscrubbable(Exception):
+    pass
+
+
+class Budget:
+    def __init__(self) -> None:
+        self.into = 0
+        self.out = 0
+
+    def take(self, consumed: int, produced: int) -> None:
+        self.into += consumed
+        self.out += produced
+        if self.out > FREE + RATIO * self.into:
+            raise Unscrubbable(f"decoded body expands more than {RATIO}:1 (a decompression bomb?)")
+
+
+def _zlib(budget: Budget) -> Transform:
+    state = {"z": zlib.decompressobj(47)}  # gzip or zlib header, detected
+
+    def step(chunk: bytes) -> bytes:
+        out: list[bytes] = []
+        data, first = chunk, True
+        while data or first:
+            first = False
+            z = state["z"]
+            try:
+                piece = z.decompress(data, PIECE) if data else z.flush()
+            except zlib.error as e:
+                raise Unscrubbable(f"corrupt compressed body ({e})") from None
+            budget.take(len(data) - len(z.unconsumed_tail) if data else 0, len(piece))
+            out.append(piece)
+            data = z.unconsumed_tail
+            if z.eof and z.unused_data:  # gzip may have several members (RFC 1952)
+                data, state["z"] = z.unused_data, zlib.decompressobj(47)
+        return b"".join(out)
+
+    return step
+
+
+def _brotli(budget: Budget) -> Transform:
+    b = brotli.Decompressor()
+
+    def step(chunk: bytes) -> bytes:
+        if not chunk:
+            return b""
+        out: list[bytes] = []
+        try:
+            piece = b.process(chunk, output_buffer_limit=PIECE)
+            budget.take(len(chunk), len(piece))
+            out.append(piece)
+            while not b.can_accept_more_data():
+                piece = b.process(b"", output_buffer_limit=PIECE)
+                budget.take(0, len(piece))
+                out.append(piece)
+        except brotli.error as e:
+            raise Unscrubbable(f"corrupt compressed body ({e})") from None
+        return b"".join(out)
+
+    return step
+
+
+def _zstd(budget: Budget) -> Transform:
+    try:
+        from compression import zstd  # type: ignore[import-not-found]
+    except ImportError:
+        from backports import zstd
+    d = zstd.ZstdDecompressor()
+
+    def step(chunk: bytes) -> bytes:
+        if not chunk:
+            return b""
+        out: list[bytes] = []
+        try:
+            piece = d.decompress(chunk, max_length=PIECE)
+            budget.take(len(chunk), len(piece))
+            out.append(piece)
+            while not d.needs_input and not d.eof:
+                piece = d.decompress(b"", max_length=PIECE)
+                budget.take(0, len(piece))
+                out.append(piece)
+        except zstd.ZstdError as e:
+            raise Unscrubbable(f"corrupt compressed body ({e})") from None
+        return b"".join(out)
+
+    return step
+
+
+STEPS: dict[str, Callable[[Budget], Transform]] = {
+    "gzip": _zlib, "x-gzip": _zlib, "deflate": _zlib, "br": _brotli, "zstd": _zstd,
+}  # fmt: skip
+
+
+def step_for(coding: str) -> Transform | None:
+    make = STEPS.get(coding)
+    return make(Budget()) if make else None
