@@ -67,16 +67,26 @@ class Policy:
     def __init__(self, connectors: Iterable[tuple[Connector, Fields | None]] = ()) -> None:
         self.routes: dict[str, Allow] = {}
         entries: list[tuple[Pattern, str]] = []
-        for connector, fields in connectors:
-            placement = connector.inject
-            if fields is None:  # matching only (tests, benchmarks): nothing to inject
-                route = Allow(connector.name, placement.where, Rendered())
-            else:
-                rendered = placement.render(fields)
-                names = frozenset(header_key(name) for name, _ in rendered.headers)
-                route = Allow(connector.name, placement.where, rendered, needles_for(rendered.secrets), names)
-            self.routes[connector.name] = route
+        rendered: dict[str, Rendered] = {}
+        by_host: dict[tuple[str, int], set[str]] = {}  # secrets of every connector on a host
+        items = list(connectors)
+        for connector, fields in items:
+            r = Rendered() if fields is None else connector.inject.render(fields)
+            rendered[connector.name] = r
+            for p in connector.patterns:
+                by_host.setdefault((p.host, p.port), set()).update(r.secrets)
             entries.extend((p, connector.name) for p in connector.patterns)
+        for connector, fields in items:
+            r = rendered[connector.name]
+            if fields is None:  # matching only (tests, benchmarks): nothing to inject
+                route = Allow(connector.name, connector.inject.where, r)
+            else:
+                # Any secret used on this connector's hosts is masked in its responses: an
+                # upstream shared by two connectors must not echo one's secret to the other.
+                shared = set(r.secrets).union(*(by_host[(p.host, p.port)] for p in connector.patterns))
+                names = frozenset(header_key(name) for name, _ in r.headers)
+                route = Allow(connector.name, connector.inject.where, r, needles_for(sorted(shared)), names)
+            self.routes[connector.name] = route
         self.index: PatternIndex[str] = PatternIndex(entries)
 
     def __len__(self) -> int:

@@ -12,6 +12,7 @@ just enough bytes to catch a secret split across chunks.
 from __future__ import annotations
 
 import base64
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -21,10 +22,12 @@ _HTML = {b"&": [b"&amp;", b"&#38;", b"&#x26;"], b"<": [b"&lt;"], b">": [b"&gt;"]
          b'"': [b"&quot;", b"&#34;"], b"'": [b"&#39;", b"&#x27;"]}  # fmt: skip
 
 
+@functools.lru_cache(maxsize=4096)
 def _any_case_hex(text: bytes) -> bytes:
     return b"".join(b"[%c%c]" % (c, c ^ 0x20) if chr(c).isalpha() else re.escape(bytes([c])) for c in text)
 
 
+@functools.lru_cache(maxsize=4096)
 def _char_forms(ch: str) -> bytes:
     """A regex group matching one character of a secret in any encoding a server may apply."""
     raw = ch.encode()
@@ -39,6 +42,23 @@ def _char_forms(ch: str) -> bytes:
     return b"(?:" + b"|".join(alts) + b")"
 
 
+def _spelling_families(secret: str) -> list[list[bytes]]:
+    """Literal spellings of one secret, grouped so each group shares a long run."""
+    raw = secret.encode()
+    groups = [
+        [raw, secret.lower().encode()],
+        [raw.hex().encode(), raw.hex().upper().encode()],
+        # Every character encoded: no literal run left for the pattern's prefilter.
+        ["".join(f"%{b:02x}" for b in raw).encode(), "".join(f"%{b:02X}" for b in raw).encode()],
+        [
+            "".join(f"\\u{ord(c):04x}" for c in secret).encode(),
+            "".join(f"\\u{ord(c):04X}" for c in secret).encode(),
+        ],
+    ]
+    groups += [[core, core.replace(b"+", b"-").replace(b"/", b"_")] for core in _base64_cores(raw)]
+    return [sorted(set(g)) for g in groups]
+
+
 def _base64_cores(raw: bytes) -> list[bytes]:
     """The secret's base64 at each of three alignments inside longer data, edges dropped."""
     cores = []
@@ -48,7 +68,7 @@ def _base64_cores(raw: bytes) -> list[bytes]:
         end = len(encoded) - (len(encoded) - ((pad + len(raw)) * 4 // 3)) - 1
         core = encoded[start : max(start, end)].rstrip(b"=")
         if len(core) >= 8:
-            cores += [core, core.replace(b"+", b"-").replace(b"/", b"_")]
+            cores.append(core)
     return cores
 
 
@@ -60,13 +80,13 @@ class Needles:
     # (key, literals containing it): one scan of the key stands in for its family
     # (the upper/lower hex or base64/base64url spellings of one encoding)
     families: tuple[tuple[bytes, tuple[bytes, ...]], ...] = ()
-    pattern: re.Pattern[bytes] | None = field(default=None, repr=False)
+    source: bytes = field(default=b"", repr=False)  # the pattern, compiled on first use
     anchors: tuple[bytes, ...] = ()  # a match of ``pattern`` contains one of these
     lowered: tuple[bytes, ...] = ()  # the raw secrets lowercased, for header names
     keep: int = 0  # bytes a stream holds back: the longest match minus one
 
     def __bool__(self) -> bool:
-        return bool(self.literals or self.pattern)
+        return bool(self.literals or self.source)
 
     def mask(self, data: bytes) -> bytes:
         for key, members in self.families:
@@ -74,8 +94,8 @@ class Needles:
                 for needle in members:
                     if needle in data:
                         data = data.replace(needle, b"*" * len(needle))
-        if self.pattern is not None and (not self.anchors or any(a in data for a in self.anchors)):
-            data = self.pattern.sub(lambda m: b"*" * (m.end() - m.start()), data)
+        if self.source and (not self.anchors or any(a in data for a in self.anchors)):
+            data = _compiled(self.source).sub(lambda m: b"*" * (m.end() - m.start()), data)
         return data
 
     def mask_name(self, name: bytes) -> bytes:
@@ -95,8 +115,15 @@ class Needles:
         return value if masked == raw else masked.decode("utf-8", "surrogateescape")
 
 
+@functools.lru_cache(maxsize=1024)
+def _compiled(source: bytes) -> re.Pattern[bytes]:
+    """Compiling costs about a millisecond; 10,000 connectors must still load in a blink."""
+    return re.compile(source)
+
+
 def needles_for(secrets: Iterable[str]) -> Needles:
     literals: set[bytes] = set()
+    families: list[tuple[bytes, tuple[bytes, ...]]] = []
     groups: list[bytes] = []
     anchors: list[bytes] = []
     longest = 0
@@ -106,14 +133,9 @@ def needles_for(secrets: Iterable[str]) -> Needles:
         if not raw:
             continue
         secrets_seen.append(secret)
-        literals.update({raw, secret.lower().encode()})  # one family: a single scan
-        literals.update({raw.hex().encode(), raw.hex().upper().encode()})
-        # Every character encoded: no literal run left for the pattern's prefilter.
-        for form in ("%{:02x}", "%{:02X}"):
-            literals.add("".join(form.format(b) for b in raw).encode())
-        for form in ("\\u{:04x}", "\\u{:04X}"):
-            literals.add("".join(form.format(ord(c)) for c in secret).encode())
-        literals.update(_base64_cores(raw))
+        for members in _spelling_families(secret):
+            families.append(((_common_run(members) if len(members) > 1 else members[0]), tuple(members)))
+            literals.update(members)
         groups.append(b"".join(_char_forms(ch) for ch in secret))
         runs = _UNRESERVED.findall(raw)
         anchors.append(max(runs, key=len) if runs else b"")
@@ -121,11 +143,11 @@ def needles_for(secrets: Iterable[str]) -> Needles:
     if not groups:
         return Needles()
     ordered = tuple(sorted(literals, key=len, reverse=True))
-    pattern = re.compile(b"|".join(groups))
+    pattern = b"|".join(groups)
     # Without an unreserved run in every secret there is no cheap prefilter: always run the pattern.
     usable = tuple(a for a in anchors if a) if all(anchors) else ()
     lowered = tuple({s.lower().encode() for s in secrets_seen})
-    return Needles(ordered, _families(ordered), pattern, usable, lowered, longest - 1)
+    return Needles(ordered, tuple(families), pattern, usable, lowered, longest - 1)
 
 
 def _families(literals: tuple[bytes, ...]) -> tuple[tuple[bytes, tuple[bytes, ...]], ...]:
@@ -148,8 +170,9 @@ def _families(literals: tuple[bytes, ...]) -> tuple[tuple[bytes, tuple[bytes, ..
 def _common_run(members: list[bytes]) -> bytes:
     """The longest run of positions where every member has the same byte."""
     first, best, start = members[0], (0, 0), 0
-    for i in range(len(first) + 1):
-        if i == len(first) or any(m[i] != first[i] for m in members):
+    same = [len(set(column)) == 1 for column in zip(*members, strict=True)] + [False]
+    for i, ok in enumerate(same):
+        if not ok:
             best = max(best, (i - start, start))
             start = i + 1
     length, at = best

@@ -235,3 +235,20 @@ def test_property_no_allowed_path_decodes_to_a_dot_segment_or_backslash(parts: l
             assert "." not in segments and ".." not in segments, (path, current)
             assert "\\" not in current and "\x00" not in current, (path, current)
             current = unquote(current)
+
+
+def test_secrets_of_connectors_sharing_a_host_are_masked_in_each_others_responses() -> None:
+    a = make_connector("a", patterns=["https://api.shared.test/a/*"], inject=HEADER)
+    b = make_connector("b", patterns=["https://api.shared.test/b/*"], inject=HEADER)
+    other = make_connector("c", patterns=["https://elsewhere.test/*"], inject=HEADER)
+    pol = Policy(
+        [
+            (a, {"secret": "secret-of-a-123"}),
+            (b, {"secret": "secret-of-b-456"}),
+            (other, {"secret": "c-789xyz"}),
+        ]
+    )
+    route = pol.routes["a"]
+    assert isinstance(route, Allow)
+    assert route.scrub.mask(b"secret-of-b-456") == b"*" * 15
+    assert route.scrub.mask(b"c-789xyz") == b"c-789xyz"  # another host's secret is not this route's
