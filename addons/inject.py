@@ -106,6 +106,9 @@ def strip_hop_by_hop(headers: http.Headers, strip: frozenset[str] = ALWAYS_STRIP
         if "upgrade" in tokens and headers.get("upgrade", "").lower() == "websocket":
             headers["connection"] = "Upgrade"
             headers["upgrade"] = "websocket"
+            # No permessage-deflate: a compressed message could neither be scrubbed
+            # cheaply nor bounded (one 1 MiB message inflated to gigabytes).
+            headers.pop("sec-websocket-extensions", None)
         else:
             headers.pop("connection", None)
             headers.pop("upgrade", None)

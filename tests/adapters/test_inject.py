@@ -114,3 +114,14 @@ def test_h2_body_without_content_length_is_buffered_and_framed() -> None:
     f.request.headers.pop("content-length", None)
     inject.request(f)
     assert f.request.headers["content-length"] == "5"
+
+
+def test_websocket_handshake_keeps_upgrade_but_not_compression() -> None:
+    _, tunnels, inject = wired(stripe_policy())
+    f = tunnel_flow(tunnels)
+    f.request.headers["connection"] = "keep-alive, Upgrade"
+    f.request.headers["upgrade"] = "websocket"
+    f.request.headers["sec-websocket-extensions"] = "permessage-deflate; client_max_window_bits"
+    inject.requestheaders(f)
+    assert f.request.headers["connection"] == "Upgrade" and f.request.headers["upgrade"] == "websocket"
+    assert "sec-websocket-extensions" not in f.request.headers
