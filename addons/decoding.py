@@ -59,26 +59,33 @@ def _zlib(budget: Budget) -> Transform:
     return step
 
 
-def _brotli(budget: Budget) -> Transform:
-    b = brotli.Decompressor()
+def _bounded(
+    budget: Budget, feed: Callable[[bytes], bytes], more: Callable[[], bool], errors: type[Exception]
+) -> Transform:
+    """A decoder step from ``feed`` (at most PIECE out per call) and ``more`` (output pending)."""
 
     def step(chunk: bytes) -> bytes:
         if not chunk:
             return b""
-        out: list[bytes] = []
         try:
-            piece = b.process(chunk, output_buffer_limit=PIECE)
-            budget.take(len(chunk), len(piece))
-            out.append(piece)
-            while not b.can_accept_more_data():
-                piece = b.process(b"", output_buffer_limit=PIECE)
-                budget.take(0, len(piece))
-                out.append(piece)
-        except brotli.error as e:
+            out = [feed(chunk)]
+            budget.take(len(chunk), len(out[0]))
+            while more():
+                out.append(feed(b""))
+                budget.take(0, len(out[-1]))
+        except errors as e:
             raise Unscrubbable(f"corrupt compressed body ({e})") from None
         return b"".join(out)
 
     return step
+
+
+def _brotli(budget: Budget) -> Transform:
+    b = brotli.Decompressor()
+    return _bounded(
+        budget, lambda data: b.process(data, output_buffer_limit=PIECE), lambda: not b.can_accept_more_data(),
+        brotli.error,
+    )  # fmt: skip
 
 
 def _zstd(budget: Budget) -> Transform:
@@ -87,24 +94,10 @@ def _zstd(budget: Budget) -> Transform:
     except ImportError:
         from backports import zstd
     d = zstd.ZstdDecompressor()
-
-    def step(chunk: bytes) -> bytes:
-        if not chunk:
-            return b""
-        out: list[bytes] = []
-        try:
-            piece = d.decompress(chunk, max_length=PIECE)
-            budget.take(len(chunk), len(piece))
-            out.append(piece)
-            while not d.needs_input and not d.eof:
-                piece = d.decompress(b"", max_length=PIECE)
-                budget.take(0, len(piece))
-                out.append(piece)
-        except zstd.ZstdError as e:
-            raise Unscrubbable(f"corrupt compressed body ({e})") from None
-        return b"".join(out)
-
-    return step
+    return _bounded(
+        budget, lambda data: d.decompress(data, max_length=PIECE), lambda: not d.needs_input and not d.eof,
+        zstd.ZstdError,
+    )  # fmt: skip
 
 
 STEPS: dict[str, Callable[[Budget], Transform]] = {

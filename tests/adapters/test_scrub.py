@@ -162,3 +162,25 @@ def test_corrupt_and_multi_member_gzip() -> None:
     assert bad is not None
     with pytest.raises(Unscrubbable, match="corrupt"):
         bad(b"\x1f\x8b\x08\x00garbage-garbage-garbage")
+
+
+@pytest.mark.parametrize("coding", ["br", "zstd"])
+def test_brotli_and_zstd_decode_in_bounded_pieces(coding: str) -> None:
+    import brotli
+
+    from addons.decoding import Unscrubbable, step_for
+
+    try:
+        from compression import zstd  # type: ignore[import-not-found]
+    except ImportError:
+        from backports import zstd
+    compress = brotli.compress if coding == "br" else zstd.compress
+    data = b'{"echo": "hello"} ' * 2000
+    blob, step = compress(data), step_for(coding)
+    assert step is not None
+    assert b"".join(step(blob[i : i + 100]) for i in range(0, len(blob), 100)) + step(b"") == data
+    bomb, step = compress(b"\0" * (64 << 20)), step_for(coding)
+    assert step is not None
+    with pytest.raises(Unscrubbable, match="bomb"):
+        for i in range(0, len(bomb), 4096):
+            step(bomb[i : i + 4096])
