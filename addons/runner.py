@@ -1,4 +1,4 @@
-"""A proxy worker: ``python -m addons.runner SETTINGS_JSON``, started by the supervisor.
+"""A proxy worker: ``python -m addons.runner``, started by the supervisor (settings in the environment).
 
 It runs a trimmed mitmproxy Master: mitmdump loads some 35 addons and every
 event visits each; this one loads the five the proxy core requires plus ours.
@@ -25,7 +25,7 @@ from mitmproxy.master import Master
 from addons import patches
 from addons.egress import make_addons
 from proxy.runtime import logsetup
-from proxy.runtime.settings import RunSettings
+from proxy.runtime.settings import SETTINGS_ENV, RunSettings
 from proxy.service import ca
 
 logger = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ async def _drain(master: Master, inflight: InFlight) -> None:
 
 
 def main(argv: list[str]) -> int:
-    settings = RunSettings.from_json(argv[0])
+    settings = RunSettings.from_json(os.environ.pop(SETTINGS_ENV))
     logsetup.configure(settings.log_format)
     patches.install_speedups()
     return asyncio.run(serve(settings))

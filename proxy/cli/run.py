@@ -14,7 +14,7 @@ from proxy.hosts import is_loopback, parse_listen
 from proxy.netguard import NetGuard
 from proxy.reasons import Reason, help_of
 from proxy.runtime import logsetup
-from proxy.runtime.settings import RunSettings
+from proxy.runtime.settings import SETTINGS_ENV, RunSettings
 from proxy.service.apply import apply_config
 from proxy.service.connectors import Connectors
 from proxy.service.home import Home
@@ -111,7 +111,8 @@ def cmd_run(args: argparse.Namespace, home: Home) -> int:
     os.environ["EGRESS_HOME"] = str(home.root)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-m", "proxy.runtime.supervisor", settings.to_json()])
+    os.environ[SETTINGS_ENV] = settings.to_json()
+    os.execv(sys.executable, [sys.executable, "-m", "proxy.runtime.supervisor"])
     return 1  # not reached
 
 

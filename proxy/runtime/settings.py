@@ -13,6 +13,11 @@ from typing import Any
 
 from proxy.hosts import parse_listen
 
+# Settings travel in the environment, not argv: /proc/PID/cmdline is readable by
+# every local user (a sandbox included), the environment only by the proxy's uid,
+# and a transparent listener's grant token is a credential.
+SETTINGS_ENV = "EGRESS_RUN_SETTINGS"
+
 
 @dataclass(frozen=True)
 class RunSettings:

@@ -25,7 +25,7 @@ from types import FrameType
 
 from proxy.errors import EgressError
 from proxy.hosts import format_authority
-from proxy.runtime.settings import RunSettings
+from proxy.runtime.settings import SETTINGS_ENV, RunSettings
 from proxy.service.files import write_atomic
 
 logger = logging.getLogger(__name__)
@@ -124,8 +124,9 @@ class Supervisor:
     def _spawn(self, index: int) -> Worker:
         ready = self.run_dir / f"worker-{os.getpid()}-{index}.ready"
         ready.unlink(missing_ok=True)
+        argv = self.command(index)  # first: it may put the worker's settings in self.env
         env = {**self.env, "EGRESS_WORKER_READY_FILE": str(ready)}
-        proc = subprocess.Popen(self.command(index), env=env, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL)
         return Worker(index, proc, time.monotonic(), ready)
 
     def _await_ready(self) -> int | None:
@@ -205,16 +206,17 @@ class Supervisor:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m proxy.runtime.supervisor SETTINGS_JSON``: what `egress run` execs into."""
+    """``python -m proxy.runtime.supervisor`` (settings in the environment): what `egress run` execs into."""
     from proxy.runtime import logsetup
 
-    settings = RunSettings.from_json(argv[0])
+    settings = RunSettings.from_json(os.environ[SETTINGS_ENV])
     logsetup.configure(settings.log_format)
     host, port = settings.listen_address
     supervisor: Supervisor
 
     def command(index: int) -> list[str]:
-        return [sys.executable, "-m", WORKER_MODULE, settings.with_listen(supervisor.address).to_json()]
+        supervisor.env[SETTINGS_ENV] = settings.with_listen(supervisor.address).to_json()
+        return [sys.executable, "-m", WORKER_MODULE]
 
     def reload() -> None:
         from proxy.service.apply import apply_config  # imported only when needed: keeps us small

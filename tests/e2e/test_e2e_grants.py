@@ -220,3 +220,19 @@ def test_open_tunnel_is_cut_off_by_revocation_and_key_rotation(
         assert all(r.header("X-Key") == [SECRETS["stripe"]] for r in after)  # only before the change
     finally:
         conn.close()
+
+
+def test_a_listener_grant_never_appears_on_a_command_line(gproxy: Proxy, tmp_path: Path) -> None:
+    """Command lines are readable by every local user, the sandbox included."""
+    from tests.e2e.test_e2e_workers import children
+
+    token = mint(gproxy, "--connector", "stripe")["token"]
+    proxy = start_proxy(gproxy.home, "--mode", "transparent", "--grant", token, log=tmp_path / "t.log")
+    try:
+        pids = {proxy.proc.pid} | children(proxy.proc.pid)
+        assert len(pids) >= 2  # the supervisor and its worker
+        for pid in pids:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            assert token.encode() not in cmdline and b"eg1." not in cmdline, cmdline
+    finally:
+        proxy.stop()
