@@ -92,7 +92,7 @@ def admit(tunnel: Tunnel | None, request: RequestFacts, rules: Rules, now: float
         reason = grant_problem(tunnel.grant, rules.grant_key, rules.revoked, now)
         if reason:
             return grant_block(reason)
-    return rules.policy.route(tunnel.target, request.path, tunnel.allowed)
+    return rules.policy.route(tunnel.target, request.path, tunnel.allowed, request.method.decode("ascii"))
 
 
 def check_request_line(request: RequestFacts) -> Block | None:

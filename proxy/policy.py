@@ -9,7 +9,7 @@ built, never per request.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 from proxy.connectors import Connector
@@ -42,6 +42,7 @@ class Allow:
     # Client headers to remove before injecting: the injected names, compared
     # lowercase with "_" as "-", so X_Api_Key cannot ride beside X-Api-Key.
     strip: frozenset[str] = frozenset()
+    methods: frozenset[str] | None = None  # None: every method
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +85,11 @@ class Policy:
                 # Any secret used on this connector's hosts is masked in its responses: an
                 # upstream shared by two connectors must not echo one's secret to the other.
                 shared = set(r.secrets).union(*(by_host[(p.host, p.port)] for p in connector.patterns))
-                names = frozenset(header_key(name) for name, _ in r.headers)
+                names = frozenset(
+                    header_key(n) for n in (*(h for h, _ in r.headers), *connector.strip_headers)
+                )
                 route = Allow(connector.name, connector.inject.where, r, needles_for(sorted(shared)), names)
-            self.routes[connector.name] = route
+            self.routes[connector.name] = replace(route, methods=connector.methods)
         self.index: PatternIndex[str] = PatternIndex(entries)
 
     def __len__(self) -> int:
@@ -103,8 +106,15 @@ class Policy:
             return Block(Reason.NOT_GRANTED, f"{target.authority} is not among this grant's connectors")
         return Block(Reason.NO_CONNECTOR, f"no connector allows {target.authority}")
 
-    def route(self, target: Target, path: str, allowed: frozenset[str] | None = None) -> Allow | Block:
-        """Which connector serves ``path`` (query removed) on ``target``."""
+    def route(
+        self, target: Target, path: str, allowed: frozenset[str] | None = None, method: str | None = None
+    ) -> Allow | Block:
+        """Which connector serves ``method path`` (query removed) on ``target``.
+
+        The grant, then the method, narrow the candidates before ambiguity is
+        judged: two connectors may cover one URL when grants (or methods) tell
+        them apart.
+        """
         problem = path_problem(path)
         encoded = problem is not None and ENCODED_SEPARATOR.search(path) is not None
         if encoded:
@@ -122,6 +132,11 @@ class Policy:
             if hits and not granted:
                 return Block(Reason.NOT_GRANTED, f"{hits[0].owner} is not granted")
             hits = granted
+        if method is not None and hits:
+            permitted = [h for h in hits if self._permits(h.owner, method)]
+            if not permitted:
+                return Block(Reason.METHOD_NOT_ALLOWED, f"{hits[0].owner} does not allow {method}")
+            hits = permitted
         if not hits:
             return Block(Reason.NO_CONNECTOR, f"no connector allows https://{target.authority}{path}")
         owners = sorted({h.owner for h in hits})
@@ -129,7 +144,13 @@ class Policy:
             return Block(Reason.AMBIGUOUS, f"equally specific connectors: {', '.join(owners)}")
         return self.routes[owners[0]]
 
-    def explain(self, url: str, allowed: frozenset[str] | None = None) -> Allow | Block:
+    def _permits(self, owner: str, method: str) -> bool:
+        methods = self.routes[owner].methods
+        return methods is None or method in methods
+
+    def explain(
+        self, url: str, allowed: frozenset[str] | None = None, method: str | None = None
+    ) -> Allow | Block:
         """The decision for a URL, as the proxy would make it (for the CLI)."""
         try:
             parts = urlsplit(url)
@@ -142,7 +163,7 @@ class Policy:
         except ValueError as e:
             return Block(Reason.BAD_HOST, str(e))
         target = Target(host, port)
-        return self.connect(target, allowed) or self.route(target, parts.path or "/", allowed)
+        return self.connect(target, allowed) or self.route(target, parts.path or "/", allowed, method)
 
 
 def header_key(name: str) -> str:

@@ -29,6 +29,8 @@ class Reason(StrEnum):
     PRIVATE_ADDRESS = "private-address"
     UNRESOLVABLE = "unresolvable"
     AMBIGUOUS = "ambiguous"
+    METHOD_NOT_ALLOWED = "method-not-allowed"
+    CREDENTIAL_UNAVAILABLE = "credential-unavailable"
     BAD_REQUEST = "bad-request"
     OVER_CAPACITY = "over-capacity"
     CLIENT_TLS = "client-tls"
@@ -72,7 +74,15 @@ REASONS: dict[Reason, ReasonInfo] = {
         403, "the host resolves to a loopback, private, link-local, CGNAT, multicast or metadata address"
     ),
     Reason.UNRESOLVABLE: ReasonInfo(502, "DNS lookup failed"),
-    Reason.AMBIGUOUS: ReasonInfo(403, "two connectors match equally well"),
+    Reason.AMBIGUOUS: ReasonInfo(
+        403, "two connectors match equally well and the grant (if any) does not tell them apart"
+    ),
+    Reason.METHOD_NOT_ALLOWED: ReasonInfo(
+        403, "a connector allows the URL, but not this method (`methods:`)"
+    ),
+    Reason.CREDENTIAL_UNAVAILABLE: ReasonInfo(
+        502, "the connector's credential could not be obtained (an OAuth2 token endpoint failed)"
+    ),
     Reason.BAD_REQUEST: ReasonInfo(
         400,
         "malformed or unsupported request (request trailers, a second tunnel; 431 for a head over 64 KiB)",

@@ -5,26 +5,30 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from proxy.cli.render import describe, print_table, print_warnings
 from proxy.connectors import Connector, make_connector
-from proxy.credentials.sources import SecretSource
+from proxy.credentials.sources import CredentialSource, SecretSource, check_field_name, parse_source
+from proxy.credentials.templates import SECRET_FIELD
 from proxy.errors import ConfigError
 from proxy.policy import Allow
+from proxy.reasons import Reason, help_of
 from proxy.service.apply import apply_file
 from proxy.service.connectors import Connectors
+from proxy.service.grants import Grants
 from proxy.service.home import Home
 
 
 def cmd_add(args: argparse.Namespace, home: Home) -> int:
     home.init()
     connector = _connector_from_args(args, None)
-    secret = _read_secret(args, required=True)
-    assert secret is not None
+    fields = _read_credential(args, required=True)
+    assert fields is not None
     with Connectors(home) as connectors:
-        connectors.add(connector, secret)
+        connectors.add(connector, fields)
         print(f"added connector {connector.name}: {', '.join(p.text for p in connector.patterns)}")
         print_warnings(connectors.warnings())
     return 0
@@ -34,7 +38,7 @@ def cmd_update(args: argparse.Namespace, home: Home) -> int:
     with Connectors(home) as connectors:
         current, _ = connectors.get(args.name)
         connector = _connector_from_args(args, current)
-        connectors.update(connector, _read_secret(args, required=False))
+        connectors.update(connector, _read_credential(args, required=False), merge=True)
         print(f"updated connector {connector.name}")
         print_warnings(connectors.warnings())
     return 0
@@ -96,51 +100,113 @@ def cmd_apply(args: argparse.Namespace, home: Home) -> int:
 
 def cmd_check(args: argparse.Namespace, home: Home) -> int:
     """Why would this URL be allowed or blocked? Exit 0 if allowed, 1 if not."""
+    allowed: frozenset[str] | None = None
     with Connectors(home) as connectors:
         policy = connectors.policy()  # opens every secret, as the proxy would
-    decision = policy.explain(args.url)
+        if args.grant:
+            grant = Grants(home, connectors.store).check(args.grant, time.time())
+            if isinstance(grant, Reason):
+                print(f"blocked: {grant} ({help_of(grant)})")
+                return 1
+            allowed = grant.connectors
+    method = args.method.upper() if args.method else None
+    decision = policy.explain(args.url, allowed, method)
     if isinstance(decision, Allow):
-        print(f"allowed: connector {decision.connector} (secret injected into {decision.where})")
+        print(f"allowed: connector {decision.connector} (credential injected into {decision.where})")
         return 0
     print(f"blocked: {decision.reason} ({decision.detail})")
     return 1
 
 
-def _connector_from_args(args: argparse.Namespace, current: Connector | None) -> Connector:
-    inject: dict[str, str] | None = None
-    if args.header:
-        inject = {"header": args.header}
+def _inject_from_args(args: argparse.Namespace, current: Connector | None) -> dict[str, Any] | None:
+    """The ``inject:`` mapping the flags describe, or None to keep the current one."""
+    headers = args.header or []
+    if len(headers) > 1 or any("=" in h for h in headers):
+        if args.template is not None:
+            raise ConfigError(
+                "--template applies to one --header NAME; write --header 'NAME=TEMPLATE' for several"
+            )
+        pairs = [h.partition("=") for h in headers]
+        if any(not sep for _, sep, _ in pairs):
+            raise ConfigError("with several --header flags, write each as --header 'NAME=TEMPLATE'")
+        return {"headers": {name: template for name, _, template in pairs}}
+    if headers:
+        inject: dict[str, Any] = {"header": headers[0]}
         if args.template is not None:
             inject["template"] = args.template
-    elif args.query:
+        return inject
+    if args.query:
         inject = {"query": args.query}
-    elif args.template is not None:
+        if args.template is not None:
+            inject["template"] = args.template
+        return inject
+    if args.basic:
+        return {"basic": {"username": "{{username}}", "password": "{{password}}"}}
+    if args.template is not None:
         spec = current.inject.to_spec() if current else {}
-        if "header" not in spec:
-            raise ConfigError("--template needs --header")
-        inject = {"header": spec["header"], "template": args.template}
+        kind = "header" if "header" in spec else "query" if "query" in spec else None
+        if kind is None:
+            raise ConfigError("--template needs --header or --query")
+        return {kind: spec[kind], "template": args.template}
+    return None
+
+
+def _connector_from_args(args: argparse.Namespace, current: Connector | None) -> Connector:
+    inject = _inject_from_args(args, current)
+    methods = None if args.any_method else args.method
     if current is not None:
         return make_connector(
             current.name,
             patterns=args.pattern or [p.text for p in current.patterns],
             inject=inject or current.inject.to_spec(),
             preset=args.preset or current.preset,
+            methods=methods
+            or (None if args.any_method or current.methods is None else sorted(current.methods)),
+            strip_headers=args.strip_header if args.strip_header is not None else current.strip_headers,
         )
-    return make_connector(args.name, patterns=args.pattern, inject=inject, preset=args.preset)
+    return make_connector(
+        args.name,
+        patterns=args.pattern,
+        inject=inject,
+        preset=args.preset,
+        methods=methods,
+        strip_headers=args.strip_header,
+    )
 
 
-def _read_secret(args: argparse.Namespace, *, required: bool) -> str | None:
+def _credential_source(args: argparse.Namespace) -> CredentialSource | None:
+    """What the flags say the credential's fields are read from (None: no new value)."""
+    fields: dict[str, SecretSource] = {}
     if args.secret_stdin:
-        source, where = SecretSource("stdin"), "secret from stdin"
+        fields[SECRET_FIELD] = SecretSource("stdin")
     elif args.secret_env:
-        source, where = SecretSource("env", args.secret_env), "--secret-env"
+        fields[SECRET_FIELD] = SecretSource("env", args.secret_env)
     elif args.secret_file:
-        source, where = SecretSource("file", args.secret_file), "--secret-file"
-    elif required:
-        raise ConfigError("a secret is required: --secret-stdin, --secret-env VAR or --secret-file PATH")
-    else:
+        fields[SECRET_FIELD] = SecretSource("file", args.secret_file)
+    for item in args.field or []:
+        name, sep, source = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--field {item!r}: expected NAME=env:VAR, NAME=file:PATH or NAME=stdin")
+        check_field_name(name, "--field")
+        if name in fields:
+            raise ConfigError(f"--field {name}: the field is given twice")
+        fields[name] = parse_source(source, f"--field {name}")
+    props = parse_source(args.properties_json, "--properties-json") if args.properties_json else None
+    if not fields and props is None:
         return None
-    return source.read(where)
+    return CredentialSource(fields, props)
+
+
+def _read_credential(args: argparse.Namespace, *, required: bool) -> dict[str, str] | None:
+    source = _credential_source(args)
+    if source is None:
+        if required:
+            raise ConfigError(
+                "a secret is required: --secret-stdin, --secret-env VAR, --secret-file PATH "
+                "or --field NAME=SOURCE"
+            )
+        return None
+    return source.read("credential")
 
 
 def register(sub: Any, command: Any) -> None:
@@ -159,16 +225,43 @@ def register(sub: Any, command: Any) -> None:
             "--pattern", action="append", metavar="URL", help="allowed https URL pattern (repeat)"
         )
         inj = sp.add_mutually_exclusive_group()
-        inj.add_argument("--header", metavar="NAME", help="inject the secret into this header")
-        inj.add_argument("--query", metavar="PARAM", help="inject the secret as this query parameter")
+        inj.add_argument(
+            "--header",
+            action="append",
+            metavar="NAME[=TEMPLATE]",
+            help="inject into this header (repeat as NAME=TEMPLATE for several headers)",
+        )
+        inj.add_argument("--query", metavar="PARAM", help="inject as this query parameter")
+        inj.add_argument(
+            "--basic", action="store_true", help="HTTP Basic from the fields username and password"
+        )
         sp.add_argument(
-            "--template", metavar="TEXT", help="header value template (default 'Bearer {{secret}}')"
+            "--template", metavar="TEXT", help="value template over fields (default 'Bearer {{secret}}')"
         )
         sp.add_argument("--preset", metavar="NAME", help="fill patterns and injection (stripe, github, ...)")
         src = sp.add_mutually_exclusive_group()
         src.add_argument("--secret-stdin", action="store_true", help="read the secret from stdin")
         src.add_argument("--secret-env", metavar="VAR", help="read the secret from an environment variable")
         src.add_argument("--secret-file", metavar="PATH", help="read the secret from a file")
+        sp.add_argument(
+            "--field",
+            action="append",
+            metavar="NAME=SOURCE",
+            help="a credential field from env:VAR, file:PATH or stdin (repeat)",
+        )
+        sp.add_argument(
+            "--properties-json",
+            metavar="SOURCE",
+            help="a JSON object of fields (env:VAR, file:PATH or stdin); overrides same-named fields",
+        )
+        sp.add_argument("--method", action="append", metavar="M", help="allow only these methods (repeat)")
+        sp.add_argument("--any-method", action="store_true", help="allow every method (the default)")
+        sp.add_argument(
+            "--strip-header",
+            action="append",
+            metavar="NAME",
+            help="a credential header the client's SDK sends, removed before injecting (repeat)",
+        )
     command("remove", cmd_remove, "remove a connector", csub).add_argument("name", metavar="NAME")
     command("list", cmd_list, "list connectors", csub).add_argument("--json", action="store_true")
     sp = command("show", cmd_show, "show one connector (never its secret)", csub)
@@ -181,3 +274,5 @@ def register(sub: Any, command: Any) -> None:
 
     sp = command("check", cmd_check, "would the proxy allow this URL, and through which connector?")
     sp.add_argument("url", metavar="URL")
+    sp.add_argument("--method", metavar="M", help="the request method (default: any)")
+    sp.add_argument("--grant", metavar="TOKEN", help="decide as for a client presenting this grant")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from proxy.credentials.header import HeaderPlacement
+from proxy.credentials.header import BasicPlacement, HeaderPlacement, HeadersPlacement
 from proxy.credentials.query import QueryPlacement
 from proxy.credentials.rendered import Rendered
 from proxy.errors import ConfigError
@@ -42,18 +42,28 @@ class Placement(Protocol):
 
 
 # The key that selects each kind in an `inject:` mapping.
-KINDS: dict[str, Any] = {"header": HeaderPlacement, "query": QueryPlacement}
+KINDS: dict[str, Any] = {
+    "header": HeaderPlacement,
+    "query": QueryPlacement,
+    "headers": HeadersPlacement,
+    "basic": BasicPlacement,
+}
+_NAMES = ", ".join(f"'{k}'" for k in KINDS)
 
 
 def placement_from_spec(spec: Any, where: str) -> Placement:
     """Validate an ``inject:`` mapping into its placement (ConfigError naming ``where``)."""
     if not isinstance(spec, Mapping):
-        raise ConfigError(f"{where}: inject must be a mapping with 'header' or 'query'")
+        raise ConfigError(f"{where}: inject must be a mapping with one of {_NAMES}")
     unknown = set(spec) - {key for kind in KINDS.values() for key in kind.KEYS}
     if unknown:
         raise ConfigError(f"{where}: inject: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
     kinds = [k for k in KINDS if spec.get(k) is not None]
     if len(kinds) != 1:
-        raise ConfigError(f"{where}: inject needs exactly one of 'header' or 'query'")
-    placement: Placement = KINDS[kinds[0]].from_spec(spec, where)
+        raise ConfigError(f"{where}: inject needs exactly one of {_NAMES}")
+    kind = KINDS[kinds[0]]
+    stray = {k for k, v in spec.items() if v is not None} - kind.KEYS
+    if stray:
+        raise ConfigError(f"{where}: inject.{sorted(stray)[0]} does not apply to '{kinds[0]}'")
+    placement: Placement = kind.from_spec(spec, where)
     return placement

@@ -1,4 +1,4 @@
-"""A credential as a query parameter: ``?appid=SECRET`` (any client copy replaced)."""
+"""A credential as a query parameter: ``?appid={{secret}}`` (any client copy replaced)."""
 
 from __future__ import annotations
 
@@ -9,43 +9,50 @@ from typing import Any, ClassVar
 from urllib.parse import quote, unquote_plus
 
 from proxy.credentials.rendered import Rendered
-from proxy.credentials.templates import SECRET_FIELD
+from proxy.credentials.templates import SECRET_FIELD, check_template, render, template_fields
 from proxy.errors import ConfigError
 
+DEFAULT_TEMPLATE = "{{" + SECRET_FIELD + "}}"
 PARAM_RE = re.compile(r"^[A-Za-z0-9._~\-\[\]]+\Z")
 
 
 @dataclass(frozen=True, slots=True)
 class QueryPlacement:
     query: str
+    template: str = DEFAULT_TEMPLATE
     KEYS: ClassVar[frozenset[str]] = frozenset({"query", "template"})
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any], where: str) -> QueryPlacement:
-        if spec.get("template") is not None:
-            raise ConfigError(f"{where}: inject.template applies to headers only")
         query = spec["query"]
         if not isinstance(query, str) or not PARAM_RE.match(query):
             raise ConfigError(f"{where}: inject.query {query!r} is not a valid parameter name")
-        return cls(query)
+        template = spec.get("template")
+        if template is None:
+            template = DEFAULT_TEMPLATE
+        return cls(query, check_template(template, f"{where}: inject.template"))
 
     @property
     def where(self) -> str:
         return f"query parameter {self.query}"
 
     def describe(self) -> str:
-        return f"query parameter {self.query}"
+        if self.template == DEFAULT_TEMPLATE:
+            return f"query parameter {self.query}"
+        return f"query parameter {self.query}: {self.template}"
 
     def to_spec(self) -> dict[str, Any]:
-        return {"query": self.query}
+        if self.template == DEFAULT_TEMPLATE:
+            return {"query": self.query}  # what earlier releases stored
+        return {"query": self.query, "template": self.template}
 
     def fields(self) -> frozenset[str]:
-        return frozenset({SECRET_FIELD})
+        return template_fields(self.template)
 
     def render(self, fields: Mapping[str, str]) -> Rendered:
-        secret = fields[SECRET_FIELD]
-        item = f"{quote(self.query, safe='')}={quote(secret, safe='')}"
-        return Rendered(query=((self.query, item),), secrets=(secret,))
+        value = render(self.template, fields)
+        item = f"{quote(self.query, safe='')}={quote(value, safe='')}"
+        return Rendered(query=((self.query, item),), secrets=tuple(fields[f] for f in sorted(self.fields())))
 
 
 def with_query_item(path: str, name: str, item: str) -> str:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from proxy.connectors import Connector, make_connector
-from proxy.credentials.sources import SecretSource, source_from_yaml
+from proxy.connectors import Connector, check_credential, make_connector
+from proxy.credentials.sources import CredentialSource, source_from_yaml
 from proxy.errors import ConfigError
 from proxy.service.connectors import ApplyReport, Connectors
 from proxy.service.home import Home
@@ -17,15 +17,15 @@ from proxy.service.home import Home
 logger = logging.getLogger(__name__)
 
 _TOP_KEYS = {"connectors"}
-_CONNECTOR_KEYS = {"name", "preset", "patterns", "secret", "inject"}
+_CONNECTOR_KEYS = {"name", "preset", "patterns", "secret", "inject", "methods", "strip_headers"}
 
 
 @dataclass(frozen=True, slots=True)
 class Declared:
-    """A connector as declared in YAML, with where its secret comes from."""
+    """A connector as declared in YAML, with where its credential's fields come from."""
 
     connector: Connector
-    secret: SecretSource
+    secret: CredentialSource
 
 
 def load_yaml(path: str | Path) -> list[Declared]:
@@ -70,6 +70,8 @@ def load_yaml(path: str | Path) -> list[Declared]:
             patterns=item.get("patterns"),
             inject=item.get("inject"),
             preset=item.get("preset"),
+            methods=item.get("methods"),
+            strip_headers=item.get("strip_headers"),
             where=where,
         )
         if connector.name in seen:
@@ -82,9 +84,12 @@ def load_yaml(path: str | Path) -> list[Declared]:
 def apply_file(home: Home, path: Path, *, prune: bool) -> ApplyReport:
     """Validate the whole file and read every secret before touching the store."""
     declared = load_yaml(path)
-    with_secrets = [
-        (d.connector, d.secret.read(f"{path}: connector {d.connector.name!r}: secret")) for d in declared
-    ]
+    with_secrets = []
+    for d in declared:
+        where = f"{path}: connector {d.connector.name!r}"
+        fields = d.secret.read(f"{where}: secret")
+        check_credential(d.connector, fields, where)
+        with_secrets.append((d.connector, fields))
     with Connectors(home) as connectors:
         return connectors.apply(with_secrets, prune)
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from proxy.connectors import Connector, ambiguities, connector_from_spec
-from proxy.credentials.templates import SECRET_FIELD
+from proxy.connectors import Connector, ambiguities, check_credential, connector_from_spec
 from proxy.errors import ConfigError
 from proxy.policy import Policy
-from proxy.secrets import MasterKey
+from proxy.secrets import Fields, MasterKey, is_legacy
 from proxy.service.files import write_atomic
 from proxy.service.home import Home
 from proxy.store import Store, StoredConnector
@@ -66,20 +65,32 @@ class Connectors:
             raise ConfigError(f"no connector named {name!r}")
         return connector_from_spec(name, stored.spec), stored
 
-    def add(self, connector: Connector, secret: str) -> None:
+    def add(self, connector: Connector, fields: Fields) -> None:
+        connector = self._checked(connector, fields)
         with self.store.write() as tx:
             if tx.get(connector.name):
                 raise ConfigError(f"connector {connector.name!r} exists: use `egress connector update`")
-            tx.put(connector.name, connector.to_spec(), self.key.seal(connector.name, secret))
+            tx.put(connector.name, connector.to_spec(), self.key.seal(connector.name, fields))
 
-    def update(self, connector: Connector, secret: str | None) -> None:
+    def update(self, connector: Connector, fields: Fields | None, *, merge: bool = False) -> None:
+        """Change a connector; ``fields=None`` keeps the stored credential (which must still fit).
+
+        With ``merge``, the given fields replace same-named stored ones and the
+        rest are kept (replacing a password keeps the username).
+        """
         with self.store.write() as tx:
             stored = tx.get(connector.name)
             if stored is None:
                 raise ConfigError(f"no connector named {connector.name!r}: use `egress connector add`")
-            sealed = self.key.seal(connector.name, secret) if secret is not None else stored.sealed
-            if secret is None:
-                self.key.open(connector.name, sealed)  # refuse to keep a secret we cannot open
+            if fields is not None and merge:
+                fields = {**self.key.open(connector.name, stored.sealed), **fields}
+            if fields is None:
+                kept = self.key.open(connector.name, stored.sealed)  # refuse to keep what we cannot open
+                connector = self._checked(connector, kept)
+                sealed = self.key.seal(connector.name, kept) if is_legacy(stored.sealed) else stored.sealed
+            else:
+                connector = self._checked(connector, fields)
+                sealed = self.key.seal(connector.name, fields)
             tx.put(connector.name, connector.to_spec(), sealed)
 
     def remove(self, name: str) -> None:
@@ -87,23 +98,23 @@ class Connectors:
             if not tx.delete(name):
                 raise ConfigError(f"no connector named {name!r}")
 
-    def apply(self, declared: Iterable[tuple[Connector, str]], prune: bool) -> ApplyReport:
-        """Make the store hold these connectors (secrets already read), in one transaction."""
+    def apply(self, declared: Iterable[tuple[Connector, Fields]], prune: bool) -> ApplyReport:
+        """Make the store hold these connectors (credentials already read), in one transaction."""
         report = ApplyReport()
-        items = list(declared)
+        items = [(self._checked(c, f), f) for c, f in declared]
         wanted = {c.name for c, _ in items}
         with self.store.write() as tx:
             current = {s.name: s for s in tx.connectors()}
-            for c, secret in items:
+            for c, fields in items:
                 old = current.get(c.name)
                 if old is None:
                     report.created.append(c.name)
-                elif old.spec == c.to_spec() and self._opens_to(old, secret):
+                elif old.spec == c.to_spec() and not is_legacy(old.sealed) and self._opens_to(old, fields):
                     report.unchanged.append(c.name)
                     continue
                 else:
                     report.updated.append(c.name)
-                tx.put(c.name, c.to_spec(), self.key.seal(c.name, secret))
+                tx.put(c.name, c.to_spec(), self.key.seal(c.name, fields))
             if prune:
                 for name in sorted(set(current) - wanted):
                     tx.delete(name)
@@ -112,13 +123,40 @@ class Connectors:
         return report
 
     def warnings(self) -> list[str]:
-        return ambiguities(c for c, _ in self.all())
+        connectors = [c for c, _ in self.all()]
+        unused = [
+            f"connector {c.name!r}: stored field(s) {', '.join(c.unused_fields())} are not used by its placement"
+            for c in connectors
+            if c.unused_fields()
+        ]
+        return ambiguities(connectors) + unused
 
-    def _opens_to(self, stored: StoredConnector, secret: str) -> bool:
+    @staticmethod
+    def _checked(connector: Connector, fields: Fields) -> Connector:
+        """The connector with its credential's field names, refused if the credential cannot be placed."""
+        named = replace(connector, fields=tuple(sorted(fields)))
+        check_credential(named, fields, f"connector {connector.name!r}")
+        return named
+
+    def _opens_to(self, stored: StoredConnector, fields: Fields) -> bool:
         try:
-            return self.key.open(stored.name, stored.sealed) == secret
+            return self.key.open(stored.name, stored.sealed) == dict(fields)
         except ConfigError:
             return False
+
+    def upgrade_payloads(self) -> int:
+        """Re-seal credentials written by earlier releases (one string) as fields, in one transaction."""
+        if not any(is_legacy(s.sealed) for s in self.store.connectors()):
+            return 0
+        count = 0
+        with self.store.write() as tx:
+            for stored in tx.connectors():
+                if is_legacy(stored.sealed):
+                    fields = self.key.open(stored.name, stored.sealed)
+                    spec = {**stored.spec, "fields": sorted(fields)}
+                    tx.put(stored.name, spec, self.key.seal(stored.name, fields))
+                    count += 1
+        return count
 
     def rotate_master_key(self) -> tuple[str, str]:
         """Re-seal every secret under a new master key; return (old id, new id).
@@ -139,8 +177,9 @@ class Connectors:
         write_atomic(staged, (text + "\n").encode(), private=True)
         with self.store.write() as tx:
             for stored in tx.connectors():
-                secret = old.open(stored.name, stored.sealed)
-                tx.put(stored.name, stored.spec, new.seal(stored.name, secret))
+                fields = old.open(stored.name, stored.sealed)
+                spec = {**stored.spec, "fields": sorted(fields)}
+                tx.put(stored.name, spec, new.seal(stored.name, fields))
         os.replace(path, path.with_name(path.name + ".old"))
         os.replace(staged, path)
         self._key = new
@@ -149,4 +188,5 @@ class Connectors:
     def policy(self) -> Policy:
         """All connectors with their secrets opened: what the proxy enforces."""
         self._key = None  # re-read: `egress keys rotate` may have replaced it
-        return Policy((c, {SECRET_FIELD: self.key.open(c.name, s.sealed)}) for c, s in self.all())
+        self.upgrade_payloads()
+        return Policy((c, self.key.open(c.name, s.sealed)) for c, s in self.all())

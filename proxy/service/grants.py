@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from proxy.errors import ConfigError
-from proxy.grants import Grant, grant_id_of
+from proxy.grants import Grant, grant_id_of, grant_problem
+from proxy.reasons import Reason
 from proxy.service.home import Home
 from proxy.store import Store
 
@@ -32,6 +33,17 @@ class Grants:
         with self.store.write() as tx:
             tx.add_grant(grant.id, label, sorted(connectors), grant.expires_at)
         return token, grant
+
+    def check(self, token: str, now: float) -> Grant | Reason:
+        """The grant a token carries, or why the proxy would refuse it (as at CONNECT)."""
+        try:
+            key = self.home.grant_key()
+        except ConfigError:
+            return Reason.BAD_GRANT
+        grant = key.verify(token)
+        if isinstance(grant, Reason):
+            return grant
+        return grant_problem(grant, key, self.store.revoked_grants(), now) or grant
 
     def list(self) -> list[dict[str, Any]]:
         return self.store.grants()

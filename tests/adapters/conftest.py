@@ -23,6 +23,6 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Home:
             make_connector(
                 "stripe", patterns=["https://api.stripe.test/v1/*"], inject={"header": "Authorization"}
             ),
-            "sk_test_store",
+            {"secret": "sk_test_store"},
         )
     return home

@@ -25,7 +25,7 @@ def test_loads_reloads_on_change_and_only_then(home: Home) -> None:
                 make_connector(
                     "gh", patterns=["https://api.github.test/*"], inject={"header": "Authorization"}
                 ),
-                "ghp_x",
+                {"secret": "ghp_x"},
             )
         assert source.reload() is True
         assert set(source.rules.policy.routes) == {"stripe", "gh"}

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from proxy.credentials import HeaderPlacement, QueryPlacement
-from proxy.credentials.sources import SecretSource
+from proxy.credentials.sources import CredentialSource, SecretSource
 from proxy.errors import ConfigError
 from proxy.service.apply import load_yaml
 
@@ -54,8 +54,8 @@ def test_load_good_yaml(tmp_path: Path) -> None:
     assert [d.connector.name for d in declared] == ["stripe", "weather", "custom"]
     stripe, weather, custom = declared
     assert stripe.connector.preset == "stripe"
-    assert stripe.secret == SecretSource("env", "STRIPE_API_KEY")
-    assert weather.secret == SecretSource("file", "/run/secrets/weather")
+    assert stripe.secret == CredentialSource.single(SecretSource("env", "STRIPE_API_KEY"))
+    assert weather.secret == CredentialSource.single(SecretSource("file", "/run/secrets/weather"))
     assert weather.connector.inject == QueryPlacement("appid")
     assert custom.connector.inject == HeaderPlacement("X-Api-Key", "{{secret}}")
     assert [p.text for p in custom.connector.patterns] == [

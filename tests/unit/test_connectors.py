@@ -141,14 +141,14 @@ def test_explicit_fields_override_preset() -> None:
     assert [p.text for p in only_patterns.patterns] == ["https://api.github.com/repos/*"]
     only_inject = make_connector("c", preset="openai", inject={"query": "key"})
     assert only_inject.inject == QueryPlacement("key")
-    assert [p.text for p in only_inject.patterns] == PRESETS["openai"]["patterns"]
+    assert [p.text for p in only_inject.patterns] == list(PRESETS["openai"].patterns)
 
 
 def test_using_preset_does_not_mutate_it() -> None:
-    before = {k: (list(v["patterns"]), dict(v["inject"])) for k, v in PRESETS.items()}
+    before = {k: (list(v.patterns), dict(v.inject)) for k, v in PRESETS.items()}
     make_connector("c", preset="stripe", patterns=["https://x.example.com/*"])
     make_connector("c", preset="stripe")
-    assert {k: (list(v["patterns"]), dict(v["inject"])) for k, v in PRESETS.items()} == before
+    assert {k: (list(v.patterns), dict(v.inject)) for k, v in PRESETS.items()} == before
 
 
 def test_unknown_preset() -> None:

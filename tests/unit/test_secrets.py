@@ -1,4 +1,4 @@
-"""Sealed connector secrets: AES-256-GCM with the connector name as associated data."""
+"""Sealed connector credentials: AES-256-GCM with the connector identity as associated data."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.errors import ConfigError
-from proxy.secrets import KEY_BYTES, VERSION, MasterKey, SecretError
+from proxy.secrets import KEY_BYTES, V1, V2, MasterKey, SecretError, is_legacy
 
 SECRET = "sk_live_51Hxyz-SECRET-VALUE-\u00e9\u20ac"
+FIELDS = {"secret": SECRET}
 
 
 @pytest.fixture
@@ -22,37 +23,37 @@ def key() -> MasterKey:
 
 
 def test_round_trip(key: MasterKey) -> None:
-    sealed = key.seal("stripe", SECRET)
+    sealed = key.seal("stripe", FIELDS)
     assert isinstance(sealed, bytes)
-    assert sealed.startswith(VERSION + key.key_id)
-    assert key.open("stripe", sealed) == SECRET
+    assert sealed.startswith(V2 + key.key_id)
+    assert key.open("stripe", sealed) == FIELDS
 
 
 def test_sealed_blob_does_not_contain_plaintext(key: MasterKey) -> None:
-    sealed = key.seal("stripe", SECRET)
+    sealed = key.seal("stripe", FIELDS)
     assert SECRET.encode() not in sealed
     assert b"sk_live" not in sealed
     assert base64.b64encode(SECRET.encode()) not in sealed
 
 
 def test_ciphertext_differs_each_time(key: MasterKey) -> None:
-    blobs = {key.seal("stripe", SECRET) for _ in range(50)}
+    blobs = {key.seal("stripe", FIELDS) for _ in range(50)}
     assert len(blobs) == 50
     nonces = {b[10:22] for b in blobs}
     assert len(nonces) == 50
-    assert all(key.open("stripe", b) == SECRET for b in blobs)
+    assert all(key.open("stripe", b) == FIELDS for b in blobs)
 
 
 def test_same_key_text_opens(key: MasterKey) -> None:
     k1, text = MasterKey.generate()
     k2 = MasterKey.from_text(text, "t")
     assert k1.key_id == k2.key_id
-    assert k2.open("c", k1.seal("c", SECRET)) == SECRET
+    assert k2.open("c", k1.seal("c", FIELDS)) == FIELDS
     assert len(base64.b64decode(text)) == KEY_BYTES
 
 
 def test_every_bit_flip_is_detected(key: MasterKey) -> None:
-    sealed = key.seal("stripe", "short-secret")
+    sealed = key.seal("stripe", {"secret": "short-secret"})
     for i in range(len(sealed)):
         for bit in range(8):
             tampered = bytearray(sealed)
@@ -63,19 +64,19 @@ def test_every_bit_flip_is_detected(key: MasterKey) -> None:
 
 @pytest.mark.parametrize("cut", [1, 5, 16, 17])
 def test_truncated_ciphertext(key: MasterKey, cut: int) -> None:
-    sealed = key.seal("stripe", SECRET)
+    sealed = key.seal("stripe", FIELDS)
     with pytest.raises(SecretError):
         key.open("stripe", sealed[:-cut])
 
 
 def test_appended_bytes_detected(key: MasterKey) -> None:
-    sealed = key.seal("stripe", SECRET)
+    sealed = key.seal("stripe", FIELDS)
     with pytest.raises(SecretError):
         key.open("stripe", sealed + b"\x00")
 
 
 def test_tamper_message(key: MasterKey) -> None:
-    sealed = bytearray(key.seal("stripe", SECRET))
+    sealed = bytearray(key.seal("stripe", FIELDS))
     sealed[-1] ^= 1
     with pytest.raises(SecretError) as e:
         key.open("stripe", bytes(sealed))
@@ -86,7 +87,7 @@ def test_tamper_message(key: MasterKey) -> None:
 
 def test_wrong_key_names_both_key_ids(key: MasterKey) -> None:
     other = MasterKey.generate()[0]
-    sealed = key.seal("stripe", SECRET)
+    sealed = key.seal("stripe", FIELDS)
     with pytest.raises(SecretError) as e:
         other.open("stripe", sealed)
     msg = str(e.value)
@@ -98,18 +99,18 @@ def test_wrong_key_names_both_key_ids(key: MasterKey) -> None:
 
 def test_wrong_key_with_forged_key_id_fails(key: MasterKey) -> None:
     other = MasterKey.generate()[0]
-    sealed = key.seal("stripe", SECRET)
-    forged = VERSION + other.key_id + sealed[10:]
+    sealed = key.seal("stripe", FIELDS)
+    forged = V2 + other.key_id + sealed[10:]
     with pytest.raises(SecretError):
         other.open("stripe", forged)
 
 
 @pytest.mark.parametrize("other", ["github", "Stripe", "stripe ", "", "stripe\x00"])
 def test_ciphertext_bound_to_connector_name(key: MasterKey, other: str) -> None:
-    sealed = key.seal("stripe", SECRET)
+    sealed = key.seal("stripe", FIELDS)
     with pytest.raises(SecretError):
         key.open(other, sealed)
-    assert key.open("stripe", sealed) == SECRET
+    assert key.open("stripe", sealed) == FIELDS
 
 
 @pytest.mark.parametrize(
@@ -123,9 +124,9 @@ def test_malformed_blob(key: MasterKey, blob: bytes) -> None:
 
 
 def test_wrong_version_is_malformed(key: MasterKey) -> None:
-    sealed = key.seal("c", SECRET)
+    sealed = key.seal("c", FIELDS)
     with pytest.raises(SecretError) as e:
-        key.open("c", b"v2" + sealed[2:])
+        key.open("c", b"v3" + sealed[2:])
     assert "malformed" in str(e.value)
 
 
@@ -202,7 +203,7 @@ def test_key_never_in_repr_or_errors() -> None:
 
 
 def test_plaintext_never_in_error_messages(key: MasterKey) -> None:
-    sealed = key.seal("stripe", SECRET)
+    sealed = key.seal("stripe", FIELDS)
     other = MasterKey.generate()[0]
     messages = []
     for k, name, blob in (
@@ -226,10 +227,43 @@ def test_key_has_no_instance_dict(key: MasterKey) -> None:
 
 
 @settings(max_examples=100, deadline=None, database=None)
-@given(name=st.text(max_size=30), secret=st.text(min_size=0, max_size=200))
-def test_property_round_trip(name: str, secret: str) -> None:
+@given(name=st.text(max_size=30), fields=st.dictionaries(st.text(max_size=10), st.text(max_size=200)))
+def test_property_round_trip(name: str, fields: dict[str, str]) -> None:
     k = MasterKey(b"\x07" * 32)
-    sealed = k.seal(name, secret)
-    assert k.open(name, sealed) == secret
+    sealed = k.seal(name, fields)
+    assert k.open(name, sealed) == fields
     with pytest.raises(SecretError):
         k.open(name + "x", sealed)
+
+
+def _seal_v1(key: MasterKey, connector: str, secret: str) -> bytes:
+    """What earlier releases wrote: one string, the bare name as associated data."""
+    nonce = os.urandom(12)
+    ct = key._aead.encrypt(nonce, secret.encode(), b"egress-proxy connector secret:" + connector.encode())
+    return V1 + key.key_id + nonce + ct
+
+
+def test_legacy_payload_opens_as_the_secret_field(key: MasterKey) -> None:
+    sealed = _seal_v1(key, "stripe", SECRET)
+    assert is_legacy(sealed)
+    assert key.open("stripe", sealed) == {"secret": SECRET}
+    with pytest.raises(SecretError):
+        key.open("github", sealed)
+    assert not is_legacy(key.seal("stripe", FIELDS))
+
+
+def test_fields_sealed_together(key: MasterKey) -> None:
+    fields = {"username": "ops@example.com", "password": "hunter2-\u00e9", "extra": "{}"}
+    sealed = key.seal("jira", fields)
+    assert key.open("jira", sealed) == fields
+    for value in fields.values():
+        assert value.encode() not in sealed
+
+
+def test_bound_to_workspace(key: MasterKey) -> None:
+    sealed = key.seal("stripe", FIELDS, "acme")
+    assert key.open("stripe", sealed, "acme") == FIELDS
+    with pytest.raises(SecretError):
+        key.open("stripe", sealed)  # the default workspace
+    with pytest.raises(SecretError):
+        key.open("stripe", sealed, "other")
