@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from proxy.credentials.oauth2 import TokenRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -11,9 +15,11 @@ class Rendered:
 
     ``query`` holds (decoded name, encoded ``name=value`` item) pairs; any
     client parameter of that name is removed first. ``secrets`` are the
-    values to scrub from responses.
+    values to scrub from responses. ``oauth2`` is set when the credential is an
+    access token the proxy must fetch per request (it is not known at load).
     """
 
     headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     query: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     secrets: tuple[str, ...] = field(default=(), repr=False)
+    oauth2: TokenRequest | None = field(default=None, repr=False)

@@ -1,0 +1,327 @@
+"""OAuth 2.0 access tokens, fetched by the proxy and cached per connector.
+
+The sandbox never sees a client secret, a refresh token or an access token:
+the proxy asks ``token_url`` itself, through the same SSRF-vetted resolver as
+every tunnel (``--resolve`` pins, ``--allow-network``), verifies TLS against
+the upstream CA bundle, and hands the token to the injector. One request to
+the token endpoint serves every caller waiting at that moment (single flight),
+so a burst of requests or of upstream 401s cannot stampede the endpoint.
+
+The HTTP client is deliberately small (HTTP/1.1 over h11, one request per
+connection, no redirects, bounded in time and size): it talks to one kind of
+endpoint and must never be talked into anything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import certifi
+import h11
+
+from proxy.credentials.oauth2 import Token, TokenCall, TokenFailure, TokenRequest, refresh_at
+from proxy.hosts import format_authority, is_ip_literal
+from proxy.policy import Block, parse_target
+
+if TYPE_CHECKING:
+    from addons.gate import Gate
+
+logger = logging.getLogger(__name__)
+
+Resolve = Callable[[str, int], Awaitable[str]]
+OnRotated = Callable[[str, str], None]
+
+TIMEOUT = 10.0  # the whole exchange: resolve, connect, TLS, request, response
+MAX_RESPONSE = 64 * 1024
+# After a failed fetch, callers with no usable token are refused for this long
+# without asking again, so a down endpoint is not hammered once per request.
+RETRY_AFTER = 2.0
+_SEEN_REFRESH_TOKENS = 8  # rotated refresh tokens remembered to recognise a lagging policy
+
+
+class CredentialUnavailable(Exception):
+    """No valid access token for a connector; ``detail`` is safe to log and to show."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class AddressRefused(Exception):
+    """A resolver's refusal to let the token host be dialled; its text is logged."""
+
+
+class _Failed(Exception):
+    """An exchange that went wrong, with a reason that carries no secret."""
+
+
+@dataclass(slots=True, eq=False)
+class _Entry:
+    request: TokenRequest  # as the policy rendered it
+    current: TokenRequest  # with the latest refresh token the server rotated to
+    seen: list[str] = field(default_factory=list)  # refresh tokens this entry used or rotated to
+    token: Token | None = None
+    stale: bool = False  # the upstream refused this token: never hand it out again
+    flight: asyncio.Task[None] | None = None
+    failure: str = ""
+    failed_until: float = 0.0
+
+
+def client_context(cafile: str | None = None) -> ssl.SSLContext:
+    """TLS for the token endpoint: verified against ``cafile`` (the upstream bundle) or certifi."""
+    context = ssl.create_default_context(cafile=cafile or certifi.where())
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+def vetted_resolver(gate: Gate) -> Resolve:
+    """Resolve the token host exactly as a tunnel's host: pins, the SSRF guard, one address."""
+
+    async def resolve(host: str, port: int) -> str:
+        target = parse_target(host, port)
+        if isinstance(target, Block):
+            raise AddressRefused(target.detail)
+        address = await gate.resolve(target)  # reads gate.guard now: options may have changed
+        if isinstance(address, Block):
+            raise AddressRefused(address.detail)
+        return address
+
+    return resolve
+
+
+class TokenBroker:
+    """Per-connector access tokens: cached, refreshed once before expiry, dropped on 401.
+
+    Runs on the proxy's event loop. ``resolve`` must return a vetted IP address
+    (see ``vetted_resolver``); ``on_rotated(connector, refresh_token)`` is told of
+    every refresh token the server rotated to, so it can be kept across restarts.
+    """
+
+    def __init__(
+        self,
+        resolve: Resolve,
+        ssl_context: ssl.SSLContext,
+        *,
+        on_rotated: OnRotated | None = None,
+        timeout: float = TIMEOUT,
+        max_response: int = MAX_RESPONSE,
+        retry_after: float = RETRY_AFTER,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._resolve = resolve
+        self._ssl = ssl_context
+        self._on_rotated = on_rotated
+        self._timeout = timeout
+        self._max_response = max_response
+        self._retry_after = retry_after
+        self._clock = clock
+        self._entries: dict[str, _Entry] = {}
+
+    async def token(self, connector: str, request: TokenRequest) -> str:
+        """A valid access token for ``connector``, or CredentialUnavailable."""
+        entry = self._entry(connector, request)
+        now = self._clock()
+        token = self._usable(entry, now)
+        if token is not None and now < refresh_at(token):
+            return token.access_token
+        if entry.flight is None:
+            if now < entry.failed_until:
+                if token is not None:
+                    return token.access_token
+                raise CredentialUnavailable(_detail(connector, entry.failure))
+            entry.flight = asyncio.create_task(self._refresh(connector, entry))
+        # Shielded: a caller that gives up must not cancel the fetch others wait for.
+        await asyncio.shield(entry.flight)
+        token = self._usable(entry, self._clock())
+        if token is None:
+            raise CredentialUnavailable(_detail(connector, entry.failure or "the token expired"))
+        return token.access_token
+
+    def invalidate(self, connector: str, token: str) -> None:
+        """The upstream answered 401 to ``token``: the next request fetches a new one.
+
+        Only the cached token is marked, so twenty 401s for one token cause one
+        refresh, and a late 401 for a token already replaced causes none.
+        """
+        entry = self._entries.get(connector)
+        if entry is not None and entry.token is not None and entry.token.access_token == token:
+            if not entry.stale:
+                logger.info("connector %s: upstream refused the access token; fetching a new one", connector)
+            entry.stale = True
+
+    def secrets(self, connector: str) -> tuple[str, ...]:
+        """The connector's live access and refresh tokens, to scrub from responses."""
+        entry = self._entries.get(connector)
+        if entry is None:
+            return ()
+        values = [entry.token.access_token] if entry.token else []
+        if entry.current.refresh_token:
+            values.append(entry.current.refresh_token)
+        return tuple(values)
+
+    def retain(self, connectors: Iterable[str]) -> None:
+        """Forget the tokens of connectors no longer in the policy."""
+        keep = set(connectors)
+        for name in [n for n in self._entries if n not in keep]:
+            del self._entries[name]
+
+    def close(self) -> None:
+        """Cancel fetches in flight (shutdown)."""
+        for entry in self._entries.values():
+            if entry.flight is not None:
+                entry.flight.cancel()
+        self._entries.clear()
+
+    def _entry(self, connector: str, request: TokenRequest) -> _Entry:
+        entry = self._entries.get(connector)
+        if entry is not None and entry.request != request:
+            if _caught_up(entry, request):
+                entry.request = request
+            else:  # the operator replaced a secret or the placement: start over
+                entry = None
+        if entry is None:
+            entry = self._entries[connector] = _Entry(request, request)
+            if request.refresh_token:
+                entry.seen.append(request.refresh_token)
+        return entry
+
+    @staticmethod
+    def _usable(entry: _Entry, now: float) -> Token | None:
+        token = entry.token
+        return token if token is not None and not entry.stale and now < token.expires_at else None
+
+    async def _refresh(self, connector: str, entry: _Entry) -> None:
+        """One fetch; its outcome lands on the entry for every waiter to read."""
+        request = entry.current
+        try:
+            try:
+                result = await self._fetch(request)
+            except Exception as e:  # a bug here must refuse the request, not leak its text
+                result = TokenFailure(f"unexpected {type(e).__name__}")
+            now = self._clock()
+            if isinstance(result, Token) and now >= result.expires_at:
+                result = TokenFailure("the token expired before it arrived")
+            if isinstance(result, TokenFailure):
+                entry.failure = result.reason
+                entry.failed_until = now + self._retry_after
+                logger.warning(
+                    "connector %s: oauth2 token request to %s failed: %s",
+                    connector,
+                    request.url,
+                    result.reason,
+                )
+                return
+            entry.token, entry.stale, entry.failure, entry.failed_until = result, False, "", 0.0
+            rotated = result.refresh_token
+            if request.grant == "refresh_token" and rotated and rotated != request.refresh_token:
+                entry.current = request.with_refresh_token(rotated)
+                entry.seen = [*entry.seen, rotated][-_SEEN_REFRESH_TOKENS:]
+                logger.info("connector %s: the token endpoint rotated the refresh token", connector)
+                if self._on_rotated is not None and self._entries.get(connector) is entry:
+                    try:
+                        self._on_rotated(connector, rotated)
+                    except Exception as e:  # the token is still good in memory
+                        logger.error(
+                            "connector %s: keeping the rotated refresh token failed (%s)",
+                            connector,
+                            type(e).__name__,
+                        )
+        finally:
+            entry.flight = None
+
+    async def _fetch(self, request: TokenRequest) -> Token | TokenFailure:
+        call = request.build()
+        started = self._clock()
+        try:
+            async with asyncio.timeout(self._timeout):
+                status, body = await self._exchange(call)
+        except TimeoutError:
+            return TokenFailure(f"no answer within {self._timeout:g} s")
+        except _Failed as e:
+            return TokenFailure(str(e))
+        except ssl.SSLCertVerificationError as e:
+            return TokenFailure(f"TLS certificate of {call.host} not accepted ({e.verify_message})")
+        except ssl.SSLError as e:
+            return TokenFailure(f"TLS with {call.host} failed ({e.reason or type(e).__name__})")
+        except OSError as e:
+            where = format_authority(call.host, call.port, None)
+            return TokenFailure(f"cannot connect to {where} ({e.strerror or type(e).__name__})")
+        except h11.ProtocolError:
+            return TokenFailure("malformed or truncated HTTP response")
+        return request.parse(status, body, started)
+
+    async def _address(self, host: str, port: int) -> str:
+        try:
+            address = await self._resolve(host, port)
+        except AddressRefused as e:
+            raise _Failed(f"cannot use {host}: {e}") from None
+        except (OSError, ValueError) as e:
+            raise _Failed(f"cannot resolve {host} ({type(e).__name__})") from None
+        if not isinstance(address, str) or not is_ip_literal(address):
+            raise _Failed(f"the resolver gave no IP address for {host}")  # never a second, unvetted lookup
+        return address
+
+    async def _exchange(self, call: TokenCall) -> tuple[int, bytes]:
+        """POST ``call`` on a fresh TLS connection; (status, body) of the final response."""
+        address = await self._address(call.host, call.port)
+        reader, writer = await asyncio.open_connection(
+            address, call.port, ssl=self._ssl, server_hostname=call.host, ssl_handshake_timeout=self._timeout
+        )
+        done = False
+        try:
+            conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=self._max_response)
+            writer.write(
+                conn.send(h11.Request(method=call.method, target=call.path, headers=list(call.headers)))
+                + conn.send(h11.Data(data=call.body))
+                + conn.send(h11.EndOfMessage())
+            )
+            await writer.drain()
+            status, body = 0, bytearray()
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await reader.read(16384))
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                    if len(body) > self._max_response:
+                        raise _Failed(f"response larger than {self._max_response // 1024} KiB")
+                elif isinstance(event, h11.EndOfMessage):
+                    done = True
+                    return status, bytes(body)
+                elif isinstance(event, h11.ConnectionClosed):
+                    raise _Failed("connection closed before the response ended")
+                # InformationalResponse (1xx): wait for the final one
+        finally:
+            if done:
+                writer.close()
+            else:  # no polite TLS shutdown with a peer that may never answer
+                writer.transport.abort()
+
+
+def _caught_up(entry: _Entry, request: TokenRequest) -> bool:
+    """``request`` only carries a refresh token this entry already used or rotated away from.
+
+    The policy reloads with the sealed copy of a rotated token after
+    ``on_rotated`` stored it, possibly lagging one rotation behind; neither
+    is a new secret, and dropping the cache would spend a refresh token the
+    server has already invalidated.
+    """
+    current = entry.current
+    return (
+        request.grant == "refresh_token"
+        and current.refresh_token is not None
+        and request.refresh_token in entry.seen
+        and request.with_refresh_token(current.refresh_token) == current
+    )
+
+
+def _detail(connector: str, reason: str) -> str:
+    return f"connector {connector}: no OAuth2 access token ({reason})"
