@@ -17,6 +17,7 @@ from addons.admin import Admin
 from addons.gate import Gate
 from addons.inject import Inject
 from addons.limits import Limits
+from addons.oauth import OAuth
 from addons.record import Recorder
 from addons.scrub import Scrub
 from addons.source import PolicySource
@@ -29,7 +30,8 @@ def make_addons() -> list[Any]:
 
     The source holds the rules; the gate opens tunnels; inject admits each
     request and sets its route, which limits, scrub and record then read from
-    the flow's state (so they come after inject).
+    the flow's state (so they come after inject). OAuth fetches the token of an
+    oauth2 route after inject admitted it.
     """
     patches.install_guards()
     source = PolicySource()
@@ -41,6 +43,7 @@ def make_addons() -> list[Any]:
         gate,
         TransparentGate(gate),
         Inject(source, tunnels),
+        OAuth(source, gate),
         Limits(),
         Scrub(),
         recorder,

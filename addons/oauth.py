@@ -19,15 +19,21 @@ import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import certifi
 import h11
+from mitmproxy import ctx, http
 
+from addons.respond import block, fail_closed
+from addons.source import PolicySource
+from addons.state import peek
 from proxy.credentials.oauth2 import Token, TokenCall, TokenFailure, TokenRequest, refresh_at
 from proxy.hosts import format_authority, is_ip_literal
 from proxy.policy import Block, parse_target
+from proxy.reasons import Reason
+from proxy.scrub import Needles
 
 if TYPE_CHECKING:
     from addons.gate import Gate
@@ -115,7 +121,7 @@ class TokenBroker:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._resolve = resolve
-        self._ssl = ssl_context
+        self.ssl_context = ssl_context
         self._on_rotated = on_rotated
         self._timeout = timeout
         self._max_response = max_response
@@ -271,7 +277,11 @@ class TokenBroker:
         """POST ``call`` on a fresh TLS connection; (status, body) of the final response."""
         address = await self._address(call.host, call.port)
         reader, writer = await asyncio.open_connection(
-            address, call.port, ssl=self._ssl, server_hostname=call.host, ssl_handshake_timeout=self._timeout
+            address,
+            call.port,
+            ssl=self.ssl_context,
+            server_hostname=call.host,
+            ssl_handshake_timeout=self._timeout,
         )
         done = False
         try:
@@ -325,3 +335,69 @@ def _caught_up(entry: _Entry, request: TokenRequest) -> bool:
 
 def _detail(connector: str, reason: str) -> str:
     return f"connector {connector}: no OAuth2 access token ({reason})"
+
+
+class OAuth:
+    """The adapter: an oauth2 route's request gets ``Authorization: Bearer <token>``.
+
+    Runs after ``Inject`` (which admitted the request and removed the client's
+    own Authorization). A token endpoint failure blocks the request with
+    ``credential-unavailable``; an upstream 401 marks the token stale so the
+    next request fetches one. Rotated refresh tokens are stored sealed.
+    """
+
+    def __init__(self, source: PolicySource, gate: Gate) -> None:
+        self.source = source
+        self.broker = TokenBroker(vetted_resolver(gate), client_context(), on_rotated=self._rotated)
+        self._needles: dict[tuple[str, tuple[str, ...]], Needles] = {}
+
+    def configure(self, updated: set[str]) -> None:
+        if "ssl_verify_upstream_trusted_ca" in updated:
+            cafile = ctx.options.ssl_verify_upstream_trusted_ca
+            self.broker.ssl_context = client_context(cafile)
+
+    @fail_closed
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        s = peek(flow)
+        if s is None or s.route is None or flow.response is not None:
+            return
+        request = s.route.rendered.oauth2
+        if request is None:
+            return
+        name = s.route.connector
+        try:
+            token = await self.broker.token(name, request)
+        except CredentialUnavailable as e:
+            block(flow, Block(Reason.CREDENTIAL_UNAVAILABLE, e.detail))
+            return
+        flow.request.headers["Authorization"] = f"Bearer {token}"
+        s.access_token = token
+        # Echoes of the live tokens are masked like any other secret of the route.
+        live = self.broker.secrets(name)
+        key = (name, live)
+        needles = self._needles.get(key)
+        if needles is None:
+            if len(self._needles) > 256:
+                self._needles.clear()
+            needles = self._needles[key] = s.route.scrub.extended(live)
+        s.route = replace(s.route, scrub=needles)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        s = peek(flow)
+        if (
+            s is not None
+            and s.access_token
+            and flow.response is not None
+            and flow.response.status_code == 401
+        ):
+            assert s.route is not None
+            self.broker.invalidate(s.route.connector, s.access_token)
+
+    def done(self) -> None:
+        self.broker.close()
+
+    def _rotated(self, connector: str, refresh_token: str) -> None:
+        """Keep a rotated refresh token sealed in the store (off the event loop)."""
+        asyncio.get_running_loop().run_in_executor(
+            None, self.source.store_refresh_token, connector, refresh_token
+        )

@@ -254,6 +254,10 @@ class Recorder:
     def _blocked(self, flow: http.HTTPFlow, s: FlowState) -> None:
         assert s.blocked is not None
         reason = str(s.blocked.reason)
+        if s.route is not None and s.blocked.reason is Reason.CREDENTIAL_UNAVAILABLE:
+            # The connector is broken, not the client: it counts (and shows) as the connector's error.
+            self._count(s.route.connector, True)
+            self.tally.error(self._error_event(flow, s, failure=reason))
         if ctx.options.egress_access_log:
             self._access(flow, s, "blocked", flow.response.status_code if flow.response else None)
         self.metrics.blocked.labels(reason).inc()

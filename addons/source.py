@@ -10,6 +10,7 @@ from mitmproxy import ctx, exceptions
 from mitmproxy.addonmanager import Loader
 
 from proxy.admission import Rules
+from proxy.credentials.templates import template_field
 from proxy.errors import ConfigError, EgressError
 from proxy.policy import Policy
 from proxy.service.connectors import Connectors
@@ -70,6 +71,22 @@ class PolicySource:
         self.rules = Rules(self._connectors.policy(), grant_key, store.revoked_grants())
         self._generation = generation
         return True
+
+    def store_refresh_token(self, connector: str, refresh_token: str) -> None:
+        """Keep a refresh token the server rotated to, sealed, in the field its template names."""
+        try:
+            with Connectors(home_from_options()) as connectors:
+                current, _ = connectors.get(connector)
+                spec = current.inject.to_spec().get("oauth2", {})
+                field = template_field(spec.get("refresh_token") or "")
+                if field is None:
+                    logger.warning(
+                        "connector %s: rotated refresh token not kept (template is not one field)", connector
+                    )
+                    return
+                connectors.update(current, {field: refresh_token}, merge=True)
+        except EgressError as e:
+            logger.error("connector %s: cannot store the rotated refresh token: %s", connector, e)
 
     async def running(self) -> None:
         self._task = asyncio.create_task(self._watch())

@@ -39,6 +39,7 @@ class FlowState:
     grant_label: str | None = None
     host: str | None = None  # the authority the request was for, as logged
     bytes_out: int = 0  # response body bytes sent to the client
+    access_token: str | None = field(default=None, repr=False)  # an OAuth2 token injected here
     trace: list[tuple[str, str]] = field(default_factory=list)
 
     def note(self, stage: str, decision: str) -> None:

@@ -85,9 +85,7 @@ class Policy:
                 # Any secret used on this connector's hosts is masked in its responses: an
                 # upstream shared by two connectors must not echo one's secret to the other.
                 shared = set(r.secrets).union(*(by_host[(p.host, p.port)] for p in connector.patterns))
-                names = frozenset(
-                    header_key(n) for n in (*(h for h, _ in r.headers), *connector.strip_headers)
-                )
+                names = frozenset(header_key(n) for n in (*r.header_names(), *connector.strip_headers))
                 route = Allow(connector.name, connector.inject.where, r, needles_for(sorted(shared)), names)
             self.routes[connector.name] = replace(route, methods=connector.methods)
         self.index: PatternIndex[str] = PatternIndex(entries)

@@ -84,6 +84,11 @@ class Needles:
     anchors: tuple[bytes, ...] = ()  # a match of ``pattern`` contains one of these
     lowered: tuple[bytes, ...] = ()  # the raw secrets lowercased, for header names
     keep: int = 0  # bytes a stream holds back: the longest match minus one
+    secrets: tuple[str, ...] = field(default=(), repr=False)  # what this was built from
+
+    def extended(self, more: Iterable[str]) -> Needles:
+        """These needles plus ``more`` secrets (live OAuth2 tokens, known only at request time)."""
+        return needles_for(sorted({*self.secrets, *more}))
 
     def __bool__(self) -> bool:
         return bool(self.literals or self.source)
@@ -147,7 +152,7 @@ def needles_for(secrets: Iterable[str]) -> Needles:
     # Without an unreserved run in every secret there is no cheap prefilter: always run the pattern.
     usable = tuple(a for a in anchors if a) if all(anchors) else ()
     lowered = tuple({s.lower().encode() for s in secrets_seen})
-    return Needles(ordered, tuple(families), pattern, usable, lowered, longest - 1)
+    return Needles(ordered, tuple(families), pattern, usable, lowered, longest - 1, tuple(secrets_seen))
 
 
 def _families(literals: tuple[bytes, ...]) -> tuple[tuple[bytes, tuple[bytes, ...]], ...]:

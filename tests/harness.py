@@ -33,6 +33,8 @@ HOSTS = (
     "a.wild.test",
     "b.c.wild.test",
     "evil.test",
+    "auth.oauth.test",
+    "api.oauth.test",
 )
 _STRIP_ENV = (
     "HTTPS_PROXY",
@@ -128,6 +130,12 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path.endswith("/info/refs") and self.server.git_repo:
             self._git_advertisement()
             return
+        if url.path == "/oauth/token":
+            self._token()
+            return
+        if url.path.startswith("/oauth-api/") and self.headers.get("authorization") in self.server.rejected:
+            self._reply(401, b'{"error":"invalid_token"}')
+            return
         if url.path.endswith("/download"):
             size = int(parse_qs(url.query)["size"][0])
             self.send_response(200)
@@ -168,6 +176,28 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def _reply(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _token(self) -> None:
+        """An OAuth2 token endpoint: counts calls, fails or slows down when told to."""
+        server = self.server
+        with server._lock:
+            server.token_calls += 1
+            n = server.token_calls
+        if server.token_delay:
+            time.sleep(server.token_delay)
+        if server.token_status != 200:
+            self._reply(server.token_status, b'{"error":"server_error"}')
+            return
+        answer = {"access_token": f"at-{n}-{os.urandom(6).hex()}", "token_type": "Bearer"}
+        answer["expires_in"] = server.token_lifetime  # type: ignore[assignment]
+        self._reply(200, json.dumps(answer).encode())
 
     def _websocket(self) -> None:
         """Accept the handshake, send one text frame ("hello"), close."""
@@ -220,6 +250,12 @@ class Upstream(ThreadingHTTPServer):
         self.connections = 0
         self.git_repo: Path | None = None
         self._lock = threading.Lock()
+        # the OAuth2 token endpoint (/oauth/token) and the API that refuses tokens (/oauth-api/)
+        self.token_calls = 0
+        self.token_status = 200
+        self.token_delay = 0.0
+        self.token_lifetime = 3600
+        self.rejected: set[str] = set()
 
     @property
     def port(self) -> int:

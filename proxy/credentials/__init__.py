@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from proxy.credentials.header import BasicPlacement, HeaderPlacement, HeadersPlacement
+from proxy.credentials.oauth2 import OAuth2Placement
 from proxy.credentials.query import QueryPlacement
 from proxy.credentials.rendered import Rendered
 from proxy.errors import ConfigError
@@ -47,6 +48,7 @@ KINDS: dict[str, Any] = {
     "query": QueryPlacement,
     "headers": HeadersPlacement,
     "basic": BasicPlacement,
+    "oauth2": OAuth2Placement,
 }
 _NAMES = ", ".join(f"'{k}'" for k in KINDS)
 

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 from urllib.parse import quote_plus, urlencode, urlsplit
 
 from proxy.credentials.rendered import Rendered
-from proxy.credentials.templates import CONTROL, SECRET_FIELD, render, template_fields
+from proxy.credentials.templates import CONTROL, render, template_fields
 from proxy.errors import ConfigError
 from proxy.hosts import format_authority, split_authority
 
@@ -29,9 +29,6 @@ ClientAuth = Literal["basic", "body"]
 GRANTS: tuple[Grant, ...] = ("client_credentials", "refresh_token")
 CLIENT_AUTHS: tuple[ClientAuth, ...] = ("basic", "body")
 
-# Field names a template may use when the caller does not say which fields the
-# connector has: the one-field ``secret`` and the conventional OAuth names.
-DEFAULT_FIELDS = frozenset({SECRET_FIELD, "client_id", "client_secret", "refresh_token"})
 # When the server omits ``expires_in`` (RFC 6749 5.1 leaves the default to it):
 # one hour, the most common default; an early 401 still refreshes via invalidate.
 DEFAULT_LIFETIME = 3600.0
@@ -86,7 +83,8 @@ def parse_token_url(url: object, where: str) -> tuple[str, int, str]:
     return host, port, f"{path}?{parts.query}" if parts.query else path
 
 
-def _template(spec: Mapping[str, Any], key: str, where: str, allowed: frozenset[str], *, secret: bool) -> str:
+def _template(spec: Mapping[str, Any], key: str, where: str, *, secret: bool) -> str:
+    """A template; whether its fields exist is the connector's check (it knows the credential)."""
     value = spec.get(key)
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{where}.{key} must be a non-empty string")
@@ -95,9 +93,6 @@ def _template(spec: Mapping[str, Any], key: str, where: str, allowed: frozenset[
     names = template_fields(value)
     if _PLACEHOLDER_DEBRIS.search(_strip_fields(value)):
         raise ConfigError(f"{where}.{key}: malformed {{{{field}}}} placeholder")
-    unknown = names - allowed
-    if unknown:
-        raise ConfigError(f"{where}.{key}: unknown field(s) {', '.join(sorted(unknown))}")
     if secret and not names:
         # A secret's value never sits in the configuration itself.
         raise ConfigError(f"{where}.{key} must come from a field, such as {{{{{key}}}}}")
@@ -135,10 +130,7 @@ class OAuth2Placement:
     KEYS: ClassVar[frozenset[str]] = frozenset({"oauth2"})
 
     @classmethod
-    def from_spec(
-        cls, spec: Mapping[str, Any], where: str, known_fields: frozenset[str] | None = None
-    ) -> OAuth2Placement:
-        """Validate; ``known_fields`` are the connector's field names (else ``DEFAULT_FIELDS``)."""
+    def from_spec(cls, spec: Mapping[str, Any], where: str) -> OAuth2Placement:
         inner = spec.get("oauth2")
         at = f"{where}: inject.oauth2"
         if not isinstance(inner, Mapping):
@@ -146,7 +138,6 @@ class OAuth2Placement:
         unknown = set(inner) - SPEC_KEYS
         if unknown:
             raise ConfigError(f"{at}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
-        allowed = DEFAULT_FIELDS if known_fields is None else known_fields
         host, port, path = parse_token_url(inner.get("token_url"), f"{at}.token_url")
         grant = inner.get("grant")
         if grant not in GRANTS:
@@ -158,14 +149,14 @@ class OAuth2Placement:
         if grant == "refresh_token":
             if inner.get("refresh_token") is None:
                 raise ConfigError(f"{at}.refresh_token is required for the refresh_token grant")
-            refresh_token = _template(inner, "refresh_token", at, allowed, secret=True)
+            refresh_token = _template(inner, "refresh_token", at, secret=True)
         elif inner.get("refresh_token") is not None:
             raise ConfigError(f"{at}.refresh_token applies to the refresh_token grant only")
         return cls(
             token_url=f"https://{format_authority(host, port)}{path}",
             grant=grant,
-            client_id=_template(inner, "client_id", at, allowed, secret=False),
-            client_secret=_template(inner, "client_secret", at, allowed, secret=True),
+            client_id=_template(inner, "client_id", at, secret=False),
+            client_secret=_template(inner, "client_secret", at, secret=True),
             refresh_token=refresh_token,
             scope=_scope(inner.get("scope"), at),
             client_auth=client_auth,

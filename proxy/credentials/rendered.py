@@ -23,3 +23,8 @@ class Rendered:
     query: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     secrets: tuple[str, ...] = field(default=(), repr=False)
     oauth2: TokenRequest | None = field(default=None, repr=False)
+
+    def header_names(self) -> tuple[str, ...]:
+        """Every header this credential sets: client copies of them never go upstream."""
+        dynamic = ("Authorization",) if self.oauth2 is not None else ()
+        return (*(name for name, _ in self.headers), *dynamic)

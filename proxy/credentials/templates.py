@@ -32,3 +32,9 @@ def check_template(template: object, where: str) -> str:
 def render(template: str, fields: Mapping[str, str]) -> str:
     """Fill a checked template; every field it names must be present (the connector was checked)."""
     return _FIELD.sub(lambda m: fields[m.group(1)], template)
+
+
+def template_field(template: str) -> str | None:
+    """The field a template is exactly made of (``{{refresh_token}}``), else None."""
+    m = _FIELD.fullmatch(template)
+    return m.group(1) if m else None

@@ -63,4 +63,5 @@ def test_addons_run_in_the_order_a_request_walks() -> None:
 
     names = [type(a).__name__ for a in make_addons()]
     assert names.index("Gate") < names.index("TransparentGate") < names.index("Inject")
-    assert names.index("Inject") < min(names.index(n) for n in ("Limits", "Scrub", "Recorder"))
+    assert names.index("Inject") < names.index("OAuth")
+    assert names.index("OAuth") < min(names.index(n) for n in ("Limits", "Scrub", "Recorder"))

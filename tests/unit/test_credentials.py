@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.connectors import make_connector
 from proxy.credentials import HeaderPlacement, QueryPlacement, placement_from_spec
@@ -250,3 +253,39 @@ def test_with_query_item_appends_exactly_one_copy() -> None:
     out = with_query_item("/x?api_key=a&%61pi_key=b&api%5fkey=c&z=1", "api_key", "api_key=S")
     assert out.count("api_key=") == 1
     assert out.endswith("&api_key=S")
+
+
+# -- fields: rendering can never break out of a header ------------------------
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(values=st.dictionaries(st.sampled_from(["secret", "user", "org"]), st.text(max_size=40), min_size=3))
+def test_rendering_never_injects_a_header(values: dict[str, str]) -> None:
+    from proxy.credentials.sources import parse_properties
+
+    try:
+        fields = parse_properties(json.dumps(values), "props")
+    except ConfigError:
+        # refused values are exactly those that could break a header, or are empty
+        assert any(not v or any(ord(c) < 32 or ord(c) == 127 for c in v) for v in values.values())
+        return
+    for spec in (
+        {"header": "X-Key", "template": "k={{secret}};u={{user}}"},
+        {"headers": {"X-A": "{{secret}}", "X-B": "{{org}}-{{user}}"}},
+        {"query": "key", "template": "{{secret}}:{{org}}"},
+    ):
+        rendered = placement_from_spec(spec, "c").render(fields)
+        for name, value in rendered.headers:
+            assert not any(ch in value for ch in "\r\n\x00"), (name, value)
+        for _, item in rendered.query:
+            assert all(32 < ord(c) < 127 for c in item), item
+    if ":" not in fields["user"]:
+        basic = placement_from_spec({"basic": {"username": "{{user}}", "password": "{{secret}}"}}, "c")
+        ((_, value),) = basic.render(fields).headers
+        assert value.startswith("Basic ") and value.isascii() and "\n" not in value
+
+
+def test_basic_username_with_colon_is_refused() -> None:
+    basic = placement_from_spec({"basic": {"username": "{{u}}", "password": "{{p}}"}}, "c")
+    with pytest.raises(ConfigError, match="':'"):
+        basic.render({"u": "a:b", "p": "x"})

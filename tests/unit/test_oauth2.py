@@ -130,17 +130,16 @@ def test_refresh_token_required_for_refresh_grant_only() -> None:
     assert "refresh_token grant only" in bad(refresh_token="{{refresh_token}}")
 
 
-def test_unknown_template_field_is_named() -> None:
-    message = bad(client_secret="{{client_secrte}}")
-    assert "client_secret" in message
-    assert "unknown field(s) client_secrte" in message
-    # A connector that declares its fields decides what is known.
-    spec = {"oauth2": {**CC, "client_secret": "{{jira_secret}}"}}
-    assert OAuth2Placement.from_spec(spec, "conn", known_fields=frozenset({"jira_secret"})).fields() == {
-        "jira_secret"
-    }
-    with pytest.raises(ConfigError, match="unknown field"):
-        OAuth2Placement.from_spec({"oauth2": CC}, "conn", known_fields=frozenset({"jira_secret"}))
+def test_unknown_template_field_is_named_by_the_connector() -> None:
+    from proxy.connectors import make_connector
+
+    inject = {"oauth2": {**CC, "client_secret": "{{client_secrte}}"}}
+    with pytest.raises(ConfigError) as e:
+        make_connector("c", patterns=["https://api.example.com/*"], inject=inject, fields=["client_secret"])
+    assert "client_secrte" in str(e.value)
+    assert "'c'" in str(e.value)
+    ok = make_connector("c", patterns=["https://api.example.com/*"], inject=inject, fields=["client_secrte"])
+    assert ok.inject.fields() == {"client_secrte"}
 
 
 @pytest.mark.parametrize("template", ["{{ secret }}", "{{secret}", "{{1x}}", "x}}"])
