@@ -48,8 +48,9 @@ class Signer(Protocol):
     ) -> Signed | Unsignable:
         """``target`` is the raw path and query as sent upstream, ``headers`` the final list.
 
-        ``payload_sha256`` is the body's hex SHA-256 when the caller buffered it;
-        otherwise the client's ``x-amz-content-sha256`` (or ``UNSIGNED-PAYLOAD``)
-        is signed and the body streams untouched.
+        ``payload_sha256`` is the body's lowercase hex SHA-256 when the caller
+        buffered it (anything else is a ValueError: the caller's bug, not the
+        client's); otherwise the client's ``x-amz-content-sha256`` (or
+        ``UNSIGNED-PAYLOAD``) is signed and the body streams untouched.
         """
         ...
