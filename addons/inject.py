@@ -8,6 +8,7 @@ request's facts off the flow and applies the result.
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 from mitmproxy import http
@@ -17,6 +18,7 @@ from addons.source import PolicySource
 from addons.state import Tunnels, peek, state
 from proxy.admission import RequestFacts, admit
 from proxy.credentials.query import with_query_item
+from proxy.credentials.signing import Unsignable
 from proxy.policy import Block, header_key
 from proxy.reasons import Reason
 
@@ -26,6 +28,7 @@ ALWAYS_STRIP = frozenset(
     {"cookie", "cookie2", "proxy-authorization", "proxy-connection", "keep-alive", "te", "trailer"}
 )
 TRAILERS = Block(Reason.BAD_REQUEST, "request trailers are not forwarded")
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
 class Inject:
@@ -71,6 +74,24 @@ class Inject:
             headers[name] = value
         for name, item in rendered.query:
             req.path = with_query_item(req.path, name, item)
+        if rendered.signer is not None:
+            # Signed last: the signature covers the final Host, path and headers.
+            signed = rendered.signer.sign(
+                req.method,
+                tunnel.target.authority,
+                req.path,
+                list(headers.items(multi=True)),
+                time.time(),
+                payload_sha256=EMPTY_SHA256 if _no_body(req) else None,
+            )
+            if isinstance(signed, Unsignable):
+                block(flow, Block(Reason.BAD_REQUEST, signed.detail))
+                return
+            for name in [n for n in headers if header_key(n) in signed.remove]:
+                if name in headers:
+                    del headers[name]
+            for name, value in signed.add:
+                headers.add(name, value)
         s.route = decision
         s.note("admit", decision.connector)
         # An HTTP/2 body with no content-length would reach an HTTP/1.1 upstream
@@ -87,6 +108,13 @@ class Inject:
             req.headers["content-length"] = str(len(req.raw_content))
         if req.trailers:
             block(flow, TRAILERS)
+
+
+def _no_body(req: http.Request) -> bool:
+    """An HTTP/1 request head that announces no body (its hash is known before it streams)."""
+    if req.is_http2 or req.is_http3:
+        return False
+    return "transfer-encoding" not in req.headers and req.headers.get("content-length", "0") == "0"
 
 
 def strip_hop_by_hop(headers: http.Headers, strip: frozenset[str] = ALWAYS_STRIP) -> None:

@@ -73,6 +73,24 @@ PRESETS: dict[str, Preset] = {
         strip_headers=("Authorization", "x-goog-api-client-key"),
         placeholders={"GEMINI_API_KEY": PLACEHOLDER, "GOOGLE_API_KEY": PLACEHOLDER},
     ),
+    "aws-s3": Preset(
+        (
+            "https://s3.amazonaws.com/*",
+            "https://*.s3.amazonaws.com/*",
+            "https://s3.us-east-1.amazonaws.com/*",
+            "https://*.s3.us-east-1.amazonaws.com/*",
+        ),
+        {
+            "aws_sigv4": {
+                "access_key_id": "{{access_key_id}}",
+                "secret_access_key": "{{secret_access_key}}",
+                "region": "us-east-1",
+                "service": "s3",
+            }
+        },
+        placeholders={"AWS_ACCESS_KEY_ID": "AKIAEGRESSPLACEHOLDER", "AWS_SECRET_ACCESS_KEY": PLACEHOLDER},
+        fields=("access_key_id", "secret_access_key"),
+    ),
     "atlassian": Preset(
         ("https://*.atlassian.net/*",),
         {"basic": {"username": "{{email}}", "password": "{{api_token}}"}},

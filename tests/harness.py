@@ -35,6 +35,7 @@ HOSTS = (
     "evil.test",
     "auth.oauth.test",
     "api.oauth.test",
+    "s3.sig.test",
 )
 _STRIP_ENV = (
     "HTTPS_PROXY",
@@ -129,6 +130,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if url.path.endswith("/info/refs") and self.server.git_repo:
             self._git_advertisement()
+            return
+        if url.path.startswith("/s3-bucket/"):  # enough of S3 for an SDK to call it done
+            self.send_response(200)
+            self.send_header("ETag", f'"{sha[:32]}"')
+            self.send_header("content-length", "0")
+            self.end_headers()
             return
         if url.path == "/oauth/token":
             self._token()

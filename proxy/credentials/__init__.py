@@ -16,6 +16,7 @@ from proxy.credentials.header import BasicPlacement, HeaderPlacement, HeadersPla
 from proxy.credentials.oauth2 import OAuth2Placement
 from proxy.credentials.query import QueryPlacement
 from proxy.credentials.rendered import Rendered
+from proxy.credentials.sigv4 import SigV4Placement
 from proxy.errors import ConfigError
 
 __all__ = ["KINDS", "Placement", "Rendered", "placement_from_spec"]
@@ -49,6 +50,7 @@ KINDS: dict[str, Any] = {
     "headers": HeadersPlacement,
     "basic": BasicPlacement,
     "oauth2": OAuth2Placement,
+    "aws_sigv4": SigV4Placement,
 }
 _NAMES = ", ".join(f"'{k}'" for k in KINDS)
 
