@@ -97,7 +97,18 @@ def test_known_mix_gives_exact_stats_logs_and_metrics(
     by_name = {c["connector"]: c for c in stats["connectors"]}
     assert (by_name["mon"]["requests_24h"], by_name["mon"]["errors_24h"]) == (6, 3)
     assert by_name["mon"]["error_rate"] == 0.5
-    assert by_name["mon"]["alert"] is True
+    # Two 404s and one 503 in six: errors, but not a broken connector.
+    assert by_name["mon"]["health"]["state"] == "ok"
+    assert by_name["mon"]["alert"] is False
+    assert by_name["mon"]["health"]["last_24h"] == {
+        "requests": 6,
+        "rejected": 0,
+        "client_errors": 2,
+        "server_errors": 1,
+        "transport_failures": 0,
+    }
+    assert by_name["down"]["health"]["last_1h"]["transport_failures"] == 2
+    assert by_name["down"]["health"]["state"] == "ok"  # two failures are too few to judge by
     assert by_name["mon"]["last_error"]["status"] == 503
     assert (by_name["down"]["requests_24h"], by_name["down"]["errors_24h"]) == (2, 2)
     assert by_name["down"]["last_error"]["failure"] == "refused"
@@ -127,7 +138,7 @@ def test_known_mix_gives_exact_stats_logs_and_metrics(
     assert len(only_blocked) == 3
     assert len(egress(home, "logs", "--errors", "--connector", "down", "--json").stdout.splitlines()) == 2
     table = egress(home, "stats").stdout
-    assert "mon" in table and "50.0%" in table and "!" in table
+    assert "mon" in table and "50.0%" in table and "HEALTH" in table and "!" not in table
     logs_table = egress(home, "logs").stdout
     assert "/v1/status" in logs_table and "no-connector" in logs_table
 

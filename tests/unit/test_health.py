@@ -17,6 +17,7 @@ from proxy.health import (
     health,
     outcome_slot,
 )
+from proxy.stats import Tally
 
 DAY = Counts(100)  # some traffic earlier in the day, so a quiet hour is not "unused"
 
@@ -107,3 +108,14 @@ def test_shares_and_json_shape() -> None:
         "transport_failures": 0,
     }
     assert health(Counts(), Counts()).rejected_share_1h == 0.0
+
+
+def test_tally_counts_each_class_and_merge_keeps_them() -> None:
+    tally = Tally(lambda: 120.0)
+    slots = [tally.request("c", s) for s in (200, 401, 403, 404, 502, None)]
+    assert slots == [None, REJECTED, REJECTED, CLIENT_ERROR, SERVER_ERROR, TRANSPORT]
+    first = tally.drain()
+    assert first.requests == {("c", 2): [6, 5, 2, 1, 1, 1]}
+    tally.request("c", 401)
+    tally.merge(first)
+    assert tally.drain().requests == {("c", 2): [7, 6, 3, 1, 1, 1]}
