@@ -19,6 +19,7 @@ from addons.source import home_from_options
 from addons.state import Tunnels, peek
 from proxy.context import FlowState
 from proxy.errors import EgressError
+from proxy.health import CLASS_NAMES
 from proxy.hosts import format_authority
 from proxy.reasons import Reason
 from proxy.runtime.metrics import Metrics
@@ -171,6 +172,7 @@ class Recorder:
         if slot is None:
             return False
         self.metrics.errors.labels(connector).inc()
+        self.metrics.error_classes.labels(connector, CLASS_NAMES[slot]).inc()
         return True
 
     def _error_event(

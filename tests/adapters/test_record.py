@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mitmproxy.test import taddons, tflow
+from prometheus_client.parser import text_string_to_metric_families
 
 from addons.inject import Inject
 from addons.record import Recorder, failure_kind
@@ -42,6 +43,13 @@ def test_counts_errors_and_blocks_and_flushes_on_done(home: Home) -> None:
     assert row.health.last_1h == Counts(5, rejected=1, client_errors=1, server_errors=1, transport_failures=1)
     assert row.health.last_24h == row.health.last_1h
     assert (row.health.state, row.alert) == (State.OK, False)
+    classes = {
+        s.labels["class"]: s.value
+        for fam in text_string_to_metric_families(recorder.metrics.render().decode())
+        for s in fam.samples
+        if s.name == "egress_errors_by_class_total"
+    }
+    assert classes == {"rejected": 1, "client": 1, "server": 1, "transport": 1}
     assert by_host == [{"host": blocked.request.pretty_host, "reason": "plain-http", "count": 1}]
     kinds = sorted(str((e.kind, e.status, e.failure, e.reason)) for e in events)
     assert kinds == [
