@@ -8,8 +8,10 @@ from mitmproxy import ctx, exceptions
 from mitmproxy.addonmanager import Loader
 
 from addons.record import Recorder
+from addons.source import home_from_options
 from proxy.errors import ConfigError
 from proxy.runtime.adminserver import AdminServer
+from proxy.service.monitoring import connector_health
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +27,7 @@ class Admin:
     def running(self) -> None:
         if not ctx.options.egress_admin:
             return
+        self.recorder.metrics.watch_health(lambda: connector_health(home_from_options()))
         try:
             self.server = AdminServer(
                 ctx.options.egress_admin, self.recorder.metrics.render, lambda: True

@@ -19,6 +19,7 @@ from addons.source import home_from_options
 from addons.state import Tunnels, peek
 from proxy.context import FlowState
 from proxy.errors import EgressError
+from proxy.health import CLASS_NAMES
 from proxy.hosts import format_authority
 from proxy.reasons import Reason
 from proxy.runtime.metrics import Metrics
@@ -147,8 +148,7 @@ class Recorder:
             return
         connector = s.route.connector
         status = flow.response.status_code
-        failed = status >= 400
-        self._count(connector, failed)
+        failed = self._count(connector, status)
         self.metrics.latency.labels(connector).observe(
             max(0.0, (flow.response.timestamp_start or 0) - flow.request.timestamp_start)
         )
@@ -159,17 +159,21 @@ class Recorder:
         s = peek(flow)
         if s is None or s.route is None or flow.response is not None or flow.error is None:
             return
-        self._count(s.route.connector, True)
+        self._count(s.route.connector, None)
         self.tally.error(self._error_event(flow, s, failure=failure_kind(flow.error.msg)))
         s.note("error", failure_kind(flow.error.msg))
         if ctx.options.egress_access_log:
             self._access(flow, s, "failed", None)
 
-    def _count(self, connector: str, failed: bool) -> None:
-        self.tally.request(connector, failed)
+    def _count(self, connector: str, status: int | None) -> bool:
+        """Count a forwarded request (``None``: no upstream response); True if it failed."""
+        slot = self.tally.request(connector, status)
         self.metrics.requests.labels(connector).inc()
-        if failed:
-            self.metrics.errors.labels(connector).inc()
+        if slot is None:
+            return False
+        self.metrics.errors.labels(connector).inc()
+        self.metrics.error_classes.labels(connector, CLASS_NAMES[slot]).inc()
+        return True
 
     def _error_event(
         self, flow: http.HTTPFlow, s: FlowState, status: int | None = None, failure: str | None = None
@@ -256,7 +260,7 @@ class Recorder:
         reason = str(s.blocked.reason)
         if s.route is not None and s.blocked.reason is Reason.CREDENTIAL_UNAVAILABLE:
             # The connector is broken, not the client: it counts (and shows) as the connector's error.
-            self._count(s.route.connector, True)
+            self._count(s.route.connector, None)
             self.tally.error(self._error_event(flow, s, failure=reason))
         if ctx.options.egress_access_log:
             self._access(flow, s, "blocked", flow.response.status_code if flow.response else None)

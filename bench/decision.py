@@ -67,12 +67,12 @@ def measure(n: int, number: int = 50_000, repeat: int = 7) -> dict[str, float]:
         return policy.route(target, PATH)
 
     def count() -> None:
-        tally.request("bench", False)
+        tally.request("bench", 200)
 
     def decide() -> None:
         decision = admit(tunnel, facts(), rules, 0.0)
         assert isinstance(decision, Allow)
-        tally.request(decision.connector, False)
+        tally.request(decision.connector, 200)
 
     decision = policy.route(target, PATH)
     assert isinstance(decision, Allow) and decision.connector == "bench", decision

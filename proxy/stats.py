@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from proxy.health import SLOTS, Health, outcome_slot
+
 WINDOW_MINUTES = 24 * 60
 ALERT_MINUTES = 60
 EVENT_ROW_CAP = 100_000
@@ -42,6 +44,7 @@ class Event:
 
 @dataclass
 class Batch:
+    # (connector, minute) -> [requests, errors, rejected, client, server, transport] (proxy.health slots)
     requests: dict[tuple[str, int], list[int]] = field(default_factory=dict)
     blocked: dict[tuple[str, str, int], int] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
@@ -57,14 +60,22 @@ class Tally:
         self.clock = clock
         self._batch = Batch()
 
-    def request(self, connector: str, error: bool) -> None:
+    def request(self, connector: str, status: int | None) -> int | None:
+        """Count one forwarded request by its upstream status (``None``: no response at all).
+
+        Returns the failure class slot (``None`` when it did not fail), so the
+        caller can label its metrics without classifying twice.
+        """
         key = (connector, int(self.clock() // 60))
         counts = self._batch.requests.get(key)
         if counts is None:
-            self._batch.requests[key] = [1, int(error)]
-        else:
-            counts[0] += 1
-            counts[1] += error
+            counts = self._batch.requests[key] = [0] * SLOTS
+        counts[0] += 1
+        slot = outcome_slot(status)
+        if slot is not None:
+            counts[1] += 1
+            counts[slot] += 1
+        return slot
 
     def error(self, event: Event) -> None:
         self._batch.events.append(event)
@@ -76,10 +87,10 @@ class Tally:
 
     def merge(self, batch: Batch) -> None:
         """Put back a batch whose flush failed, so its counts are not lost."""
-        for key, (n, e) in batch.requests.items():
-            counts = self._batch.requests.setdefault(key, [0, 0])
-            counts[0] += n
-            counts[1] += e
+        for key, more in batch.requests.items():
+            counts = self._batch.requests.setdefault(key, [0] * SLOTS)
+            for i, n in enumerate(more):
+                counts[i] += n
         for bkey, n in batch.blocked.items():
             self._batch.blocked[bkey] = self._batch.blocked.get(bkey, 0) + n
         self._batch.events[:0] = batch.events
@@ -118,5 +129,6 @@ class ConnectorStats:
     errors_24h: int
     error_rate: float
     errors_1h: int
-    alert: bool
+    alert: bool  # follows ``health.state``: 4xx other than 401/403 never raise it
     last_error: dict[str, Any] | None
+    health: Health

@@ -13,9 +13,21 @@ from typing import Any
 
 from proxy.cli.render import format_age, print_table
 from proxy.durations import parse_duration
+from proxy.health import Health, State
 from proxy.service.home import Home
 from proxy.service.monitoring import Monitoring
 from proxy.stats import Event
+
+
+def alert_text(h: Health) -> str:
+    """Why a connector is flagged, in the terms of the rule that flagged it."""
+    hour = h.last_1h
+    if h.state is State.CREDENTIAL_REJECTED:
+        return f"! {hour.rejected}/{hour.requests} got 401/403 in the last hour: check the secret"
+    if h.state is State.FAILING:
+        failed = hour.server_errors + hour.transport_failures
+        return f"! {failed}/{hour.requests} got 5xx or no response in the last hour"
+    return ""
 
 
 def cmd_stats(args: argparse.Namespace, home: Home) -> int:
@@ -34,11 +46,13 @@ def cmd_stats(args: argparse.Namespace, home: Home) -> int:
             what = str(e.get("status") or e.get("failure"))
             last = f"{what} {e['method']} {e['path']} {format_age(now - e['ts'])}"
         table.append(
-            (r.connector, str(r.requests_24h), str(r.errors_24h), f"{r.error_rate:.1%}", last,
-             f"! {r.errors_1h} error(s) in the last hour" if r.alert else "")
+            (r.connector, str(r.health.state), str(r.requests_24h), str(r.errors_24h), f"{r.error_rate:.1%}",
+             last, alert_text(r.health))
         )  # fmt: skip
     if table:
-        print_table(("CONNECTOR", "REQUESTS 24H", "ERRORS 24H", "ERROR RATE", "LAST ERROR", "ALERT"), table)
+        print_table(
+            ("CONNECTOR", "HEALTH", "REQUESTS 24H", "ERRORS 24H", "ERROR RATE", "LAST ERROR", "ALERT"), table
+        )
     else:
         print("no connectors")
     if blocked:
@@ -87,7 +101,7 @@ def cmd_logs(args: argparse.Namespace, home: Home) -> int:
 
 
 def register(sub: Any, command: Any) -> None:
-    sp = command("stats", cmd_stats, "requests, errors and alerts per connector over 24 hours")
+    sp = command("stats", cmd_stats, "requests, errors and credential health per connector over 24 hours")
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--connector", metavar="NAME")
 

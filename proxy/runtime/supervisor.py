@@ -22,11 +22,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from proxy.errors import EgressError
 from proxy.hosts import format_authority
 from proxy.runtime.settings import SETTINGS_ENV, RunSettings
 from proxy.service.files import write_atomic
+
+if TYPE_CHECKING:
+    from proxy.health import Health
+    from proxy.runtime.metrics import HealthSource
 
 logger = logging.getLogger(__name__)
 WORKER_MODULE = "addons.runner"  # the mitmproxy side; started by name, never imported here
@@ -54,6 +59,7 @@ class Supervisor:
     env: dict[str, str]
     on_reload: Callable[[], None] | None = None
     admin: str | None = None
+    health: HealthSource | None = None  # connector states for /metrics, read from the store per scrape
     workers: list[Worker] = field(default_factory=list)
     _stop: bool = False
     _reload: bool = False
@@ -79,7 +85,7 @@ class Supervisor:
                 from proxy.runtime.metrics import multiprocess_metrics
 
                 admin = AdminServer(
-                    self.admin, lambda: multiprocess_metrics(metrics_dir), self._healthy
+                    self.admin, lambda: multiprocess_metrics(metrics_dir, self.health), self._healthy
                 ).start()
                 write_atomic(self.run_dir / "admin.addr", f"{admin.address}\n".encode())
             write_atomic(self.run_dir / "proxy.addr", f"{self.address}\n".encode())
@@ -225,6 +231,12 @@ def main(argv: list[str]) -> int:
         assert settings.config
         apply_config(Home.from_env(), Path(settings.config))
 
+    def health() -> dict[str, Health]:
+        from proxy.service.home import Home
+        from proxy.service.monitoring import connector_health
+
+        return connector_health(Home(Path(settings.home), os.environ))
+
     supervisor = Supervisor(
         command,
         settings.workers,
@@ -234,6 +246,7 @@ def main(argv: list[str]) -> int:
         dict(os.environ),
         on_reload=reload if settings.config else None,
         admin=settings.admin,
+        health=health,
     )
     try:
         return supervisor.run()

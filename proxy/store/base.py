@@ -12,6 +12,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from proxy.health import Health
 from proxy.stats import Batch, ConnectorStats, Event
 
 
@@ -40,6 +41,7 @@ class Monitoring(Protocol):
 
     def flush(self, batch: Batch) -> None: ...
     def summary(self, connectors: list[str], only: str | None = None) -> list[ConnectorStats]: ...
+    def health(self, connectors: list[str], only: str | None = None) -> dict[str, Health]: ...
     def blocked_summary(self) -> list[dict[str, Any]]: ...
     def events(
         self,

@@ -48,5 +48,12 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX IF NOT EXISTS events_by_time ON events (ts);
     """,
+    # 3: credential health: the classes that make up ``errors`` (rows written before count 0)
+    """
+    ALTER TABLE stats_minute ADD COLUMN rejected INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE stats_minute ADD COLUMN client_errors INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE stats_minute ADD COLUMN server_errors INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE stats_minute ADD COLUMN transport_failures INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 VERSION = len(MIGRATIONS)

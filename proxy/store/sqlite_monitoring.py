@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import closing
 from typing import Any
 
+from proxy.health import Counts, Health, health
 from proxy.stats import (
     ALERT_MINUTES,
     EVENT_ROW_CAP,
@@ -22,6 +23,29 @@ from proxy.stats import (
     Event,
     printable,
 )
+
+# stats_minute's counters, in the order of a Batch count row (proxy.health slots)
+_COUNTERS = ("requests", "errors", "rejected", "client_errors", "server_errors", "transport_failures")
+_INSERT_COUNTS = (
+    f"INSERT INTO stats_minute (connector, minute, {', '.join(_COUNTERS)}) "
+    f"VALUES (?, ?{', ?' * len(_COUNTERS)}) ON CONFLICT (connector, minute) DO UPDATE SET "
+    + ", ".join(f"{c} = {c} + excluded.{c}" for c in _COUNTERS)
+)
+# Per connector: every counter summed over 24 hours, then over the last hour.
+_SUM_COUNTS = (
+    "SELECT connector, "
+    + ", ".join(f"SUM({c})" for c in _COUNTERS)
+    + ", "
+    + ", ".join(f"SUM(CASE WHEN minute > :recent THEN {c} ELSE 0 END)" for c in _COUNTERS)
+    + " FROM stats_minute WHERE minute > :since GROUP BY connector"
+)
+
+_NO_TRAFFIC = ((0,) * len(_COUNTERS), (0,) * len(_COUNTERS))
+
+
+def _window(sums: tuple[int, ...]) -> Counts:
+    requests, _errors, rejected, client, server, transport = sums
+    return Counts(requests, rejected, client, server, transport)
 
 
 class SqliteMonitoring:
@@ -41,11 +65,7 @@ class SqliteMonitoring:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany(
-                "INSERT INTO stats_minute VALUES (?, ?, ?, ?) ON CONFLICT (connector, minute) DO UPDATE "
-                "SET requests = requests + excluded.requests, errors = errors + excluded.errors",
-                [(c, m, n, e) for (c, m), (n, e) in batch.requests.items()],
-            )
+            db.executemany(_INSERT_COUNTS, [(c, m, *counts) for (c, m), counts in batch.requests.items()])
             db.executemany(
                 "INSERT INTO blocked_minute VALUES (?, ?, ?, ?) ON CONFLICT (host, reason, minute) "
                 "DO UPDATE SET count = count + excluded.count",
@@ -69,23 +89,35 @@ class SqliteMonitoring:
             db.execute("ROLLBACK")
             raise
 
+    def _sums(self) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+        """Per connector with traffic: its counter sums over 24 hours and over the last hour."""
+        now_minute = int(self.clock() // 60)
+        rows = self._db.execute(
+            _SUM_COUNTS, {"since": now_minute - WINDOW_MINUTES, "recent": now_minute - ALERT_MINUTES}
+        ).fetchall()
+        n = len(_COUNTERS)
+        return {r[0]: (tuple(int(v) for v in r[1 : 1 + n]), tuple(int(v) for v in r[1 + n :])) for r in rows}
+
+    def health(self, connectors: list[str], only: str | None = None) -> dict[str, Health]:
+        """Every known connector's health, by name (one query: cheap enough for every scrape)."""
+        sums = self._sums()
+        out = {}
+        for name in sorted(set(connectors) | set(sums)):
+            if only is None or name == only:
+                day, hour = sums.get(name, _NO_TRAFFIC)
+                out[name] = health(_window(hour), _window(day))
+        return out
+
     def summary(self, connectors: list[str], only: str | None = None) -> list[ConnectorStats]:
         """24-hour totals per connector (every known connector, traffic or not)."""
-        now_minute = int(self.clock() // 60)
-        since = now_minute - WINDOW_MINUTES
-        alert_since = now_minute - ALERT_MINUTES
-        rows = self._db.execute(
-            "SELECT connector, SUM(requests), SUM(errors), "
-            "SUM(CASE WHEN minute > ? THEN errors ELSE 0 END) "
-            "FROM stats_minute WHERE minute > ? GROUP BY connector",
-            (alert_since, since),
-        ).fetchall()
-        totals = {r[0]: (int(r[1]), int(r[2]), int(r[3])) for r in rows}
+        since = int(self.clock() // 60) - WINDOW_MINUTES
+        sums = self._sums()
         out = []
-        for name in sorted(set(connectors) | set(totals)):
+        for name in sorted(set(connectors) | set(sums)):
             if only is not None and name != only:
                 continue
-            requests, errors, recent = totals.get(name, (0, 0, 0))
+            day, hour = sums.get(name, _NO_TRAFFIC)
+            requests, errors, recent = day[0], day[1], hour[1]
             last = self._db.execute(
                 "SELECT ts, status, failure, method, host, path FROM events "
                 "WHERE kind = 'error' AND connector = ? AND ts > ? ORDER BY id DESC LIMIT 1",
@@ -93,6 +125,7 @@ class SqliteMonitoring:
             ).fetchone()
             fields = ("ts", "status", "failure", "method", "host", "path")
             last_error = {k: v for k, v in zip(fields, last, strict=True) if v is not None} if last else None
+            state = health(_window(hour), _window(day))
             out.append(
                 ConnectorStats(
                     name,
@@ -100,8 +133,9 @@ class SqliteMonitoring:
                     errors,
                     round(errors / requests, 4) if requests else 0.0,
                     recent,
-                    recent > 0,
+                    state.alert,
                     last_error,
+                    state,
                 )
             )
         return out

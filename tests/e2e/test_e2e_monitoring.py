@@ -97,7 +97,18 @@ def test_known_mix_gives_exact_stats_logs_and_metrics(
     by_name = {c["connector"]: c for c in stats["connectors"]}
     assert (by_name["mon"]["requests_24h"], by_name["mon"]["errors_24h"]) == (6, 3)
     assert by_name["mon"]["error_rate"] == 0.5
-    assert by_name["mon"]["alert"] is True
+    # Two 404s and one 503 in six: errors, but not a broken connector.
+    assert by_name["mon"]["health"]["state"] == "ok"
+    assert by_name["mon"]["alert"] is False
+    assert by_name["mon"]["health"]["last_24h"] == {
+        "requests": 6,
+        "rejected": 0,
+        "client_errors": 2,
+        "server_errors": 1,
+        "transport_failures": 0,
+    }
+    assert by_name["down"]["health"]["last_1h"]["transport_failures"] == 2
+    assert by_name["down"]["health"]["state"] == "ok"  # two failures are too few to judge by
     assert by_name["mon"]["last_error"]["status"] == 503
     assert (by_name["down"]["requests_24h"], by_name["down"]["errors_24h"]) == (2, 2)
     assert by_name["down"]["last_error"]["failure"] == "refused"
@@ -127,7 +138,7 @@ def test_known_mix_gives_exact_stats_logs_and_metrics(
     assert len(only_blocked) == 3
     assert len(egress(home, "logs", "--errors", "--connector", "down", "--json").stdout.splitlines()) == 2
     table = egress(home, "stats").stdout
-    assert "mon" in table and "50.0%" in table and "!" in table
+    assert "mon" in table and "50.0%" in table and "HEALTH" in table and "!" not in table
     logs_table = egress(home, "logs").stdout
     assert "/v1/status" in logs_table and "no-connector" in logs_table
 
@@ -137,6 +148,91 @@ def test_known_mix_gives_exact_stats_logs_and_metrics(
         for f in home.rglob("*"):
             if f.is_file():
                 assert secret.encode() not in f.read_bytes()
+
+
+def test_credential_health_from_real_traffic(
+    tmp_path: Path, pki: tuple[Path, object], upstream: Upstream
+) -> None:
+    """401s mark a connector credential-rejected, 404s leave it ok, a dead upstream is failing."""
+    home = tmp_path / "home"
+    down_port = closed_port()
+    for args in (
+        ["keyed", "--pattern", f"https://api.stripe.test:{upstream.port}/v1/*", "--header", "Authorization"],
+        ["lookup", "--pattern", f"https://api.weather.test:{upstream.port}/*", "--query", "key"],
+        ["down", "--pattern", f"https://api.late.test:{down_port}/*", "--query", "key"],
+        ["idle", "--pattern", f"https://wild.test:{upstream.port}/*", "--query", "key"],
+    ):
+        res = egress(home, "connector", "add", *args, "--secret-stdin", stdin=SECRET)
+        assert res.returncode == 0, res.stderr
+    proxy = start_proxy(home, *proxy_args(pki[0]), "--admin", "127.0.0.1:0")
+    try:
+        s = session(proxy.url, proxy.ca)
+        keyed = f"https://api.stripe.test:{upstream.port}/v1"
+        for code in (401, 401, 401, 403, 200):  # 4 of 5 refused: the key is bad
+            assert s.get(f"{keyed}/status?code={code}").status_code == code
+        for i in range(8):  # a sandbox probing for things that do not exist
+            assert s.get(f"https://api.weather.test:{upstream.port}/status?code=404&i={i}").status_code == 404
+        assert s.get(f"https://api.weather.test:{upstream.port}/found").status_code == 200
+        for _ in range(5):
+            assert s.get(f"https://api.late.test:{down_port}/x").status_code == 502
+        admin = (home / "run" / "admin.addr").read_text().strip()
+        deadline = time.monotonic() + 10
+        while True:  # the state comes from the store, written about once a second
+            text = urllib.request.urlopen(f"http://{admin}/metrics", timeout=5).read().decode()
+            state = {
+                s.labels["connector"]: s.labels["state"]
+                for fam in text_string_to_metric_families(text)
+                for s in fam.samples
+                if s.name == "egress_connector_state" and s.value == 1
+            }
+            if state.get("down") == "failing" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        assert proxy.stop(signal.SIGTERM) == 0
+    assert state == {"keyed": "credential-rejected", "lookup": "ok", "down": "failing", "idle": "unused"}
+    classes = {
+        (s.labels["connector"], s.labels["class"]): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == "egress_errors_by_class_total"
+    }
+    assert classes == {
+        ("keyed", "rejected"): 4,
+        ("lookup", "client"): 8,
+        ("down", "transport"): 5,
+    }
+
+    res = egress(home, "stats", "--json")
+    assert res.returncode == 0, res.stderr
+    by_name = {c["connector"]: c for c in json.loads(res.stdout)["connectors"]}
+    assert {n: (c["health"]["state"], c["alert"]) for n, c in by_name.items()} == {
+        "keyed": ("credential-rejected", True),
+        "lookup": ("ok", False),
+        "down": ("failing", True),
+        "idle": ("unused", False),
+    }
+    assert by_name["keyed"]["health"]["last_1h"] == {
+        "requests": 5,
+        "rejected": 4,
+        "client_errors": 0,
+        "server_errors": 0,
+        "transport_failures": 0,
+    }
+    assert by_name["keyed"]["health"]["rejected_share_1h"] == 0.8
+    assert by_name["keyed"]["health"]["last_24h"] == by_name["keyed"]["health"]["last_1h"]
+    assert (by_name["lookup"]["errors_24h"], by_name["lookup"]["health"]["last_24h"]["client_errors"]) == (
+        8,
+        8,
+    )
+    assert by_name["down"]["health"]["last_24h"]["transport_failures"] == 5
+    table = egress(home, "stats").stdout.splitlines()
+    line = {row.split()[0]: row for row in table[1:] if row.strip()}
+    assert table[0].split()[:2] == ["CONNECTOR", "HEALTH"]
+    assert line["keyed"].split()[1] == "credential-rejected" and "4/5 got 401/403" in line["keyed"]
+    assert line["down"].split()[1] == "failing" and "5/5 got 5xx or no response" in line["down"]
+    assert line["lookup"].split()[1] == "ok" and "!" not in line["lookup"]
+    assert line["idle"].split()[1] == "unused"
 
 
 def test_two_proxies_sharing_a_store_add_up(

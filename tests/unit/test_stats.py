@@ -47,23 +47,23 @@ def error(clock: Clock, connector: str = "c", status: int = 500) -> Event:
 def test_window_rolls_off_after_24_hours(db: Path) -> None:
     clock = Clock()
     tally, store = Tally(clock), StatsStore(db, clock)
-    for _ in range(4):
-        tally.request("c", error=False)
-    tally.request("c", error=True)
+    for status in (200, 200, 500, 502, 503):
+        tally.request("c", status)
     tally.error(error(clock))
     tally.blocked(Event("blocked", clock(), "CONNECT", "x.test:443", "", "r2", reason="no-connector"))
     store.flush(tally.drain())
     (row,) = store.summary(["c"])
-    assert (row.requests_24h, row.errors_24h, row.alert) == (5, 1, True)
+    assert (row.requests_24h, row.errors_24h, row.alert) == (5, 3, True)
     assert len(store.events()) == 2
 
     clock.now = T0 + 2 * 3600  # errors are older than an hour: no alert, still counted
     (row,) = store.summary(["c"])
-    assert (row.requests_24h, row.errors_24h, row.alert) == (5, 1, False)
+    assert (row.requests_24h, row.errors_24h, row.alert) == (5, 3, False)
 
     clock.now = T0 + 24 * 3600 + 60  # past the window: gone from queries...
     (row,) = store.summary(["c"])
     assert (row.requests_24h, row.errors_24h, row.last_error) == (0, 0, None)
+    assert row.health.state == "unused"
     assert store.events() == []
     assert store.blocked_summary() == []
     store.flush(tally.drain())  # ...and deleted by the next flush
@@ -77,7 +77,7 @@ def test_minutes_sum_across_the_window(db: Path) -> None:
     tally, store = Tally(clock), StatsStore(db, clock)
     for minute in range(0, 1440, 60):  # one request an hour for a day
         clock.now = T0 + minute * 60
-        tally.request("c", error=False)
+        tally.request("c", 200)
         store.flush(tally.drain())
     (row,) = store.summary(["c"])
     assert row.requests_24h == 24
@@ -98,9 +98,9 @@ def test_event_rows_are_capped(db: Path) -> None:
 def test_failed_flush_is_merged_back(db: Path) -> None:
     clock = Clock()
     tally = Tally(clock)
-    tally.request("c", error=True)
+    tally.request("c", 500)
     batch = tally.drain()
-    tally.request("c", error=False)
+    tally.request("c", 200)
     tally.merge(batch)
     store = StatsStore(db, clock)
     store.flush(tally.drain())
@@ -114,7 +114,7 @@ def test_concurrent_writers_lose_nothing(db: Path) -> None:
     def writer() -> None:
         own, tally = SqliteStore(db, clock=clock), Tally(clock)
         for _ in range(50):
-            tally.request("c", error=False)
+            tally.request("c", 200)
             own.monitoring.flush(tally.drain())
         own.close()
 
@@ -176,3 +176,36 @@ def test_printable_escapes_what_could_fool_an_operator() -> None:
     )
     assert printable("x" * 50, 10) == "x" * 10
     assert printable("/v1/ok?a=b", 100) == "/v1/ok?a=b"
+
+
+def test_health_reads_the_last_hour_and_keeps_the_day(db: Path) -> None:
+    from proxy.health import Counts, State
+
+    clock = Clock()
+    tally, store = Tally(clock), StatsStore(db, clock)
+    for status in (401,) * 5 + (200,) * 3 + (404,) * 2:
+        tally.request("rejected", status)
+    for status in (200, 503, 503, None, None):
+        tally.request("down", status)
+    for _ in range(20):
+        tally.request("missing", 404)
+    store.flush(tally.drain())
+    h = store.health(["rejected", "down", "missing", "idle"])
+    assert list(h) == ["down", "idle", "missing", "rejected"]
+    assert {name: str(x.state) for name, x in h.items()} == {
+        "down": "failing",
+        "idle": "unused",
+        "missing": "ok",
+        "rejected": "credential-rejected",
+    }
+    assert h["rejected"].last_1h == Counts(10, rejected=5, client_errors=2)
+    assert h["down"].last_1h == Counts(5, server_errors=2, transport_failures=2)
+    assert store.health(["rejected", "down"], only="down").keys() == {"down"}
+    (row,) = store.summary(["rejected"], only="rejected")
+    assert row.health == h["rejected"] and row.alert
+
+    clock.now = T0 + 2 * 3600  # the hour has passed: nothing to judge by, the day remembers
+    h = store.health(["rejected"])
+    assert h["rejected"].state is State.OK
+    assert h["rejected"].last_1h == Counts()
+    assert (h["rejected"].last_24h.rejected, h["rejected"].rejected_share_24h) == (5, 0.5)

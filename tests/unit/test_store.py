@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from proxy.errors import ConfigError
+from proxy.health import Counts, State
+from proxy.stats import Batch
 from proxy.store import open_store
-from proxy.store.schema import VERSION
+from proxy.store.schema import MIGRATIONS, VERSION
 from proxy.store.sqlite import SqliteStore
 
 V1 = """
@@ -42,6 +44,65 @@ def test_a_version_1_store_migrates_without_loss(tmp_path: Path) -> None:
         assert store.monitoring.events() == []  # the monitoring tables exist now
     finally:
         store.close()
+
+
+def at_version_2(path: Path, minute: int) -> None:
+    """A store as the release before credential health wrote it, with traffic in it."""
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.execute("INSERT INTO meta VALUES ('schema', '2'), ('generation', '3')")
+        for script in MIGRATIONS[:2]:
+            db.executescript(script)
+        db.executemany(
+            "INSERT INTO stats_minute VALUES (?, ?, ?, ?)",
+            [("old", minute - 120, 7, 2), ("old", minute - 1, 4, 4)],
+        )
+        db.execute(
+            "INSERT INTO events (kind, ts, connector, status, method, host, path, request_id) "
+            "VALUES ('error', ?, 'old', 401, 'GET', 'a.test', '/x', 'r1')",
+            (minute * 60.0 - 30,),
+        )
+
+
+def test_a_version_2_store_keeps_its_counts_through_the_health_migration(tmp_path: Path) -> None:
+    now = 1_800_000_000.0
+    path = tmp_path / "egress.db"
+    at_version_2(path, int(now // 60))
+    store = SqliteStore(path, clock=lambda: now)
+    try:
+        assert schema_version(path) == VERSION
+        assert store.generation() == 3
+        (row,) = store.monitoring.summary([])
+        assert (row.connector, row.requests_24h, row.errors_24h, row.errors_1h) == ("old", 11, 6, 4)
+        assert row.last_error is not None and row.last_error["status"] == 401
+        # Rows from before the upgrade carry no class, so they cannot mark a connector either way.
+        assert row.health.last_1h == Counts(4) and row.health.last_24h == Counts(11)
+        assert row.health.state is State.OK
+        with sqlite3.connect(path) as db:
+            columns = {r[1] for r in db.execute("PRAGMA table_info(stats_minute)")}
+        assert {"rejected", "client_errors", "server_errors", "transport_failures"} <= columns
+        batch = Batch()  # new counts land on the old minute's row
+        batch.requests[("old", int(now // 60) - 1)] = [2, 2, 1, 0, 0, 1]
+        store.monitoring.flush(batch)
+        (h,) = store.monitoring.health([]).values()
+        assert h.last_1h == Counts(6, rejected=1, transport_failures=1)
+        assert h.last_24h.requests == 13
+    finally:
+        store.close()
+
+
+def test_a_failed_migration_leaves_the_old_store_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "egress.db"
+    at_version_2(path, 1000)
+    with sqlite3.connect(path) as db:  # a column the migration will try to add: it must fail
+        db.execute("ALTER TABLE stats_minute ADD COLUMN server_errors INTEGER")
+    with pytest.raises(ConfigError, match="left untouched"):
+        SqliteStore(path)
+    assert schema_version(path) == 2
+    with sqlite3.connect(path) as db:
+        columns = {r[1] for r in db.execute("PRAGMA table_info(stats_minute)")}
+        assert db.execute("SELECT SUM(requests) FROM stats_minute").fetchone()[0] == 11
+    assert "rejected" not in columns  # the statements before the failing one were rolled back
 
 
 def test_a_fresh_store_has_every_table(tmp_path: Path) -> None:
