@@ -17,12 +17,14 @@ from mitmproxy.addonmanager import Loader
 
 from addons.source import home_from_options
 from addons.state import Tunnels, peek
-from proxy.context import FlowState
+from proxy.connectors import split_key, workspace_of
+from proxy.context import FlowState, Tunnel
 from proxy.errors import EgressError
 from proxy.health import CLASS_NAMES
 from proxy.hosts import format_authority
 from proxy.reasons import Reason
 from proxy.runtime.metrics import Metrics
+from proxy.secrets import DEFAULT_WORKSPACE
 from proxy.stats import Batch, Clock, Event, Tally, printable, strip_query
 from proxy.store import Store
 
@@ -50,6 +52,13 @@ def failure_kind(message: str) -> str:
         if needle in m:
             return kind
     return "other"
+
+
+def workspace(tunnel: Tunnel | None, s: FlowState | None = None) -> str:
+    """Whose event this is: the connector's workspace, else the grant's, else the default one."""
+    if s is not None and s.route is not None:
+        return split_key(s.route.connector)[0]
+    return workspace_of(tunnel.grant.connectors) if tunnel and tunnel.grant else DEFAULT_WORKSPACE
 
 
 def described(flow: http.HTTPFlow, s: FlowState) -> tuple[str, str, str]:
@@ -190,6 +199,7 @@ class Recorder:
             status=status,
             failure=failure,
             grant_label=s.grant_label,
+            workspace=workspace(s.tunnel, s),
         )
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -252,6 +262,7 @@ class Recorder:
                 client.id,
                 reason=str(Reason.CLIENT_TLS),
                 grant_label=tunnel.grant.label if tunnel and tunnel.grant else None,
+                workspace=workspace(tunnel),
             )
         )
 
@@ -276,5 +287,6 @@ class Recorder:
                 flow.id,
                 reason=reason,
                 grant_label=s.grant_label,
+                workspace=workspace(s.tunnel, s),
             )
         )

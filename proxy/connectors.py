@@ -18,6 +18,7 @@ from proxy.credentials.sources import check_field_name
 from proxy.credentials.templates import SECRET_FIELD
 from proxy.errors import ConfigError
 from proxy.patterns import Pattern, parse_pattern
+from proxy.secrets import DEFAULT_WORKSPACE
 
 MAX_PATTERNS = 20
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
@@ -99,6 +100,35 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+def connector_key(workspace: str, name: str) -> str:
+    """How a connector is known across workspaces: ``name`` in the default one, ``ws/name`` elsewhere.
+
+    Names cannot hold "/", so the key is unambiguous; the default workspace's
+    keys are plain names, which keeps stores, grants and metrics written
+    before workspaces existed meaning what they meant.
+    """
+    return name if workspace == DEFAULT_WORKSPACE else f"{workspace}/{name}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """(workspace, name) of a connector key."""
+    workspace, sep, name = key.partition("/")
+    return (workspace, name) if sep else (DEFAULT_WORKSPACE, key)
+
+
+def workspace_of(keys: Iterable[str]) -> str:
+    """The workspace of a set of connector keys (a grant's: grants never span two)."""
+    return next((split_key(k)[0] for k in keys), DEFAULT_WORKSPACE)
+
+
+def check_workspace(workspace: Any, where: str = "workspace") -> str:
+    if not isinstance(workspace, str) or not NAME_RE.match(workspace):
+        raise ConfigError(
+            f"{where} {workspace!r} is invalid (lowercase letters, digits, '-' and '_', at most 63 characters)"
+        )
+    return workspace
+
+
 @dataclass(frozen=True, slots=True)
 class Connector:
     name: str
@@ -109,6 +139,12 @@ class Connector:
     # Credential headers the sandbox's SDK sends (placeholders): removed before injecting.
     strip_headers: tuple[str, ...] = ()
     fields: tuple[str, ...] | None = None  # the credential's field names (None: not known here)
+    workspace: str = DEFAULT_WORKSPACE
+
+    @property
+    def key(self) -> str:
+        """Unique across workspaces: what routes, grants, stats and metrics name."""
+        return connector_key(self.workspace, self.name)
 
     def to_spec(self) -> dict[str, Any]:
         """The JSON-able form kept in the store (field names, never their values)."""
@@ -180,6 +216,7 @@ def make_connector(
     methods: Any = None,
     strip_headers: Any = None,
     fields: Any = None,
+    workspace: Any = DEFAULT_WORKSPACE,
     where: str = "connector",
 ) -> Connector:
     """Validate fields (after filling them from a preset) into a Connector.
@@ -188,7 +225,9 @@ def make_connector(
     written): every field a placement renders must be among them.
     """
     name = check_name(name, where)
-    where = f"{where} {name!r}" if where == "connector" else where
+    workspace = check_workspace(workspace, f"{where}: workspace")
+    if where == "connector":
+        where = f"connector {connector_key(workspace, name)!r}"
     if preset is not None:
         if preset not in PRESETS:
             raise ConfigError(f"{where}: unknown preset {preset!r} (known: {', '.join(sorted(PRESETS))})")
@@ -227,20 +266,23 @@ def make_connector(
         _methods(methods, where),
         _strip_headers(strip_headers, where),
         names,
+        workspace,
     )
 
 
-def connector_from_spec(name: str, spec: Mapping[str, Any]) -> Connector:
-    """Rebuild a stored connector (validated again: the store is input too)."""
+def connector_from_spec(key: str, spec: Mapping[str, Any]) -> Connector:
+    """Rebuild a stored connector from its key (validated again: the store is input too)."""
+    workspace, name = split_key(key)
     return make_connector(
         name,
+        workspace=workspace,
         patterns=spec.get("patterns"),
         inject=spec.get("inject"),
         preset=spec.get("preset"),
         methods=spec.get("methods"),
         strip_headers=spec.get("strip_headers", ()),
         fields=spec.get("fields"),
-        where=f"stored connector {name!r}",
+        where=f"stored connector {key!r}",
     )
 
 
@@ -257,21 +299,38 @@ def check_credential(connector: Connector, fields: Mapping[str, str], where: str
         raise ConfigError(f"{where}: {e}") from None
 
 
-def ambiguities(connectors: Iterable[Connector]) -> list[str]:
-    """Pairs of connectors with equally specific patterns that can overlap."""
-    seen: dict[tuple[str, bool, int, tuple[int, int, int, int]], list[tuple[str, str]]] = {}
+def ambiguities(
+    connectors: Iterable[Connector], grants: Mapping[str, frozenset[str]] | None = None
+) -> list[str]:
+    """Connectors with equally specific overlapping patterns that nothing tells apart.
+
+    Methods that do not overlap tell two connectors apart; so does a grant
+    naming only one of them. ``grants`` (label or id -> connector keys, the
+    active ones) lets the warning name the grants under which a pair stays
+    ambiguous; without grants (``--insecure-no-auth``) every overlap does.
+    """
+    seen: dict[tuple[str, bool, int, tuple[int, int, int, int]], list[tuple[Connector, str]]] = {}
     warnings: list[str] = []
     for c in connectors:
         for p in c.patterns:
             key = (p.host, p.wildcard_host, p.port, p.specificity)
             prefix = p.path.split("*", 1)[0]
-            for other_name, other_prefix in seen.get(key, []):
-                if other_name != c.name and (
+            for other, other_prefix in seen.get(key, []):
+                if other.key == c.key or not (
                     prefix.startswith(other_prefix) or other_prefix.startswith(prefix)
                 ):
-                    warnings.append(
-                        f"connectors {other_name!r} and {c.name!r} have equally specific patterns "
-                        f"for {p.text}: requests they both match are blocked as ambiguous"
-                    )
-            seen.setdefault(key, []).append((c.name, prefix))
+                    continue
+                if other.methods is not None and c.methods is not None and not (other.methods & c.methods):
+                    continue
+                both = sorted(g for g, keys in (grants or {}).items() if {c.key, other.key} <= keys)
+                where = (
+                    f"under grant(s) {', '.join(both)}, which name both"
+                    if both
+                    else "unless the step's grant names only one of them"
+                )
+                warnings.append(
+                    f"connectors {other.key!r} and {c.key!r} have equally specific patterns for {p.text}: "
+                    f"requests they both match are blocked as ambiguous {where}"
+                )
+            seen.setdefault(key, []).append((c, prefix))
     return warnings

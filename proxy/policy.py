@@ -73,21 +73,21 @@ class Policy:
         items = list(connectors)
         for connector, fields in items:
             r = Rendered() if fields is None else connector.inject.render(fields)
-            rendered[connector.name] = r
+            rendered[connector.key] = r
             for p in connector.patterns:
                 by_host.setdefault((p.host, p.port), set()).update(r.secrets)
-            entries.extend((p, connector.name) for p in connector.patterns)
+            entries.extend((p, connector.key) for p in connector.patterns)
         for connector, fields in items:
-            r = rendered[connector.name]
+            r = rendered[connector.key]
             if fields is None:  # matching only (tests, benchmarks): nothing to inject
-                route = Allow(connector.name, connector.inject.where, r)
+                route = Allow(connector.key, connector.inject.where, r)
             else:
                 # Any secret used on this connector's hosts is masked in its responses: an
                 # upstream shared by two connectors must not echo one's secret to the other.
                 shared = set(r.secrets).union(*(by_host[(p.host, p.port)] for p in connector.patterns))
                 names = frozenset(header_key(n) for n in (*r.header_names(), *connector.strip_headers))
-                route = Allow(connector.name, connector.inject.where, r, needles_for(sorted(shared)), names)
-            self.routes[connector.name] = replace(route, methods=connector.methods)
+                route = Allow(connector.key, connector.inject.where, r, needles_for(sorted(shared)), names)
+            self.routes[connector.key] = replace(route, methods=connector.methods)
         self.index: PatternIndex[str] = PatternIndex(entries)
 
     def __len__(self) -> int:

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from proxy.health import SLOTS, Health, outcome_slot
+from proxy.secrets import DEFAULT_WORKSPACE
 
 WINDOW_MINUTES = 24 * 60
 ALERT_MINUTES = 60
@@ -36,6 +37,7 @@ class Event:
     status: int | None = None
     failure: str | None = None
     grant_label: str | None = None
+    workspace: str = DEFAULT_WORKSPACE
     id: int | None = None
 
     def to_dict(self) -> dict[str, Any]:

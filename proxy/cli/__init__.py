@@ -22,7 +22,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        return int(args.func(args, Home.from_env()) or 0)
+        home = Home.from_env().in_workspace(getattr(args, "workspace", None))
+        home.workspace  # noqa: B018 (validates --workspace / EGRESS_WORKSPACE, exit 2)
+        return int(args.func(args, home) or 0)
     except EgressError as e:
         print(f"egress: error: {e}", file=sys.stderr)
         return e.exit_code
@@ -38,11 +40,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="HTTPS egress proxy that injects API secrets sandboxed code never sees.",
     )
     p.add_argument("--version", action="version", version=f"egress-proxy {__version__}")
+    p.add_argument(
+        "--workspace", metavar="W", help="act on this workspace (default: $EGRESS_WORKSPACE or 'default')"
+    )
     sub = p.add_subparsers(metavar="COMMAND")
 
     def command(name: str, func: Command, help: str, parent: Any = sub) -> Any:
         sp = parent.add_parser(name, help=help, description=help)
         sp.set_defaults(func=func)
+        sp.add_argument(
+            "--workspace",
+            metavar="W",
+            default=argparse.SUPPRESS,
+            help="act on this workspace (default: $EGRESS_WORKSPACE or 'default')",
+        )
         return sp
 
     for group in (setup, connectors, run, monitoring, grants, transparent):

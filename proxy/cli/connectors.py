@@ -77,8 +77,14 @@ def cmd_show(args: argparse.Namespace, home: Home) -> int:
     print(f"name:     {row['name']}")
     if row["preset"]:
         print(f"preset:   {row['preset']}")
+    if row["workspace"] != "default":
+        print(f"workspace: {row['workspace']}")
     print(f"inject:   {row['inject_summary']}")
-    print("secret:   (sealed, never shown)")
+    if row["methods"]:
+        print(f"methods:  {' '.join(row['methods'])}")
+    if row["strip_headers"]:
+        print(f"removes:  {' '.join(row['strip_headers'])}")
+    print(f"secret:   fields {', '.join(row['fields']) or 'secret'} (sealed, never shown)")
     print("patterns:")
     for p in row["patterns"]:
         print(f"  - {p}")

@@ -19,10 +19,15 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 def describe(c: Connector, created: float, updated: float) -> dict[str, Any]:
     return {
         "name": c.name,
+        "workspace": c.workspace,
         "preset": c.preset,
         "patterns": [p.text for p in c.patterns],
+        "methods": sorted(c.methods) if c.methods is not None else None,
         "inject": c.inject.to_spec(),
         "inject_summary": c.inject.describe(),
+        "strip_headers": list(c.strip_headers),
+        "fields": list(c.fields or ()),  # names only: values are never shown
+        "secret_set": True,
         "created_at": created,
         "updated_at": updated,
     }

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from proxy.connectors import connector_key
 from proxy.errors import ConfigError
 from proxy.hosts import is_loopback, parse_listen
 from proxy.netguard import NetGuard
@@ -57,7 +58,7 @@ def settings_from_args(args: argparse.Namespace, home: Home) -> RunSettings:
         listen=args.listen,
         mode=args.mode,
         transparent_grant=args.grant or "",
-        transparent_connectors=tuple(args.connector or ()),
+        transparent_connectors=tuple(connector_key(home.workspace, n) for n in args.connector or ()),
         workers=args.workers,
         admin=args.admin,
         config=str(Path(args.config).absolute()) if args.config else None,
@@ -101,7 +102,8 @@ def cmd_run(args: argparse.Namespace, home: Home) -> int:
         apply_config(home, Path(settings.config))
     with Connectors(home) as connectors:
         connectors.policy()  # wrong master key or tampered store: exit 2 now, not in every worker
-        unknown = sorted(set(settings.transparent_connectors) - set(connectors.names()))
+        known = {connector_key(home.workspace, n) for n in connectors.names()}
+        unknown = sorted(set(settings.transparent_connectors) - known)
         if unknown:
             raise ConfigError(f"--connector: no connector named {', '.join(map(repr, unknown))}")
     if settings.transparent_grant:

@@ -8,16 +8,17 @@ from pathlib import Path
 
 import yaml
 
-from proxy.connectors import Connector, check_credential, make_connector
+from proxy.connectors import Connector, check_credential, check_workspace, make_connector
 from proxy.credentials.sources import CredentialSource, source_from_yaml
 from proxy.errors import ConfigError
+from proxy.secrets import DEFAULT_WORKSPACE
 from proxy.service.connectors import ApplyReport, Connectors
 from proxy.service.home import Home
 
 logger = logging.getLogger(__name__)
 
-_TOP_KEYS = {"connectors"}
-_CONNECTOR_KEYS = {"name", "preset", "patterns", "secret", "inject", "methods", "strip_headers"}
+_TOP_KEYS = {"connectors", "workspace"}
+_CONNECTOR_KEYS = {"name", "preset", "patterns", "secret", "inject", "methods", "strip_headers", "workspace"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,8 +29,16 @@ class Declared:
     secret: CredentialSource
 
 
-def load_yaml(path: str | Path) -> list[Declared]:
-    """Read a connectors file; every error names the file, connector and field."""
+def load_yaml(path: str | Path, workspace: str = DEFAULT_WORKSPACE) -> list[Declared]:
+    """Read a connectors file; every error names the file, connector and field.
+
+    Connectors land in the file's ``workspace:`` (else ``workspace``), or their own.
+    """
+    return _load(Path(path), workspace)[0]
+
+
+def _load(path: Path, workspace: str) -> tuple[list[Declared], str]:
+    """The declared connectors and the file's workspace."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -51,6 +60,7 @@ def load_yaml(path: str | Path) -> list[Declared]:
     unknown = set(doc) - _TOP_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key(s) {', '.join(sorted(map(str, unknown)))}")
+    file_workspace = check_workspace(doc.get("workspace", workspace), f"{path}: workspace")
     items = doc.get("connectors") or []
     if not isinstance(items, list):
         raise ConfigError(f"{path}: 'connectors' must be a list")
@@ -72,18 +82,19 @@ def load_yaml(path: str | Path) -> list[Declared]:
             preset=item.get("preset"),
             methods=item.get("methods"),
             strip_headers=item.get("strip_headers"),
+            workspace=item.get("workspace", file_workspace),
             where=where,
         )
-        if connector.name in seen:
+        if connector.key in seen:
             raise ConfigError(f"{where}: duplicate connector name {connector.name!r}")
-        seen.add(connector.name)
+        seen.add(connector.key)
         out.append(Declared(connector, source_from_yaml(item.get("secret"), where)))
-    return out
+    return out, file_workspace
 
 
 def apply_file(home: Home, path: Path, *, prune: bool) -> ApplyReport:
     """Validate the whole file and read every secret before touching the store."""
-    declared = load_yaml(path)
+    declared, workspace = _load(path, home.workspace)
     with_secrets = []
     for d in declared:
         where = f"{path}: connector {d.connector.name!r}"
@@ -91,7 +102,7 @@ def apply_file(home: Home, path: Path, *, prune: bool) -> ApplyReport:
         check_credential(d.connector, fields, where)
         with_secrets.append((d.connector, fields))
     with Connectors(home) as connectors:
-        return connectors.apply(with_secrets, prune)
+        return connectors.apply(with_secrets, prune, workspaces={workspace})
 
 
 def apply_config(home: Home, path: Path) -> None:

@@ -7,9 +7,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from proxy.connectors import check_workspace
 from proxy.errors import ConfigError
 from proxy.grants import GrantKey
-from proxy.secrets import MasterKey
+from proxy.secrets import DEFAULT_WORKSPACE, MasterKey
 from proxy.service import ca
 from proxy.service.files import write_atomic
 from proxy.store import Store, open_store, sqlite_path
@@ -25,6 +26,18 @@ class Home:
         env = os.environ if env is None else env
         root = env.get("EGRESS_HOME") or os.path.join(os.path.expanduser("~"), ".egress")
         return cls(Path(root).absolute(), env)
+
+    @property
+    def workspace(self) -> str:
+        """The workspace commands act on: ``--workspace`` / EGRESS_WORKSPACE, else ``default``."""
+        return check_workspace(
+            self.env.get("EGRESS_WORKSPACE") or DEFAULT_WORKSPACE,
+            "workspace (--workspace or EGRESS_WORKSPACE)",
+        )
+
+    def in_workspace(self, workspace: str | None) -> Home:
+        """This home acting on ``workspace`` (None: unchanged)."""
+        return self if workspace is None else Home(self.root, {**self.env, "EGRESS_WORKSPACE": workspace})
 
     @property
     def database_url(self) -> str:

@@ -5,15 +5,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from proxy.connectors import connector_key, split_key
 from proxy.errors import ConfigError
 from proxy.health import Health
+from proxy.secrets import DEFAULT_WORKSPACE
 from proxy.service.home import Home
 from proxy.stats import ConnectorStats, Event
 from proxy.store import Store
 
 
 class Monitoring:
+    """The 24-hour view of one workspace (the home's): its connectors' counts and its events."""
+
     def __init__(self, home: Home, store: Store | None = None) -> None:
+        self.workspace = home.workspace
         self.store: Store = store or home.store()
 
     def __enter__(self) -> Monitoring:
@@ -22,16 +27,27 @@ class Monitoring:
     def __exit__(self, *exc: object) -> None:
         self.store.close()
 
-    def _names(self, connector: str | None) -> list[str]:
-        names = [s.name for s in self.store.connectors()]
-        if connector and connector not in names:
+    def _mine(self, key: str) -> bool:
+        return split_key(key)[0] == self.workspace
+
+    def _names(self, connector: str | None) -> tuple[list[str], str | None]:
+        """This workspace's connector keys, and the key of ``connector`` (checked)."""
+        keys = [s.name for s in self.store.connectors() if self._mine(s.name)]
+        key = None if connector is None else connector_key(self.workspace, connector)
+        if key is not None and key not in keys:
             raise ConfigError(f"no connector named {connector!r}")
-        return names
+        return keys, key
 
     def stats(self, connector: str | None = None) -> tuple[list[ConnectorStats], list[dict[str, Any]]]:
-        """Per-connector 24-hour totals (every known connector) and blocked counts per host."""
-        rows = self.store.monitoring.summary(self._names(connector), connector)
-        blocked = [] if connector else self.store.monitoring.blocked_summary()
+        """Per-connector 24-hour totals (every known connector) and blocked counts per host.
+
+        Blocked counts per host are kept for the whole proxy (a blocked request
+        often has no connector, hence no workspace): the default workspace shows them.
+        """
+        keys, key = self._names(connector)
+        rows = [r for r in self.store.monitoring.summary(keys, key) if self._mine(r.connector)]
+        shared = connector is None and self.workspace == DEFAULT_WORKSPACE
+        blocked = self.store.monitoring.blocked_summary() if shared else []
         return rows, blocked
 
     def health(self, connector: str | None = None) -> dict[str, Health]:
@@ -41,16 +57,22 @@ class Monitoring:
         traffic still in the window. One query and no event-log reads, so
         scrapes and dashboards can call it often.
         """
-        return self.store.monitoring.health(self._names(connector), connector)
+        keys, key = self._names(connector)
+        return {k: h for k, h in self.store.monitoring.health(keys, key).items() if self._mine(k)}
+
+    def _filters(self, filters: dict[str, Any]) -> dict[str, Any]:
+        if filters.get("connector") is not None:
+            filters["connector"] = connector_key(self.workspace, filters["connector"])
+        return {**filters, "workspace": self.workspace}
 
     def events(self, **filters: Any) -> list[Event]:
-        return self.store.monitoring.events(**filters)
+        return self.store.monitoring.events(**self._filters(filters))
 
     def last_id(self) -> int:
         return self.store.monitoring.last_id()
 
     def follow(self, after_id: int, **filters: Any) -> Iterator[Event]:
-        return self.store.monitoring.follow(after_id, **filters)
+        return self.store.monitoring.follow(after_id, **self._filters(filters))
 
 
 def connector_health(home: Home) -> dict[str, Health]:

@@ -50,6 +50,7 @@ class Monitoring(Protocol):
         since: float | None = None,
         connector: str | None = None,
         grant_label: str | None = None,
+        workspace: str | None = None,
         after_id: int = 0,
         limit: int = 1000,
         newest_first: bool = True,

@@ -55,5 +55,11 @@ MIGRATIONS: list[str] = [
     ALTER TABLE stats_minute ADD COLUMN server_errors INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE stats_minute ADD COLUMN transport_failures INTEGER NOT NULL DEFAULT 0;
     """,
+    # 4: workspaces. Connectors and grants already name connectors by key (``ws/name``,
+    # plain names in ``default``); events gain the workspace they belong to.
+    """
+    ALTER TABLE events ADD COLUMN workspace TEXT NOT NULL DEFAULT 'default';
+    CREATE INDEX IF NOT EXISTS events_by_workspace ON events (workspace, ts);
+    """,
 ]
 VERSION = len(MIGRATIONS)

@@ -73,10 +73,11 @@ class SqliteMonitoring:
             )
             db.executemany(
                 "INSERT INTO events (kind, ts, connector, reason, status, failure, method, host, path, "
-                "request_id, grant_label) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "request_id, grant_label, workspace) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (e.kind, e.ts, e.connector, e.reason, e.status, e.failure, printable(e.method, 32),
-                     printable(e.host, 300), printable(e.path, 2048), e.request_id, e.grant_label)
+                     printable(e.host, 300), printable(e.path, 2048), e.request_id, e.grant_label,
+                     e.workspace)
                     for e in batch.events
                 ],
             )  # fmt: skip
@@ -156,13 +157,20 @@ class SqliteMonitoring:
         since: float | None = None,
         connector: str | None = None,
         grant_label: str | None = None,
+        workspace: str | None = None,
         after_id: int = 0,
         limit: int = 1000,
         newest_first: bool = True,
     ) -> list[Event]:
         clauses = ["id > ?", "ts > ?"]
         args: list[Any] = [after_id, max(since or 0, self.clock() - WINDOW_MINUTES * 60)]
-        for column, value in (("kind", kind), ("connector", connector), ("grant_label", grant_label)):
+        filters = (
+            ("kind", kind),
+            ("connector", connector),
+            ("grant_label", grant_label),
+            ("workspace", workspace),
+        )
+        for column, value in filters:
             if value is not None:
                 clauses.append(f"{column} = ?")
                 args.append(value)
@@ -170,7 +178,7 @@ class SqliteMonitoring:
         with closing(
             self._db.execute(
                 "SELECT kind, ts, method, host, path, request_id, connector, reason, status, failure, "
-                f"grant_label, id FROM events WHERE {' AND '.join(clauses)} ORDER BY id {order} LIMIT ?",
+                f"grant_label, workspace, id FROM events WHERE {' AND '.join(clauses)} ORDER BY id {order} LIMIT ?",
                 (*args, limit),
             )
         ) as cur:

@@ -177,3 +177,32 @@ def test_keys_rotate_reseals_every_field(
     before = route("jira").rendered.headers
     assert egress("keys", "rotate").code == 0
     assert route("jira").rendered.headers == before
+
+
+def test_yaml_workspaces_and_prune_stays_in_its_workspace(
+    egress: Callable[..., Result], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("A", "value-a")
+    base = "    patterns: ['https://one.example.com/*']\n    secret: {env: A}\n    inject: {header: X-A}\n"
+    default = tmp_path / "default.yaml"
+    default.write_text(f"connectors:\n  - name: keep\n{base}")
+    assert egress("apply", "-f", str(default)).code == 0
+    acme = tmp_path / "acme.yaml"
+    acme.write_text(
+        f"workspace: acme\nconnectors:\n  - name: one\n{base}  - name: two\n    workspace: beta\n{base}"
+    )
+    r = egress("apply", "-f", str(acme), "--prune")
+    assert r.code == 0, r.err
+    assert "acme/one" in r.out and "beta/two" in r.out
+    listed = {
+        ws: [c["name"] for c in json.loads(egress("connector", "list", "--json", "--workspace", ws).out)]
+        for ws in ("default", "acme", "beta")
+    }
+    assert listed == {"default": ["keep"], "acme": ["one"], "beta": ["two"]}
+    acme.write_text("workspace: acme\nconnectors: []\n")
+    assert egress("apply", "-f", str(acme), "--prune").code == 0
+    assert json.loads(egress("connector", "list", "--json", "--workspace", "acme").out) == []
+    assert [c["name"] for c in json.loads(egress("connector", "list", "--json").out)] == ["keep"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("workspace: Acme!\nconnectors: []\n")
+    assert_one_error_line(egress("apply", "-f", str(bad)), str(bad), "workspace")
