@@ -967,7 +967,7 @@ def chart(checks: list[Check], title: str) -> str:
     row, left, width = 34, 430, 360
     height = 60 + row * len(bars) + 30
     out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 120}" height="{height}" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 220}" height="{height}" '
         'font-family="sans-serif" font-size="12">',
         '<rect width="100%" height="100%" fill="white"/>',
         f'<text x="10" y="22" font-size="15" font-weight="bold">{escape(title)}</text>',
