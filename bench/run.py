@@ -482,7 +482,7 @@ def latency(t: Target, duration: float) -> dict[str, Any]:
         out["p99_us"] = q[98] * 1e6
     else:
         out["error"] = f"only {len(r.latencies)} successful requests"
-    return out
+    return per_request(out)
 
 
 PERCENTILES = (50, 90, 99)
@@ -1432,6 +1432,10 @@ def rerender(args: argparse.Namespace) -> int:
     data = json.loads(Path(args.report_from).read_text())
     bench = Bench(argparse.Namespace(**data["args"]), Path(), Procs())
     bench.runs, bench.info, bench.skipped = data["runs"], data["info"], data.get("skipped", {})
+    for per_target in bench.runs.values():  # runs recorded before a derived figure existed
+        for runs in per_target.values():
+            for r in runs:
+                per_request(r)
     labels = data.get("labels") or {n: n for per in data["runs"].values() for n in per}
     bench.targets = {n: types.SimpleNamespace(label=label) for n, label in labels.items()}  # type: ignore[misc]
     text = report(bench, data["micro"], data["machine"], float(data.get("wall_seconds", 0)))
