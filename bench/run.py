@@ -45,10 +45,12 @@ import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from html import escape
 from pathlib import Path
 from typing import Any
 
 import decision
+import paced
 import probe
 import trustme
 
@@ -213,16 +215,39 @@ def rss_kib(pid: int) -> int:
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
+def cpu_ticks(pids: list[int]) -> dict[int, int]:
+    """utime + stime + cutime + cstime per pid (all threads; reaped children included)."""
+    out: dict[int, int] = {}
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
+            out[pid] = sum(int(x) for x in fields[11:15])
         except (OSError, IndexError, ValueError):
             pass
-    return total / CLK_TCK
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    return sum(cpu_ticks(pids).values()) / CLK_TCK
+
+
+class TreeCpu:
+    """CPU a process tree spends between start() and stop(), with workers that start meanwhile."""
+
+    def __init__(self, root: int | None) -> None:
+        self.root = root
+        self.before: dict[int, int] = {}
+
+    def _now(self) -> dict[int, int]:
+        return cpu_ticks(tree(self.root)) if self.root else {}
+
+    def start(self) -> None:
+        self.before = self._now()
+
+    def stop(self) -> float:
+        after = self._now()
+        return sum(t - self.before.get(pid, 0) for pid, t in after.items()) / CLK_TCK
 
 
 class RssSampler:
@@ -269,26 +294,38 @@ NGINX_PIDS: list[int] = []  # set once nginx runs: its CPU is shown apart from t
 
 
 @contextlib.contextmanager
-def cpu_meter(pids: list[int]) -> Iterator[dict[str, float]]:
-    """Cores used by ``pids``, by waited-for children (the load generator), by nginx, and by
-    everything else on the machine (other tenants' load would show up there)."""
+def cpu_meter(root: int) -> Iterator[dict[str, float]]:
+    """CPU of the process tree under ``root`` (supervisor and every worker), of waited-for children
+    (the load generator), of nginx, and of everything else on the machine (other tenants' load
+    would show up there). ``server_cpu_s`` is CPU seconds, the other keys cores per wall second."""
     out: dict[str, float] = {}
-    upstream = [p for p in NGINX_PIDS if p not in pids]
-    before, ngx, busy = cpu_seconds(pids), cpu_seconds(upstream), system_busy_seconds()
+    server = TreeCpu(root)
+    upstream = TreeCpu(NGINX_PIDS[0] if NGINX_PIDS and NGINX_PIDS[0] != root else None)
+    server.start()
+    upstream.start()
+    busy = system_busy_seconds()
     kids, me = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.monotonic()
     yield out
     wall = time.monotonic() - t0
     kids2, me2 = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
-    out["server_cpu"] = (cpu_seconds(pids) - before) / wall
+    out["server_cpu_s"] = server.stop()
+    out["server_cpu"] = out["server_cpu_s"] / wall
     # the load generator: hey/wrk/curl (waited-for children) or bench/probe.py (this process)
     out["gen_cpu"] = (
         kids2.ru_utime + kids2.ru_stime - kids.ru_utime - kids.ru_stime
         + me2.ru_utime + me2.ru_stime - me.ru_utime - me.ru_stime
     ) / wall  # fmt: skip
-    out["nginx_cpu"] = (cpu_seconds(upstream) - ngx) / wall
+    out["nginx_cpu"] = upstream.stop() / wall
     out["system_cpu"] = (system_busy_seconds() - busy) / wall
     out["other_cpu"] = max(0.0, out["system_cpu"] - out["server_cpu"] - out["gen_cpu"] - out["nginx_cpu"])
+
+
+def per_request(out: dict[str, Any]) -> dict[str, Any]:
+    """Add the figure: proxy CPU microseconds per 2xx response."""
+    if out.get("ok") and "server_cpu_s" in out:
+        out["cpu_us_per_req"] = out["server_cpu_s"] / out["ok"] * 1e6
+    return out
 
 
 def quiet_check(seconds: float = 3.0) -> float:
@@ -370,7 +407,7 @@ def hey(t: Target, *, c: int, duration: float, keepalive: bool = True, h2: bool 
         argv += ["-x", t.proxy_url, f"https://{HOST}/"]
     else:
         argv += ["-host", HOST, "-H", f"Authorization: {AUTH}", f"https://{ADDRESS}/"]
-    with cpu_meter(t.pids()) as cpu:
+    with cpu_meter(t.proc.pid) as cpu:
         done = run_tool(argv, duration + 90)
     out = done.stdout
     m = re.search(r"Total:\s+([\d.]+) secs", out)
@@ -386,7 +423,7 @@ def hey(t: Target, *, c: int, duration: float, keepalive: bool = True, h2: bool 
             messages.append(msg.strip()[:120])
     ok = sum(n for code, n in codes.items() if 200 <= code < 300)
     lat = {int(p): float(s) for p, s in re.findall(r"(\d+)% in ([\d.]+) secs", out)}
-    return {
+    return per_request({
         "rps": ok / seconds,
         "ok": ok,
         "non_2xx": sum(codes.values()) - ok,
@@ -396,7 +433,7 @@ def hey(t: Target, *, c: int, duration: float, keepalive: bool = True, h2: bool 
         "p50_ms": lat.get(50, 0) * 1000,
         "p99_ms": lat.get(99, 0) * 1000,
         **cpu,
-    }
+    })  # fmt: skip
 
 
 def _seconds(value: str, unit: str) -> float:
@@ -406,7 +443,7 @@ def _seconds(value: str, unit: str) -> float:
 def wrk(t: Target, *, c: int, duration: float) -> dict[str, Any]:
     argv = ["wrk", "-t", "2", "-c", str(c), "-d", f"{duration}s"]
     argv += ["-H", f"Host: {HOST}", "-H", f"Authorization: {AUTH}", f"https://{ADDRESS}/"]
-    with cpu_meter(t.pids()) as cpu:
+    with cpu_meter(t.proc.pid) as cpu:
         done = run_tool(argv, duration + 90)
     out = done.stdout
     m = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m|h),", out)
@@ -417,19 +454,19 @@ def wrk(t: Target, *, c: int, duration: float) -> dict[str, Any]:
     non_2xx = int(bad.group(1)) if bad else 0
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errors = sum(int(x) for x in sock.groups()) if sock else 0
-    return {
+    return per_request({
         "rps": (total - non_2xx) / seconds,
         "ok": total - non_2xx,
         "non_2xx": non_2xx,
         "errors": errors,
         "seconds": seconds,
         **cpu,
-    }
+    })  # fmt: skip
 
 
 def latency(t: Target, duration: float) -> dict[str, Any]:
     headers = None if t.port else {"Authorization": AUTH}
-    with cpu_meter(t.pids()) as cpu:
+    with cpu_meter(t.proc.pid) as cpu:
         r = probe.run((ADDRESS, UPSTREAM_PORT), HOST, UPSTREAM_PORT, t.cafile, t.proxy, duration, headers)
     out: dict[str, Any] = {
         "ok": r.ok,
@@ -445,7 +482,41 @@ def latency(t: Target, duration: float) -> dict[str, Any]:
         out["p99_us"] = q[98] * 1e6
     else:
         out["error"] = f"only {len(r.latencies)} successful requests"
-    return out
+    return per_request(out)
+
+
+PERCENTILES = (50, 90, 99)
+
+
+def paced_latency(t: Target, *, rate: float, duration: float, keepalive: bool) -> dict[str, Any]:
+    """Open-loop GETs at ``rate`` per second (bench/paced.py), latency from each due time."""
+    headers = None if t.port else {"Authorization": AUTH}
+    with cpu_meter(t.proc.pid) as cpu:
+        r = paced.run(
+            (ADDRESS, UPSTREAM_PORT), HOST, UPSTREAM_PORT, t.cafile, t.proxy,
+            rate=rate, duration=duration, keepalive=keepalive, headers=headers,
+        )  # fmt: skip
+    out: dict[str, Any] = {
+        "rate": rate,
+        "ok": r.ok,
+        "non_2xx": r.non_2xx,
+        "errors": len(r.errors),
+        "error_messages": r.errors[:3],
+        "reconnects": r.reconnects,
+        "rps": r.ok / r.elapsed if r.elapsed else 0.0,
+        **cpu,
+    }
+    if len(r.latencies) >= 50:
+        q = statistics.quantiles(r.latencies, n=100, method="inclusive")
+        lag = statistics.quantiles(r.send_lag, n=100, method="inclusive")
+        for p in PERCENTILES:
+            out[f"p{p}_us"] = q[p - 1] * 1e6
+        out["send_lag_p99_us"] = lag[98] * 1e6
+    else:
+        out["error"] = f"only {len(r.latencies)} successful requests"
+    if r.ok < 0.99 * rate * duration:
+        out["error"] = f"{r.ok} of {int(rate * duration)} requests succeeded ({r.errors[:1]})"
+    return per_request(out)
 
 
 def transfer(t: Target, direction: str, big: Path, put_dir: Path) -> dict[str, Any]:
@@ -458,7 +529,7 @@ def transfer(t: Target, direction: str, big: Path, put_dir: Path) -> dict[str, A
         uploaded.unlink(missing_ok=True)
         argv += ["-T", str(big), f"https://{HOST}/put/{uploaded.name}"]
     idle_kib = sum(rss_kib(p) for p in t.pids())
-    with RssSampler(t.proc.pid) as rss, cpu_meter(t.pids()) as cpu:
+    with RssSampler(t.proc.pid) as rss, cpu_meter(t.proc.pid) as cpu:
         done = run_tool(argv, 660)
     parts = done.stdout.split()
     if done.returncode != 0 or len(parts) != 4:
@@ -479,6 +550,8 @@ def transfer(t: Target, direction: str, big: Path, put_dir: Path) -> dict[str, A
         "rss_samples": rss.samples,
         **cpu,
     }
+    if moved:
+        out["cpu_ms_per_mib"] = out["server_cpu_s"] * 1e3 / (moved / MiB)
     size = big.stat().st_size
     if direction == "upload":
         stored = uploaded.stat().st_size if uploaded.exists() else -1
@@ -695,6 +768,8 @@ class Bench:
             if k
             in (
                 "rps",
+                "cpu_us_per_req",
+                "cpu_ms_per_mib",
                 "p50_us",
                 "p99_us",
                 "mib_s",
@@ -709,19 +784,37 @@ class Bench:
         log(f"{scenario:<14} {target:<16} {shown}")
 
     def each(self, scenario: str, names: list[str], fn: Callable[[Target], dict[str, Any]]) -> None:
+        if self.args.only and scenario not in self.args.only:
+            return
         for name in names:
             if name in self.targets:
                 self.record(scenario, name, fn(self.targets[name]))
 
     def scenarios(self) -> None:
         a = self.args
-        base = ["direct", "mitmdump", "egress"]
         for rep in range(a.reps):
             log(f"--- repetition {rep + 1}/{a.reps} ---")
+
+            def order(names: list[str], rep: int = rep) -> list[str]:
+                """A B A B ... across repetitions, and B A on odd ones so drift favours no one."""
+                return names if rep % 2 == 0 else names[::-1]
+
+            base = order(["direct", "mitmdump", "egress"])
             self.each("latency_c1", base, lambda t: latency(t, a.latency_duration))
+            for scenario, rate, keepalive in (
+                ("paced_keepalive", a.rate, True),
+                ("paced_newconn", a.newconn_rate, False),
+            ):
+                self.each(
+                    scenario,
+                    base,
+                    lambda t, r=rate, k=keepalive: paced_latency(
+                        t, rate=r, duration=a.paced_duration, keepalive=k
+                    ),
+                )
             self.each(
                 "keepalive_c32",
-                ["direct", "mitmdump", "egress", "egress-norecord", "egress-w2", "egress-10k"],
+                order(["direct", "mitmdump", "egress", "egress-norecord", "egress-w2", "egress-10k"]),
                 lambda t: hey(t, c=32, duration=a.duration),
             )
             self.each("keepalive_c32_wrk", ["direct"], lambda t: wrk(t, c=32, duration=a.duration))
@@ -751,6 +844,151 @@ class Bench:
         if failed:
             text += f" ({len(failed)} run(s) failed: {failed[0][:80]})"
         return text
+
+
+def spread(values: list[float]) -> float | None:
+    """(max - min) / median in percent: how much the repetitions disagree."""
+    mid = median(values)
+    return (max(values) - min(values)) / mid * 100 if values and mid else None
+
+
+def added_latency(b: Bench, scenario: str, target: str, p: int) -> float | None:
+    """Median over repetitions of (target's p-th percentile - direct's in the same repetition)."""
+    mine = b.runs.get(scenario, {}).get(target, [])
+    base = b.runs.get(scenario, {}).get("direct", [])
+    key = f"p{p}_us"
+    diffs = [
+        x[key] - y[key]
+        for x, y in zip(mine, base, strict=False)
+        if key in x and key in y and "error" not in x and "error" not in y
+    ]
+    return median(diffs)
+
+
+@dataclass
+class Check:
+    """One target: the table row and the chart bar."""
+
+    name: str
+    mine: str
+    theirs: str
+    value: float | None  # the ratio or milliseconds the goal is about
+    goal_value: float
+    goal: str
+    passed: bool | None
+    secondary: str = ""
+    unit: str = "x"
+
+    @property
+    def verdict(self) -> str:
+        return "n/a" if self.passed is None or self.value is None else ("PASS" if self.passed else "FAIL")
+
+    @property
+    def shown(self) -> str:
+        if self.unit == "x":
+            return fmt(self.value, 3, "x")
+        return fmt(self.value, 0 if self.unit == "MiB" else 2, f" {self.unit}")
+
+
+def targets(b: Bench, micro: list[dict[str, float]]) -> list[Check]:
+    """The issue's targets, each from medians of the interleaved repetitions."""
+    a, m = b.args, b.med
+    checks: list[Check] = []
+
+    def at_most(value: float | None, goal: float) -> bool | None:
+        return None if value is None else value <= goal
+
+    def cpu(scenario: str, mine: str, theirs: str, goal: float, name: str) -> None:
+        x, y = m(scenario, mine, "cpu_us_per_req"), m(scenario, theirs, "cpu_us_per_req")
+        r = ratio(x, y)
+        checks.append(Check(
+            name, fmt(x, 0, " us/req"), fmt(y, 0, " us/req"), r, goal, f"<= {goal:.2f}x", at_most(r, goal),
+            f"{fmt(ratio(m(scenario, mine, 'rps'), m(scenario, theirs, 'rps')), 2, 'x')} "
+            f"({fmt(m(scenario, mine, 'rps'))} / {fmt(m(scenario, theirs, 'rps'))} req/s)",
+        ))  # fmt: skip
+
+    cpu("keepalive_c32", "egress", "mitmdump", 0.55, "keep-alive c=32: CPU per request, egress / mitmdump")
+    cpu("newconn_c8", "egress", "mitmdump", 0.60, "new CONNECT + TLS c=8: CPU per request, egress / mitmdump")
+    cpu(
+        "keepalive_c32",
+        "egress-w2",
+        "egress",
+        1.05,
+        "--workers 2 / 1 worker: CPU per request, keep-alive c=32",
+    )
+    cpu("keepalive_c32", "egress-10k", "egress", 1.03,
+        f"{a.connectors:,} / 10 connectors: CPU per request, keep-alive c=32")  # fmt: skip
+    for direction in ("download", "upload"):
+        x, y = m(direction, "egress", "cpu_ms_per_mib"), m(direction, "mitmdump", "cpu_ms_per_mib")
+        r = ratio(x, y)
+        speed = ratio(m(direction, "egress", "mib_s"), m(direction, "mitmdump", "mib_s"))
+        ok = None if r is None or speed is None else (r <= 1.2 and speed >= 0.9)
+        checks.append(Check(
+            f"{a.size_mib} MiB {direction}: CPU per MiB <= 1.2x and throughput >= 0.9x streaming mitmdump",
+            fmt(x, 2, " ms/MiB"), fmt(y, 2, " ms/MiB"), r, 1.2, "<= 1.20x and speed >= 0.90x", ok,
+            f"{fmt(speed, 2, 'x')} ({fmt(m(direction, 'egress', 'mib_s'))} / "
+            f"{fmt(m(direction, 'mitmdump', 'mib_s'))} MiB/s)",
+        ))  # fmt: skip
+    for p, goal in ((50, 1.0), (99, 5.0)):
+        added = added_latency(b, "paced_keepalive", "egress", p)
+        theirs = added_latency(b, "paced_keepalive", "mitmdump", p)
+        ms = None if added is None else added / 1000
+        checks.append(Check(
+            f"added latency p{p} at {a.rate:g} req/s keep-alive, egress vs direct",
+            fmt(added, 0, " us"), f"mitmdump {fmt(theirs, 0, ' us')}", ms, goal, f"<= {goal:g} ms",
+            at_most(ms, goal), unit="ms",
+        ))  # fmt: skip
+    cpu(
+        "keepalive_c32",
+        "egress",
+        "egress-norecord",
+        1.05,
+        "recording on / off: CPU per request, keep-alive c=32",
+    )
+    for direction in ("download", "upload"):
+        rss = m(direction, "egress", "peak_rss_mib")
+        checks.append(Check(
+            f"{a.size_mib} MiB {direction}: peak RSS, supervisor + worker", fmt(rss, 0, " MiB"),
+            fmt(m(direction, "mitmdump", "peak_rss_mib"), 0, " MiB"), rss, 150, "<= 150 MiB",
+            at_most(rss, 150), unit="MiB",
+        ))  # fmt: skip
+    big = next((r for r in micro if r["connectors"] >= 10_000), micro[-1])
+    d = big["decision_us"]
+    checks.append(Check(
+        f"per-request decision with {big['connectors']:,.0f} connectors (microbenchmark)", fmt(d, 2, " us"),
+        "-", d, 20, "<= 20 us", d <= 20, unit="us",
+    ))  # fmt: skip
+    return checks
+
+
+def chart(checks: list[Check], title: str) -> str:
+    """A hand-written SVG (no plotting dependency): each ratio or latency target against its goal."""
+    bars = [c for c in checks if c.unit in ("x", "ms")]
+    row, left, width = 34, 430, 360
+    height = 60 + row * len(bars) + 30
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 220}" height="{height}" '
+        'font-family="sans-serif" font-size="12">',
+        '<rect width="100%" height="100%" fill="white"/>',
+        f'<text x="10" y="22" font-size="15" font-weight="bold">{escape(title)}</text>',
+        '<text x="10" y="42" fill="#555">bar: measured (median); black tick: goal; green pass, red fail, '
+        "grey n/a. Lower is better.</text>",
+    ]
+    for i, c in enumerate(bars):
+        y = 60 + i * row
+        scale = max(c.goal_value * 1.6, (c.value or 0) * 1.05) or 1.0
+        color = {"PASS": "#3a9d4a", "FAIL": "#d0433a"}.get(c.verdict, "#999")
+        w = 0 if c.value is None else min(width, c.value / scale * width)
+        gx = left + c.goal_value / scale * width
+        out += [
+            f'<text x="{left - 8}" y="{y + 16}" text-anchor="end">{escape(c.name[:70])}</text>',
+            f'<rect x="{left}" y="{y + 4}" width="{w:.1f}" height="18" fill="{color}"/>',
+            f'<line x1="{gx:.1f}" y1="{y}" x2="{gx:.1f}" y2="{y + 26}" stroke="black" stroke-width="2"/>',
+            f'<text x="{left + max(w, gx - left) + 6:.1f}" y="{y + 17}">{escape(c.shown)} '
+            f"(goal {escape(c.goal.split(' and ')[0])})</text>",
+        ]
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
 
 
 def fmt(value: float | None, digits: int = 0, suffix: str = "") -> str:
@@ -820,55 +1058,97 @@ def report(b: Bench, micro: list[dict[str, float]], info: dict[str, str], wall: 
     out.append(table(["", ""], [[k, v] for k, v in info.items()]) + "\n")
 
     # Targets -------------------------------------------------------------
+    checks = targets(b, micro)
     ka = {n: m("keepalive_c32", n, "rps") for n in b.targets}
-    mitm_ka = ka.get("mitmdump")
-    nc_e, nc_m = m("newconn_c8", "egress", "rps"), m("newconn_c8", "mitmdump", "rps")
-    w1, w2 = ka.get("egress"), ka.get("egress-w2")
-    k10, k10k = ka.get("egress"), ka.get("egress-10k")
-    rec_on, rec_off = ka.get("egress"), ka.get("egress-norecord")
-    big = next((r for r in micro if r["connectors"] >= 10_000), micro[-1])
-    rows: list[list[str]] = []
-
-    def check(name: str, measured: float | None, goal: str, passed: bool | None, shown: str) -> None:
-        verdict = "n/a" if passed is None or measured is None else ("PASS" if passed else "FAIL")
-        rows.append([name, shown, goal, verdict])
-
-    def pair(x: float | None, y: float | None, unit: str) -> str:
-        return f"{fmt(ratio(x, y), 3, 'x')} ({fmt(x)} / {fmt(y)} {unit})"
-
-    r = ratio(ka.get("egress"), mitm_ka)
-    check("keep-alive c=32 throughput, egress (1 worker, recording) vs bare mitmdump",
-          r, ">= 1.40x", r is not None and r >= 1.4, pair(ka.get("egress"), mitm_ka, "req/s"))  # fmt: skip
-    r = ratio(nc_e, nc_m)
-    check("new CONNECT + TLS per request (c=8), egress vs bare mitmdump",
-          r, ">= 1.30x", r is not None and r >= 1.3, pair(nc_e, nc_m, "req/s"))  # fmt: skip
-    r = ratio(w2, w1)
-    check("--workers 2 vs --workers 1, keep-alive c=32", r, ">= 1.70x", r is not None and r >= 1.7,
-          pair(w2, w1, "req/s"))  # fmt: skip
-    r = ratio(k10k, k10)
-    check(f"{a.connectors:,} connectors vs 10, keep-alive c=32", r, ">= 0.95x", r is not None and r >= 0.95,
-          pair(k10k, k10, "req/s"))  # fmt: skip
-    d = big["decision_us"]
-    check(f"per-request decision with {big['connectors']:,.0f} connectors", d, "<= 20 us", d <= 20,
-          fmt(d, 2, " us"))  # fmt: skip
-    for direction in ("download", "upload"):
-        mine, theirs = m(direction, "egress", "mib_s"), m(direction, "mitmdump", "mib_s")
-        speed = ratio(mine, theirs)
-        rss = m(direction, "egress", "peak_rss_mib")
-        ok = None if speed is None or rss is None else (speed >= 0.8 and rss <= 150)
-        check(
-            f"{a.size_mib} MiB {direction}: speed vs streaming mitmdump, peak RSS (supervisor + worker)",
-            speed, ">= 0.80x and <= 150 MiB", ok, f"{pair(mine, theirs, 'MiB/s')}, {fmt(rss, 0, ' MiB')}",
-        )  # fmt: skip
-    cost = None if rec_on is None or not rec_off else 1 - rec_on / rec_off
-    check("recording cost (1 - on/off), keep-alive c=32", cost, "<= 5 %", cost is not None and cost <= 0.05,
-          f"{fmt(None if cost is None else cost * 100, 1, ' %')} ({fmt(rec_on)} on / {fmt(rec_off)} off req/s)")  # fmt: skip
     out.append("## Targets (bench/README.md)\n")
     out.append(
-        "Pass/fail is reported, never asserted. Ratios are of medians; run-to-run spread is a few "
-        "percent (see the range columns below), so a result within ~3 % of its goal is a coin toss.\n"
+        "The figure is CPU time per request: user + system seconds from /proc/PID/stat, summed over "
+        "the proxy's whole process tree (egress: supervisor and every worker) while the load ran, "
+        "divided by the 2xx responses (per MiB for transfers). It barely moves when other tenants "
+        "steal cores, which throughput does. Ratios are egress / bare mitmdump of the medians, "
+        "lower is better; throughput is the secondary column. Pass/fail is reported, never "
+        f"asserted. Chart: {Path(a.out).with_suffix('.svg').name}.\n"
     )
-    out.append(table(["target", "measured", "goal", "result"], rows) + "\n")
+    out.append(
+        table(
+            ["target", "egress", "baseline", "measured", "goal", "result", "throughput (secondary)"],
+            [[c.name, c.mine, c.theirs, c.shown, c.goal, c.verdict, c.secondary] for c in checks],
+        )
+        + "\n"
+    )
+    cpu_rows = []
+    for scenario, what in (
+        ("keepalive_c32", "keep-alive c=32"),
+        ("newconn_c8", "new CONNECT + TLS c=8"),
+        ("http2_c32", "HTTP/2 c=32"),
+        ("paced_keepalive", f"paced keep-alive {a.rate:g} req/s"),
+        ("paced_newconn", f"paced new connection {a.newconn_rate:g} req/s"),
+        ("latency_c1", "keep-alive c=1"),
+    ):
+        e, mm = m(scenario, "egress", "cpu_us_per_req"), m(scenario, "mitmdump", "cpu_us_per_req")
+        cpu_rows.append([
+            what, fmt(e), fmt(mm), fmt(ratio(e, mm), 3), fmt(spread(b.values(scenario, "egress", "cpu_us_per_req")), 0, " %"),
+            fmt(spread(b.values(scenario, "mitmdump", "cpu_us_per_req")), 0, " %"),
+            fmt(m(scenario, "egress", "rps")), fmt(m(scenario, "mitmdump", "rps")),
+        ])  # fmt: skip
+    for direction in ("download", "upload"):
+        e, mm = m(direction, "egress", "cpu_ms_per_mib"), m(direction, "mitmdump", "cpu_ms_per_mib")
+        cpu_rows.append([
+            f"{a.size_mib} MiB {direction} (ms per MiB)", fmt(e, 2), fmt(mm, 2), fmt(ratio(e, mm), 3),
+            fmt(spread(b.values(direction, "egress", "cpu_ms_per_mib")), 0, " %"),
+            fmt(spread(b.values(direction, "mitmdump", "cpu_ms_per_mib")), 0, " %"),
+            fmt(m(direction, "egress", "mib_s"), 0, " MiB/s"), fmt(m(direction, "mitmdump", "mib_s"), 0, " MiB/s"),
+        ])  # fmt: skip
+    out.append("## CPU per request, egress (1 worker, recording) vs bare mitmdump\n")
+    out.append(
+        "Proxy CPU microseconds per 2xx response (transfers: milliseconds per MiB), medians; "
+        '"spread" is (max - min) / median over the repetitions.\n'
+    )
+    out.append(
+        table(
+            [
+                "scenario",
+                "egress (us)",
+                "mitmdump (us)",
+                "egress / mitmdump",
+                "egress spread",
+                "mitmdump spread",
+                "egress req/s",
+                "mitmdump req/s",
+            ],
+            cpu_rows,
+        )
+        + "\n"
+    )
+
+    lat_head = ["target", "offered req/s", "p50 (us)", "p90 (us)", "p99 (us)", "added p50 (us)",
+                "added p90 (us)", "added p99 (us)", "CPU us/req", "client send lag p99 (us)",
+                "non-2xx / errors"]  # fmt: skip
+    lat_rows = []
+    for scenario, what in (("paced_keepalive", "keep-alive"), ("paced_newconn", "new connection")):
+        for n in ("direct", "mitmdump", "egress"):
+            if n not in b.targets:
+                continue
+            added = [added_latency(b, scenario, n, p) if n != "direct" else None for p in PERCENTILES]
+            lat_rows.append([
+                f"{b.targets[n].label}, {what}", fmt(m(scenario, n, "rate")),
+                *(fmt(m(scenario, n, f"p{p}_us")) for p in PERCENTILES),
+                *("-" if n == "direct" else fmt(x) for x in added),
+                fmt(m(scenario, n, "cpu_us_per_req")), fmt(m(scenario, n, "send_lag_p99_us")),
+                b.bad(scenario, n),
+            ])  # fmt: skip
+    out.append("## Added latency at a fixed offered rate (open loop)\n")
+    out.append(
+        f"bench/paced.py sends request i at start + i / rate whatever happened before and times it "
+        f"from that due time to the end of its response, so queueing behind a slow answer counts "
+        f"(no coordinated omission). {a.paced_duration:g} s per repetition; keep-alive at "
+        f"{a.rate:g} req/s over 16 TLS connections opened beforehand (each through its CONNECT tunnel), one per client thread, "
+        f"new connection at {a.newconn_rate:g} req/s (TCP + CONNECT + both TLS handshakes per request; "
+        f"{a.rate:g} req/s of those would need more than the two cores). Added = percentile of the "
+        "target minus the same percentile of the direct connection, measured by the same client in "
+        'the same repetition; "send lag" is how late the client itself got a request onto the wire.\n'
+    )
+    out.append(table(lat_head, lat_rows) + "\n")
 
     # Scenario tables -----------------------------------------------------
     def vs(value: float | None, base: float | None, digits: int = 2) -> str:
@@ -886,7 +1166,7 @@ def report(b: Bench, micro: list[dict[str, float]], info: dict[str, str], wall: 
             rps = median(values)
             rows.append([
                 b.targets[n].label if n in b.targets else n, fmt(rps), spread,
-                vs(rps, mitm), vs(rps, direct, 3),
+                vs(rps, mitm), vs(rps, direct, 3), fmt(m(scenario, n, "cpu_us_per_req")),
                 fmt(m(scenario, n, "server_cpu"), 2), fmt(ratio(rps, m(scenario, n, "server_cpu"))),
                 fmt(m(scenario, n, "gen_cpu"), 2), fmt(m(scenario, n, "other_cpu"), 2), b.bad(scenario, n),
             ])  # fmt: skip
@@ -900,6 +1180,7 @@ def report(b: Bench, micro: list[dict[str, float]], info: dict[str, str], wall: 
                     "range",
                     "vs mitmdump",
                     "vs direct",
+                    "proxy CPU us/req",
                     "proxy CPU (cores)",
                     "req/s per proxy core",
                     "load gen CPU",
@@ -918,7 +1199,8 @@ def report(b: Bench, micro: list[dict[str, float]], info: dict[str, str], wall: 
             p50 = m("latency_c1", n, "p50_us")
             lat_rows.append([
                 b.targets[n].label, fmt(p50), fmt(m("latency_c1", n, "p99_us")),
-                fmt(m("latency_c1", n, "rps")), vs(p50, mitm_p50), b.bad("latency_c1", n),
+                fmt(m("latency_c1", n, "rps")), vs(p50, mitm_p50), fmt(m("latency_c1", n, "cpu_us_per_req")),
+                b.bad("latency_c1", n),
             ])  # fmt: skip
     out.append("## Keep-alive latency, concurrency 1\n")
     out.append(
@@ -926,7 +1208,18 @@ def report(b: Bench, micro: list[dict[str, float]], info: dict[str, str], wall: 
         "repetition, timed with perf_counter by bench/probe.py (hey's 0.1 ms resolution is too coarse).\n"
     )
     out.append(
-        table(["target", "p50 (us)", "p99 (us)", "req/s", "p50 / mitmdump p50", "non-2xx / errors"], lat_rows)
+        table(
+            [
+                "target",
+                "p50 (us)",
+                "p99 (us)",
+                "req/s",
+                "p50 / mitmdump p50",
+                "CPU us/req",
+                "non-2xx / errors",
+            ],
+            lat_rows,
+        )
         + "\n"
     )
     throughput(
@@ -966,6 +1259,7 @@ def report(b: Bench, micro: list[dict[str, float]], info: dict[str, str], wall: 
             proxy_rows = n != "direct"
             tr_rows.append([
                 direction, b.targets[n].label, fmt(speed), vs(speed, mitm), vs(speed, direct),
+                fmt(m(direction, n, "cpu_ms_per_mib"), 2),
                 fmt(m(direction, n, "idle_rss_mib")) if proxy_rows else "-",
                 fmt(m(direction, n, "peak_rss_mib")) if proxy_rows else "-",
                 fmt(m(direction, n, "peak_largest_rss_mib")) if proxy_rows else "-",
@@ -985,6 +1279,7 @@ def report(b: Bench, micro: list[dict[str, float]], info: dict[str, str], wall: 
                 "MiB/s",
                 "vs mitmdump",
                 "vs direct",
+                "CPU ms/MiB",
                 "idle RSS (MiB)",
                 "peak RSS (MiB)",
                 "peak largest process (MiB)",
@@ -1056,17 +1351,28 @@ def report(b: Bench, micro: list[dict[str, float]], info: dict[str, str], wall: 
             f"before the bench started. Load average at start: {b.info.get('loadavg_start', '?')}, "
             f"at end: {b.info.get('loadavg_end', '?')}."
         )
-    w2_cpu, w1_cpu = m("keepalive_c32", "egress-w2", "server_cpu"), m("keepalive_c32", "egress", "server_cpu")
-    busy = m("keepalive_c32", "egress-w2", "system_cpu")
-    if w1 and w2 and w1_cpu and w2_cpu and busy:
+    w1, w2 = ka.get("egress"), ka.get("egress-w2")
+    w2_cpu, busy = (
+        m("keepalive_c32", "egress-w2", "server_cpu"),
+        m("keepalive_c32", "egress-w2", "system_cpu"),
+    )
+    if w1 and w2 and w2_cpu and busy:
         notes.append(
             f"--workers 2 at c=32: {busy:.2f} of {os.cpu_count()} cores were busy (workers "
             f"{w2_cpu:.2f}, hey {fmt(m('keepalive_c32', 'egress-w2', 'gen_cpu'), 2)}, nginx "
-            f"{fmt(m('keepalive_c32', 'egress-w2', 'nginx_cpu'), 2)}). Per proxy core the two workers "
-            f"served {w2 / w2_cpu:,.0f} req/s against {w1 / w1_cpu:,.0f} for one worker "
-            f"({w2 / w2_cpu / (w1 / w1_cpu):.0%}); the ratio is bounded by the {w2_cpu:.2f} cores left to "
-            f"the workers: 1.7x would need about {1.7 * w1_cpu * (w1 / w1_cpu) / (w2 / w2_cpu):.2f} "
-            "proxy cores at this per-core rate."
+            f"{fmt(m('keepalive_c32', 'egress-w2', 'nginx_cpu'), 2)}) for {w2 / w1:.2f}x the throughput "
+            "of one worker; throughput scaling is bounded by the cores left to the workers, which is "
+            "why the target is CPU per request instead."
+        )
+    paced_cpu = m("paced_keepalive", "egress", "cpu_us_per_req")
+    added = added_latency(b, "paced_keepalive", "egress", 50)
+    if paced_cpu and added is not None:
+        notes.append(
+            f"At {a.rate:g} req/s keep-alive egress spends {paced_cpu:,.0f} us of CPU per request "
+            f"(one worker, {paced_cpu * a.rate / 1e6:.2f} of a core); its added p50 of {added:,.0f} us "
+            "is of the same order, since the proxy's own work on a request sets a floor under it: "
+            "the 1 ms goal needs the CPU per request cut well below 1 ms, not better scheduling. The p99 also "
+            'carries queueing behind other requests and the neighbours\' load ("other CPU").'
         )
     d_p50 = m("latency_c1", "direct", "p50_us")
     if d_p50:
@@ -1091,10 +1397,22 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=10, help="seconds per throughput run (default 10)")
     p.add_argument("--latency-duration", type=float, default=5, help="seconds per c=1 latency run")
     p.add_argument("--h2-duration", type=float, default=5, help="seconds per HTTP/2 run")
+    p.add_argument("--rate", type=float, default=200, help="offered req/s, paced keep-alive latency")
+    p.add_argument(
+        "--newconn-rate", type=float, default=25, help="offered req/s, paced new-connection latency"
+    )
+    p.add_argument("--paced-duration", type=float, default=12, help="seconds per paced latency run")
     p.add_argument("--size-mib", type=int, default=200, help="transfer size in MiB (default 200)")
     p.add_argument("--connectors", type=int, default=10_000, help="connectors in the large store")
     p.add_argument("--budget", type=int, default=1800, help="abort after this many seconds")
     p.add_argument("--out", default=str(BENCH / "RESULTS.md"), help="Markdown report path")
+    p.add_argument(
+        "--only",
+        type=lambda v: v.split(","),
+        default=[],
+        metavar="S1,S2",
+        help="run only these scenarios (e.g. newconn_c8 while tuning TLS; report to bench/out)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary work directory and logs")
     p.add_argument(
         "--report-from",
@@ -1105,8 +1423,11 @@ def parse_args() -> argparse.Namespace:
         "--quick", action="store_true", help="smoke test: 1 rep of 2 s, 20 MiB, report to bench/out"
     )
     args = p.parse_args()
+    if args.only and args.out == str(BENCH / "RESULTS.md"):
+        args.out = str(BENCH / "out" / "RESULTS-only.md")
     if args.quick:
         args.reps, args.duration, args.latency_duration, args.h2_duration, args.size_mib = 1, 2, 1, 1, 20
+        args.paced_duration = 3
         if args.out == str(BENCH / "RESULTS.md"):
             args.out = str(BENCH / "out" / "RESULTS-quick.md")
     return args
@@ -1121,10 +1442,17 @@ def rerender(args: argparse.Namespace) -> int:
     data = json.loads(Path(args.report_from).read_text())
     bench = Bench(argparse.Namespace(**data["args"]), Path(), Procs())
     bench.runs, bench.info, bench.skipped = data["runs"], data["info"], data.get("skipped", {})
+    for per_target in bench.runs.values():  # runs recorded before a derived figure existed
+        for runs in per_target.values():
+            for r in runs:
+                per_request(r)
     labels = data.get("labels") or {n: n for per in data["runs"].values() for n in per}
     bench.targets = {n: types.SimpleNamespace(label=label) for n, label in labels.items()}  # type: ignore[misc]
     text = report(bench, data["micro"], data["machine"], float(data.get("wall_seconds", 0)))
     Path(args.out).write_text(text)
+    Path(args.out).with_suffix(".svg").write_text(
+        chart(targets(bench, data["micro"]), f"egress-proxy vs bare mitmdump, {data['machine']['date']}")
+    )
     print(text)
     log(f"re-rendered {args.out} from {args.report_from}")
     return 0
@@ -1153,7 +1481,7 @@ def main() -> int:
         bench.info["busy_before"] = busy = quiet_check()
         if busy > 0.2:
             log(f"WARNING: {busy:.2f} cores busy before the bench started; results will be noisy")
-        bench.setup()
+        bench.setup(variants=not args.only or "keepalive_c32" in args.only)
         bench.scenarios()
         bench.info["loadavg_end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     finally:
@@ -1168,7 +1496,11 @@ def main() -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
-    raw = BENCH / "out" / ("results-quick.json" if args.quick else "results.json")
+    raw = (
+        BENCH
+        / "out"
+        / ("results-quick.json" if args.quick else "results-only.json" if args.only else "results.json")
+    )
     raw.parent.mkdir(parents=True, exist_ok=True)
     raw.write_text(
         json.dumps(
@@ -1185,8 +1517,12 @@ def main() -> int:
             indent=1,
         )
     )
+    svg = out.with_suffix(".svg")
+    svg.write_text(chart(targets(bench, micro), f"egress-proxy vs bare mitmdump, {info['date']}"))
+    if not args.quick and out == BENCH / "RESULTS.md":
+        shutil.copyfile(raw, BENCH / "results.json")  # the raw numbers behind the committed report
     print(text)
-    log(f"wrote {out} and {raw}")
+    log(f"wrote {out}, {svg} and {raw}")
     return 0
 
 
