@@ -76,6 +76,9 @@ def cmd_env(args: argparse.Namespace, home: Home) -> int:
     if args.setup_node and clientenv.setup_node(home):
         print(f"installed the Node preload into {clientenv.Layout(home.root).node_dir}", file=sys.stderr)
     result = clientenv.build(home, proxy.rstrip("/"))
+    if args.grant or args.placeholders:
+        # SDKs refuse to start without a key: give them one that is worthless outside the proxy.
+        result.variables.update(clientenv.placeholders(home, args.grant))
     for note in result.notes:
         print(f"hint: {note}", file=sys.stderr)
     sys.stdout.write(shells.render(result.variables, args.shell))
@@ -107,6 +110,11 @@ def register(sub: Any, command: Any) -> None:
     sp.add_argument("--proxy", metavar="URL", help="proxy URL (default: the running proxy's address)")
     sp.add_argument("--grant", metavar="TOKEN", help="use this grant as the proxy credential")
     sp.add_argument("--shell", choices=shells.SHELLS, default="sh", help="output form (default sh)")
+    sp.add_argument(
+        "--placeholders",
+        action="store_true",
+        help="also export the placeholder keys SDKs need (implied by --grant: its connectors' presets)",
+    )
     sp.add_argument(
         "--setup-node",
         action="store_true",

@@ -15,13 +15,18 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from proxy.connectors import PRESETS, connector_from_spec
 from proxy.errors import ConfigError, EgressError
+from proxy.reasons import Reason
 from proxy.service import ca
+from proxy.service.connectors import Connectors
+from proxy.service.grants import Grants
 from proxy.service.files import write_atomic
 from proxy.service.home import Home
 
@@ -234,3 +239,21 @@ def setup_node(home: Home) -> bool:
         raise EgressError(f"--setup-node: `{' '.join(cmd)}` failed (exit {done.returncode}, see above)")
     _write_if_changed(layout.node_preload, (_PACKAGE_DIR / "egress-preload.js").read_bytes())
     return True
+
+
+def placeholders(home: Home, grant: str | None) -> dict[str, str]:
+    """Placeholder API keys for the presets of a grant's connectors (else the workspace's).
+
+    A grant the proxy would refuse gets none: the step will see the block.
+    """
+    with Connectors(home) as connectors:
+        keys: set[str] | frozenset[str] = {c.key for c, _ in connectors.all()}
+        if grant:
+            checked = Grants(home, connectors.store).check(grant, time.time())
+            keys = frozenset() if isinstance(checked, Reason) else checked.connectors
+        found = [connector_from_spec(s.name, s.spec) for s in connectors.store.connectors() if s.name in keys]
+    out: dict[str, str] = {}
+    for c in sorted(found, key=lambda c: c.key):
+        if c.preset in PRESETS:
+            out.update(PRESETS[c.preset].placeholders)
+    return out

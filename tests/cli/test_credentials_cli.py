@@ -206,3 +206,21 @@ def test_yaml_workspaces_and_prune_stays_in_its_workspace(
     bad = tmp_path / "bad.yaml"
     bad.write_text("workspace: Acme!\nconnectors: []\n")
     assert_one_error_line(egress("apply", "-f", str(bad)), str(bad), "workspace")
+
+
+def test_env_exports_placeholders_for_a_grants_presets(
+    egress: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("A", "sk-real-anthropic-1")
+    monkeypatch.setenv("S", "sk-real-stripe-1")
+    assert egress("connector", "add", "claude", "--preset", "anthropic", "--secret-env", "A").code == 0
+    assert egress("connector", "add", "pay", "--preset", "stripe", "--secret-env", "S").code == 0
+    minted = egress("grant", "--json", "--connector", "claude", "--proxy", "127.0.0.1:8080")
+    token = json.loads(minted.out)["token"]
+    out = egress("env", "--grant", token, "--proxy", "127.0.0.1:8080").out
+    assert "ANTHROPIC_API_KEY=egress-placeholder" in out.replace("'", "")
+    assert "STRIPE_API_KEY" not in out  # not this grant's connector
+    assert "sk-real" not in out
+    everything = egress("env", "--placeholders", "--proxy", "127.0.0.1:8080").out
+    assert "STRIPE_API_KEY" in everything and "ANTHROPIC_API_KEY" in everything
+    assert "ANTHROPIC_API_KEY" not in egress("env", "--proxy", "127.0.0.1:8080").out
