@@ -26,8 +26,8 @@ from proxy.errors import ConfigError, EgressError
 from proxy.reasons import Reason
 from proxy.service import ca
 from proxy.service.connectors import Connectors
-from proxy.service.grants import Grants
 from proxy.service.files import write_atomic
+from proxy.service.grants import Grants
 from proxy.service.home import Home
 
 LOOPBACK = "localhost,127.0.0.1,::1"
