@@ -224,3 +224,12 @@ def test_env_exports_placeholders_for_a_grants_presets(
     everything = egress("env", "--placeholders", "--proxy", "127.0.0.1:8080").out
     assert "STRIPE_API_KEY" in everything and "ANTHROPIC_API_KEY" in everything
     assert "ANTHROPIC_API_KEY" not in egress("env", "--proxy", "127.0.0.1:8080").out
+
+
+def test_exec_refuses_clearly_without_root(
+    egress: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert egress("init").code == 0
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert_one_error_line(egress("exec", "--connector", "x", "--", "true"), "root", "egress env")
+    assert_one_error_line(egress("exec", "--connector", "x"), "usage")

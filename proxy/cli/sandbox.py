@@ -1,0 +1,172 @@
+"""``egress exec``: run one code step whose only way out is the proxy.
+
+The step gets a network namespace of its own (see ``proxy.runtime.netns``) and
+a transparent proxy started for it alone, scoped to its grant or connectors:
+every client, whether it honours proxy variables or not, goes through it. The
+step runs as an unprivileged user (root inside could leave the namespace),
+with the CA trusted and no proxy variables or egress secrets in its
+environment. Its exit code is ours; everything is torn down however it ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pwd
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from proxy.errors import ConfigError, EgressError
+from proxy.runtime.netns import StepNamespace, check_privileges
+from proxy.service import ca
+from proxy.service.home import Home
+
+# Never handed to the step: where the proxy is, its keys, its admin token.
+_WITHHELD = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY", "https_proxy", "http_proxy",
+             "all_proxy", "no_proxy", "NODE_USE_ENV_PROXY", "NODE_OPTIONS", "JAVA_TOOL_OPTIONS")  # fmt: skip
+_CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO", "PIP_CERT",
+                 "NPM_CONFIG_CAFILE", "AWS_CA_BUNDLE", "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH")  # fmt: skip
+READY_TIMEOUT = 60.0
+
+
+def _user(spec: str | None) -> tuple[int, int]:
+    """The uid/gid the step runs as: --user, else the sudo caller, else nobody (never root)."""
+    if spec is None:
+        if os.environ.get("SUDO_UID", "0") not in ("", "0"):
+            return int(os.environ["SUDO_UID"]), int(os.environ.get("SUDO_GID") or os.environ["SUDO_UID"])
+        spec = "nobody"
+    try:
+        entry = pwd.getpwuid(int(spec)) if spec.isdigit() else pwd.getpwnam(spec)
+    except (KeyError, ValueError):
+        raise ConfigError(f"--user {spec}: no such user") from None
+    if entry.pw_uid == 0:
+        raise ConfigError("--user: the step never runs as root (root could leave its namespace)")
+    return entry.pw_uid, entry.pw_gid
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _step_env(bundle: Path, ca_cert: Path) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if k not in _WITHHELD and not k.startswith(("EGRESS_", "SUDO_"))
+    }
+    env.update(dict.fromkeys(_CA_VARIABLES, str(bundle)))
+    env["NODE_EXTRA_CA_CERTS"] = str(ca_cert)
+    return env
+
+
+def _start_proxy(args: argparse.Namespace, home: Home, listen: str, log: Path) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "proxy.cli", "run", "--mode", "transparent", "--listen", listen,
+            "--workers", "1", "--insecure-no-auth"]  # fmt: skip
+    argv += ["--grant", args.grant] if args.grant else [a for n in args.connector for a in ("--connector", n)]
+    if args.upstream_ca:
+        argv += ["--upstream-ca", args.upstream_ca]
+    for flag, values in (("--allow-network", args.allow_network), ("--resolve", args.resolve)):
+        for value in values:
+            argv += [flag, value]
+    env = {**os.environ, "EGRESS_HOME": str(home.root), "EGRESS_WORKSPACE": home.workspace}
+    with open(log, "wb") as out:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
+        if "listening on" in text:
+            return
+        if proc.poll() is not None:
+            last = text.strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
+            raise EgressError(f"the step's proxy did not start: {last[0]}")
+        time.sleep(0.02)
+    raise EgressError(f"the step's proxy did not start within {READY_TIMEOUT:.0f} s")
+
+
+def cmd_exec(args: argparse.Namespace, home: Home) -> int:
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise ConfigError("usage: egress exec [--grant TOKEN | --connector NAME ...] -- CMD [ARGS...]")
+    if bool(args.grant) == bool(args.connector):
+        raise ConfigError("egress exec needs --grant TOKEN or --connector NAME (what the step may use)")
+    home.require_initialised(need_ca=True)
+    check_privileges()
+    uid, gid = _user(args.user)
+    started = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="egress-exec-"))
+    work.chmod(0o755)
+    bundle = work / "ca-bundle.pem"
+    ca.write_bundle(bundle, home.ca_cert, ca.system_bundle())
+    ca_cert = work / "egress-ca.pem"
+    ca_cert.write_bytes(home.ca_cert.read_bytes())
+    for f in (bundle, ca_cert):
+        f.chmod(0o644)
+    ns = StepNamespace(_free_port())
+    proxy: subprocess.Popen[bytes] | None = None
+    step: subprocess.Popen[bytes] | None = None
+
+    def forward(signum: int, _frame: Any) -> None:
+        if step is not None and step.poll() is None:
+            step.send_signal(signum)
+        else:
+            raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        ns.open()
+        namespace_ms = (time.monotonic() - started) * 1000
+        proxy = _start_proxy(args, home, f"{ns.host_address}:{ns.port}", work / "proxy.log")
+        _wait_ready(proxy, work / "proxy.log")
+        if args.timing:
+            total_ms = (time.monotonic() - started) * 1000
+            print(f"egress exec: namespace {namespace_ms:.0f} ms, ready {total_ms:.0f} ms", file=sys.stderr)
+        step = subprocess.Popen(ns.command(command, uid, gid), env=_step_env(bundle, ca_cert))
+        code = step.wait()
+        return code if code >= 0 else 128 - code
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if step is not None and step.poll() is None:
+            step.kill()
+            step.wait()
+        if proxy is not None and proxy.poll() is None:
+            proxy.terminate()
+            try:
+                proxy.wait(10)
+            except subprocess.TimeoutExpired:
+                proxy.kill()
+                proxy.wait()
+        ns.close()
+        for f in work.iterdir():
+            f.unlink()
+        work.rmdir()
+
+
+def register(sub: Any, command: Any) -> None:
+    sp = command("exec", cmd_exec, "run one step whose only way out is the proxy (root)")
+    scope = sp.add_mutually_exclusive_group()
+    scope.add_argument("--grant", metavar="TOKEN", help="the step's grant")
+    scope.add_argument(
+        "--connector", action="append", default=[], metavar="NAME", help="connectors it may use"
+    )
+    sp.add_argument(
+        "--user", metavar="USER", help="run the step as USER (default: the sudo caller, else nobody)"
+    )
+    sp.add_argument("--upstream-ca", metavar="PEM", help="also trust these CAs for upstream servers")
+    sp.add_argument(
+        "--allow-network", action="append", default=[], metavar="CIDR", help="as for `egress run`"
+    )
+    sp.add_argument("--resolve", action="append", default=[], metavar="HOST=IP", help="as for `egress run`")
+    sp.add_argument("--timing", action="store_true", help="print the start-up time on stderr")
+    sp.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")

@@ -1,0 +1,100 @@
+"""``egress exec``: a step in its own network namespace reaches the world only
+through its own transparent proxy, with no proxy settings at all."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import proxy_args
+from tests.harness import Upstream, clean_env, egress
+
+pytestmark = [pytest.mark.e2e, pytest.mark.netns]
+SECRET = "sk_exec_e2e_5e6f"
+
+
+def _missing() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to create a network namespace"
+    for tool in ("ip", "iptables", "setpriv", "curl"):
+        if not shutil.which(tool):
+            return f"{tool} is not installed"
+    return None
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Path:
+    reason = _missing()
+    if reason:
+        pytest.skip(reason)
+    home = tmp_path_factory.mktemp("exec-home")
+    assert egress(home, "init").returncode == 0
+    res = egress(
+        home, "connector", "add", "stripe", "--pattern", f"https://api.stripe.test:{upstream.port}/v1/*",
+        "--header", "Authorization", "--secret-env", "S", S=SECRET,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return home
+
+
+def run_exec(home: Path, pki: tuple[Path, object], *cmd: str) -> subprocess.CompletedProcess[str]:
+    argv = [*proxy_args(pki[0]), "--connector", "stripe", "--timing", "--", *cmd]
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "egress"), "exec", *argv],
+        capture_output=True, text=True, timeout=90, env=clean_env(home),
+    )  # fmt: skip
+
+
+def namespaces() -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return [line.split()[0] for line in out.splitlines() if line.startswith("egx")]
+
+
+def test_curl_without_proxy_settings_gets_the_secret(
+    home: Path, pki: tuple[Path, object], upstream: Upstream
+) -> None:
+    tag = f"x{time.monotonic_ns()}"
+    res = run_exec(
+        home, pki, "curl", "-sS", "--max-time", "20", f"https://api.stripe.test:{upstream.port}/v1/a?t={tag}"
+    )
+    assert res.returncode == 0, res.stderr
+    (rec,) = upstream.find(tag)
+    assert rec.header("authorization") == [f"Bearer {SECRET}"]
+    assert SECRET not in res.stdout + res.stderr
+    assert "ready" in res.stderr  # --timing
+    assert namespaces() == []
+
+
+def test_node_fetch_without_proxy_settings(home: Path, pki: tuple[Path, object], upstream: Upstream) -> None:
+    if not shutil.which("node"):
+        pytest.skip("node is not installed")
+    tag = f"n{time.monotonic_ns()}"
+    script = f"fetch('https://api.stripe.test:{upstream.port}/v1/n?t={tag}').then(r => process.exit(r.status === 200 ? 0 : 3))"
+    res = run_exec(home, pki, "node", "-e", script)
+    assert res.returncode == 0, res.stderr
+    assert upstream.find(tag)[0].header("authorization") == [f"Bearer {SECRET}"]
+
+
+def test_blocked_and_side_doors_are_closed(home: Path, pki: tuple[Path, object], upstream: Upstream) -> None:
+    script = (
+        f"curl -sS --max-time 5 https://evil.test:{upstream.port}/ && exit 10; "  # not covered: refused
+        f"curl -sS --max-time 5 http://api.stripe.test:{upstream.port}/v1/x && exit 11; "  # plain HTTP
+        "exit 0"
+    )
+    before = len(upstream.records)
+    res = run_exec(home, pki, "sh", "-c", script)
+    assert res.returncode == 0, (res.returncode, res.stderr)
+    assert len(upstream.records) == before  # nothing reached the upstream
+    assert namespaces() == []
+
+
+def test_exit_code_and_the_step_runs_unprivileged(home: Path, pki: tuple[Path, object]) -> None:
+    res = run_exec(home, pki, "sh", "-c", 'test "$(id -u)" != 0 && env | grep -q EGRESS_ && exit 9; exit 7')
+    assert res.returncode == 7, res.stderr
+    assert namespaces() == []
