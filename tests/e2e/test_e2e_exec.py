@@ -17,6 +17,7 @@ from tests.harness import Upstream, clean_env, egress
 
 pytestmark = [pytest.mark.e2e, pytest.mark.netns]
 SECRET = "sk_exec_e2e_5e6f"
+ADMIN_PROBE = "10.0.0.1:9090"  # any address: it lands on the step's proxy, which refuses plain HTTP
 
 
 def _missing() -> str | None:
@@ -98,3 +99,14 @@ def test_exit_code_and_the_step_runs_unprivileged(home: Path, pki: tuple[Path, o
     res = run_exec(home, pki, "sh", "-c", 'test "$(id -u)" != 0 && env | grep -q EGRESS_ && exit 9; exit 7')
     assert res.returncode == 7, res.stderr
     assert namespaces() == []
+
+
+def test_a_step_killed_by_sigkill_still_cleans_up(
+    home: Path, pki: tuple[Path, object], upstream: Upstream
+) -> None:
+    # The host's own listeners are no way out either: any TCP goes to the step's proxy.
+    res = run_exec(home, pki, "sh", "-c", f"curl -sS --max-time 5 http://{ADMIN_PROBE}/ ; kill -9 $$")
+    assert res.returncode == 128 + 9, res.stderr
+    assert namespaces() == []
+    rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+    assert "egx" not in rules
