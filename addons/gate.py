@@ -43,6 +43,9 @@ SAFE_OPTIONS = {
     "validate_inbound_headers": True,  # refuses CL+TE, duplicate CL/TE, bad names
 }
 RESOLVE_TIMEOUT = 10.0
+# Refusals a client is better told inside the tunnel (a 403 its SDK shows) than at CONNECT.
+EXPLAINED = frozenset({Reason.NO_CONNECTOR, Reason.NOT_GRANTED, Reason.PRIVATE_ADDRESS, Reason.UNRESOLVABLE})
+NOWHERE = "0.0.0.0"  # an explained tunnel's upstream: never dialled (server_connect refuses it)
 ONE_TUNNEL = Block(Reason.BAD_REQUEST, "CONNECT must be the first and only request on a plain connection")
 
 
@@ -58,6 +61,13 @@ class Gate:
         )
         loader.add_option("egress_resolve", Sequence[str], [], "HOST=IP pins, like curl --resolve.")
         loader.add_option("egress_require_grant", bool, False, "Refuse clients that present no grant (407).")
+        loader.add_option(
+            "egress_explain_blocks",
+            bool,
+            False,
+            "Accept the CONNECT of a refused host and answer every request inside with the 403 JSON "
+            "(no upstream is contacted), instead of refusing the CONNECT.",
+        )
 
     def configure(self, updated: set[str]) -> None:
         if {"egress_allow_network", "egress_resolve"} & updated:
@@ -102,11 +112,14 @@ class Gate:
             block(flow, target)
             return
         decision = rules.policy.connect(target, grant.connectors if grant else None)
-        if decision:
-            block(flow, decision)
-            return
-        address = await self.resolve(target)
+        address = await self.resolve(target) if decision is None else decision
         if isinstance(address, Block):
+            if ctx.options.egress_explain_blocks and address.reason in EXPLAINED:
+                # Accept the tunnel so an SDK shows our 403 JSON instead of "Connection error".
+                flow.request.data.host = NOWHERE
+                self.tunnels.open(flow.client_conn, Tunnel(target, NOWHERE, grant, refused=address))
+                s.note("connect", f"{target.authority} refused ({address.reason}); explained inside")
+                return
             block(flow, address)
             return
         flow.server_conn.sni = None if target.is_ip else target.host
@@ -141,6 +154,12 @@ class Gate:
         try:
             tunnel = self.tunnels.get(data.client)
             server = data.server
+            if tunnel is not None and tunnel.refused is not None:
+                server.error = "egress-proxy: upstream connection refused by policy"
+                logger.error(
+                    "refused upstream connection for an explained block (%s)", tunnel.target.authority
+                )
+                return
             if tunnel is not None and tunnel.transparent:
                 # The sandbox chose the destination address; the proxy uses its own.
                 server.address = (tunnel.address, tunnel.target.port)

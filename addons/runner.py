@@ -50,6 +50,7 @@ def option_values(settings: RunSettings, upstream_bundle: str | None) -> dict[st
         "egress_admin": "",  # the supervisor serves the admin endpoint for all workers
         "egress_record": settings.record,
         "egress_require_grant": settings.require_grant,
+        "egress_explain_blocks": settings.explain_blocks,
         "egress_access_log": settings.log_format == "json",
         "egress_scrub_responses": settings.scrub_responses,
         "tcp_timeout": int(settings.idle_timeout),

@@ -83,6 +83,8 @@ def admit(tunnel: Tunnel | None, request: RequestFacts, rules: Rules, now: float
     """The decision for one request inside a tunnel."""
     if tunnel is None:
         return NOT_TUNNELLED
+    if tunnel.refused is not None:
+        return tunnel.refused
     if request.port != tunnel.target.port or (not tunnel.transparent and request.host != tunnel.address):
         return OUTSIDE_TUNNEL  # e.g. an HTTP/2 stream beside a CONNECT stream
     problem = check_request_line(request) or check_tunnel_request(tunnel.target, request)

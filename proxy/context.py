@@ -24,6 +24,9 @@ class Tunnel:
     grant: Grant | None = None
     scope: frozenset[str] | None = None  # connectors a transparent listener was given
     transparent: bool = False
+    # A tunnel the policy refused, opened only to tell the client why: every request
+    # inside is answered with this block and no upstream connection is ever made.
+    refused: Block | None = None
 
     @property
     def allowed(self) -> frozenset[str] | None:

@@ -32,11 +32,18 @@ def upstream(pki: tuple[Path, object]) -> Iterator[Upstream]:
     server.server_close()
 
 
-def proxy_args(upstream_ca: Path) -> list[str]:
+def network_args(upstream_ca: Path) -> list[str]:
+    """Trust the test CA upstream and reach the loopback upstream under the test names."""
     args = ["--upstream-ca", str(upstream_ca), "--allow-network", "127.0.0.0/8"]
     for host in HOSTS:
         args += ["--resolve", f"{host}=127.0.0.1"]
     return args
+
+
+def proxy_args(upstream_ca: Path) -> list[str]:
+    """``egress run`` flags for the tests: refused hosts are refused at CONNECT, which most
+    tests check (explained blocks, the loopback default, have tests of their own)."""
+    return [*network_args(upstream_ca), "--no-explain-blocks"]
 
 
 @pytest.fixture(scope="session")

@@ -66,6 +66,7 @@ def settings_from_args(args: argparse.Namespace, home: Home) -> RunSettings:
         allow_network=tuple(args.allow_network),
         resolve=tuple(args.resolve),
         require_grant=args.require_grant,
+        explain_blocks=is_loopback(host) if args.explain_blocks is None else args.explain_blocks,
         log_format=args.log_format,
         scrub_responses=args.scrub_responses,
         record=not args.no_record,
@@ -154,6 +155,11 @@ def register(sub: Any, command: Any) -> None:
         help="mask an injected secret that an upstream echoes back (default: on)",
     )  # fmt: skip
     sp.add_argument("--require-grant", action="store_true", help="every client must present a grant")
+    sp.add_argument(
+        "--explain-blocks", action=argparse.BooleanOptionalAction, default=None,
+        help="accept the CONNECT of a refused host and answer its requests with the 403 JSON, so SDKs "
+        "show why (default: on for loopback listeners)",
+    )  # fmt: skip
     limits = sp.add_argument_group("limits")
     limits.add_argument("--idle-timeout", type=float, default=600.0, metavar="SECONDS",
                         help="close a connection idle this long (default 600; keep it above your slowest upstream)")  # fmt: skip

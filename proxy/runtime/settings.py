@@ -34,6 +34,7 @@ class RunSettings:
     allow_network: tuple[str, ...] = ()
     resolve: tuple[str, ...] = ()
     require_grant: bool = False
+    explain_blocks: bool = False  # refused hosts: 403 inside an accepted tunnel, not a refused CONNECT
     log_format: str = "text"
     scrub_responses: bool = True
     record: bool = True

@@ -1295,7 +1295,7 @@ def guarded(
         stdin=PIN_SECRET,
     )
     assert res.returncode == 0, res.stderr
-    args = ["--upstream-ca", str(pki[0])]
+    args = ["--upstream-ca", str(pki[0]), "--no-explain-blocks"]
     for host, addr in {**LOOPBACK_PINS, **OTHER_PINS, **EMBEDDED_PINS}.items():
         args += ["--resolve", f"{host}={addr}"]
     proc = start_proxy(home, *args)
@@ -1356,6 +1356,7 @@ def scratch(tmp_path: Path, pki: tuple[Path, object], upstream: Upstream) -> Ite
     assert res.returncode == 0, res.stderr
     proc = start_proxy(
         tmp_path,
+        "--no-explain-blocks",
         "--upstream-ca",
         str(pki[0]),
         "--allow-network",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import proxy_args
+from tests.conftest import network_args
 from tests.harness import Upstream, clean_env, egress
 
 pytestmark = [pytest.mark.e2e, pytest.mark.netns]
@@ -45,7 +45,7 @@ def home(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Path:
 
 
 def run_exec(home: Path, pki: tuple[Path, object], *cmd: str) -> subprocess.CompletedProcess[str]:
-    argv = [*proxy_args(pki[0]), "--connector", "stripe", "--timing", "--", *cmd]
+    argv = [*network_args(pki[0]), "--connector", "stripe", "--timing", "--", *cmd]
     return subprocess.run(
         [str(Path(sys.executable).parent / "egress"), "exec", *argv],
         capture_output=True, text=True, timeout=90, env=clean_env(home),
