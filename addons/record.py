@@ -12,11 +12,11 @@ import logging
 import threading
 import time
 
-from mitmproxy import ctx, exceptions, http, tls
+from mitmproxy import connection, ctx, exceptions, http, tls
 from mitmproxy.addonmanager import Loader
 
 from addons.source import home_from_options
-from addons.state import Tunnels, peek
+from addons.state import Tunnels, peek, state
 from proxy.connectors import split_key, workspace_of
 from proxy.context import FlowState, Tunnel
 from proxy.errors import EgressError
@@ -82,6 +82,9 @@ class Recorder:
         self._flush_lock = threading.Lock()
         self._pending: Batch | None = None
         self._failures = 0
+        # 407s to credential-less CONNECTs, by client connection: libcurl (git, curl
+        # --proxy-anyauth) probes without credentials, then retries with the grant.
+        self._probes: dict[str, http.HTTPFlow] = {}
 
     def load(self, loader: Loader) -> None:
         loader.add_option("egress_record", bool, True, "Record request, error and block statistics.")
@@ -136,6 +139,9 @@ class Recorder:
                 self._pending = None
 
     def done(self) -> None:
+        for flow in list(self._probes.values()):  # the client never came back with a grant
+            self._blocked(flow, state(flow))
+        self._probes.clear()
         if self._task:
             self._task.cancel()
         with self._flush_lock:  # waits for a flush still running in the writer's thread
@@ -214,8 +220,23 @@ class Recorder:
 
     def http_connect_error(self, flow: http.HTTPFlow) -> None:
         s = peek(flow)
-        if s is not None and s.blocked is not None:
-            self._blocked(flow, s)
+        if s is None or s.blocked is None:
+            return
+        if s.blocked.reason is Reason.NO_GRANT and "proxy-authorization" not in flow.request.headers:
+            # Counted only if no grant follows on this connection (see client_disconnected).
+            self._probes[flow.client_conn.id] = flow
+            return
+        self._blocked(flow, s)
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        """After the gate: a tunnel that opened makes an earlier 407 on its connection a probe."""
+        if flow.response is None:
+            self._probes.pop(flow.client_conn.id, None)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        flow = self._probes.pop(client.id, None)
+        if flow is not None:
+            self._blocked(flow, state(flow))
 
     def _access(self, flow: http.HTTPFlow, s: FlowState, outcome: str, status: int | None) -> None:
         end = flow.response.timestamp_end if flow.response and flow.response.timestamp_end else time.time()

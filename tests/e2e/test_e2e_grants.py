@@ -236,3 +236,27 @@ def test_a_listener_grant_never_appears_on_a_command_line(gproxy: Proxy, tmp_pat
             assert token.encode() not in cmdline and b"eg1." not in cmdline, cmdline
     finally:
         proxy.stop()
+
+
+def _blocked_rows(proxy: Proxy, fragment: str) -> list[dict[str, object]]:
+    out = egress(proxy.home, "logs", "--blocked", "--json").stdout
+    return [json.loads(line) for line in out.splitlines() if fragment in line]
+
+
+def test_libcurl_auth_probe_is_not_logged_as_a_block(gproxy: Proxy, upstream: Upstream) -> None:
+    """curl --proxy-anyauth (what git does) asks without credentials first, then with the grant."""
+    g = mint(gproxy, "--connector", "stripe", "--label", "probe-step")
+    host = f"api.stripe.test:{upstream.port}"
+    before = len(_blocked_rows(gproxy, '"no-grant"'))
+    res = curl(gproxy.home, g["proxy_url"], gproxy.ca, "-v", "--proxy-anyauth", "-o", "/dev/null",
+               f"https://{host}/v1/probe")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "407" in res.stderr, "curl probed without credentials first"
+    time.sleep(2.5)  # longer than a stats flush
+    assert len(_blocked_rows(gproxy, '"no-grant"')) == before, "the probe before a grant is not logged"
+    # A client that never comes back with a grant is still logged, once it leaves.
+    connect_status(gproxy, host, None)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(_blocked_rows(gproxy, '"no-grant"')) == before:
+        time.sleep(0.3)
+    assert len(_blocked_rows(gproxy, '"no-grant"')) == before + 1
