@@ -12,6 +12,7 @@ import hashlib
 import time
 
 from mitmproxy import http
+from mitmproxy.addonmanager import Loader
 
 from addons.respond import block, fail_closed
 from addons.source import PolicySource
@@ -35,6 +36,14 @@ class Inject:
     def __init__(self, source: PolicySource, tunnels: Tunnels) -> None:
         self.source = source
         self.tunnels = tunnels
+
+    def load(self, loader: Loader) -> None:
+        loader.add_option(
+            "egress_explain_blocks",
+            bool,
+            True,
+            "Tell a blocked client the nearest connector and what differed.",
+        )
 
     @fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:

@@ -52,6 +52,7 @@ def option_values(settings: RunSettings, upstream_bundle: str | None) -> dict[st
         "egress_require_grant": settings.require_grant,
         "egress_access_log": settings.log_format == "json",
         "egress_scrub_responses": settings.scrub_responses,
+        "egress_explain_blocks": settings.explain_blocks,
         "tcp_timeout": int(settings.idle_timeout),
         "egress_handshake_timeout": settings.handshake_timeout,
         "egress_max_client_connections": settings.max_client_connections,

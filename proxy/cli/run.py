@@ -67,6 +67,7 @@ def settings_from_args(args: argparse.Namespace, home: Home) -> RunSettings:
         require_grant=args.require_grant,
         log_format=args.log_format,
         scrub_responses=args.scrub_responses,
+        explain_blocks=args.explain_blocks,
         record=not args.no_record,
         idle_timeout=args.idle_timeout,
         handshake_timeout=args.handshake_timeout,
@@ -150,6 +151,10 @@ def register(sub: Any, command: Any) -> None:
     sp.add_argument(
         "--scrub-responses", action=argparse.BooleanOptionalAction, default=True,
         help="mask an injected secret that an upstream echoes back (default: on)",
+    )  # fmt: skip
+    sp.add_argument(
+        "--explain-blocks", action=argparse.BooleanOptionalAction, default=True,
+        help="tell a blocked client the nearest connector and what differed, in the 403 body (default: on)",
     )  # fmt: skip
     sp.add_argument("--require-grant", action="store_true", help="every client must present a grant")
     limits = sp.add_argument_group("limits")

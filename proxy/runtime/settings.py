@@ -36,6 +36,7 @@ class RunSettings:
     require_grant: bool = False
     log_format: str = "text"
     scrub_responses: bool = True
+    explain_blocks: bool = True  # a blocked client is told the near miss (connector, what differed)
     record: bool = True
     idle_timeout: float = 600.0  # an idle connection is closed after this many seconds
     handshake_timeout: float = 10.0  # from connect until TLS inside the tunnel
