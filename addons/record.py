@@ -276,5 +276,6 @@ class Recorder:
                 flow.id,
                 reason=reason,
                 grant_label=s.grant_label,
+                near_miss=s.blocked.near_miss,
             )
         )

@@ -55,5 +55,9 @@ MIGRATIONS: list[str] = [
     ALTER TABLE stats_minute ADD COLUMN server_errors INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE stats_minute ADD COLUMN transport_failures INTEGER NOT NULL DEFAULT 0;
     """,
+    # near miss: a blocked row's nearest connector and what differed, as JSON (NULL: none)
+    """
+    ALTER TABLE events ADD COLUMN near_miss TEXT;
+    """,
 ]
 VERSION = len(MIGRATIONS)
