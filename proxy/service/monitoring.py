@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from proxy.connectors import connector_from_spec
 from proxy.errors import ConfigError
 from proxy.health import Health
+from proxy.policy import Policy
 from proxy.service.home import Home
 from proxy.stats import ConnectorStats, Event
 from proxy.store import Store
@@ -42,6 +44,10 @@ class Monitoring:
         scrapes and dashboards can call it often.
         """
         return self.store.monitoring.health(self._names(connector), connector)
+
+    def matching_policy(self) -> Policy:
+        """The current connectors compiled for matching only: no secret is opened."""
+        return Policy((connector_from_spec(s.name, s.spec), None) for s in self.store.connectors())
 
     def events(self, **filters: Any) -> list[Event]:
         return self.store.monitoring.events(**filters)
