@@ -18,7 +18,7 @@ from proxy.hosts import format_authority, is_ip_literal, normalize_host, split_a
 from proxy.nearmiss import NearMiss, Neighbours, Request, ambiguous
 from proxy.patterns import ENCODED_SEPARATOR, Pattern, PatternIndex, path_problem
 from proxy.reasons import REASONS, Reason
-from proxy.scrub import Needles, needles_for
+from proxy.scrub import Needles, SecretIndex, needles_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +91,9 @@ class Policy:
                 route = Allow(connector.name, connector.inject.where, r, needles_for(sorted(shared)), names)
             self.routes[connector.name] = replace(route, methods=connector.methods)
         self.index: PatternIndex[str] = PatternIndex(entries)
+        # Every secret the proxy holds, to refuse a request that carries one (the sandbox never
+        # legitimately does): one index over all connectors, built once per load.
+        self.guard = SecretIndex((name, s) for name, r in rendered.items() for s in r.secrets)
         self._entries = entries
         self._neighbours: Neighbours | None = None  # built on the first blocked request
 
