@@ -31,6 +31,7 @@ class Reason(StrEnum):
     UNRESOLVABLE = "unresolvable"
     AMBIGUOUS = "ambiguous"
     METHOD_NOT_ALLOWED = "method-not-allowed"
+    SECRET_EXFILTRATION = "secret-exfiltration"
     CREDENTIAL_UNAVAILABLE = "credential-unavailable"
     BAD_REQUEST = "bad-request"
     OVER_CAPACITY = "over-capacity"
@@ -80,6 +81,12 @@ REASONS: dict[Reason, ReasonInfo] = {
     ),
     Reason.METHOD_NOT_ALLOWED: ReasonInfo(
         403, "a connector allows the URL, but not this method (`methods:`)"
+    ),
+    Reason.SECRET_EXFILTRATION: ReasonInfo(
+        403,
+        "the request line, a header or the body carries a secret the proxy holds (raw, base64, "
+        "base64url, percent-encoded, hex, any case); a streamed body is cut off where it appears",
+        "the request carries a credential value this proxy holds; it was not forwarded",
     ),
     Reason.CREDENTIAL_UNAVAILABLE: ReasonInfo(
         502, "the connector's credential could not be obtained (an OAuth2 token endpoint failed)"
