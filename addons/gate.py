@@ -27,7 +27,7 @@ from proxy.context import Tunnel
 from proxy.errors import ConfigError
 from proxy.netguard import NetGuard
 from proxy.policy import Block, Target, parse_target
-from proxy.reasons import Reason
+from proxy.reasons import Reason, help_of
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +110,12 @@ class Gate:
         target = parse_target(flow.request.host, flow.request.port)
         if isinstance(target, Block):
             block(flow, target)
+            return
+        guard = rules.policy.guard
+        if guard and guard.find(target.host.encode()) is not None:
+            flow.request.host = guard.text(flow.request.host)  # what the logs show
+            logger.warning("secret-exfiltration: a secret in the CONNECT host; refused %s", flow.id)
+            block(flow, Block(Reason.SECRET_EXFILTRATION, help_of(Reason.SECRET_EXFILTRATION)))
             return
         decision = rules.policy.connect(target, grant.connectors if grant else None)
         address = await self.resolve(target) if decision is None else decision

@@ -9,7 +9,9 @@ request's facts off the flow and applies the result.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
+from collections.abc import Callable
 
 from mitmproxy import http
 
@@ -20,7 +22,8 @@ from proxy.admission import RequestFacts, admit
 from proxy.credentials.query import with_query_item
 from proxy.credentials.signing import Unsignable
 from proxy.policy import Block, header_key
-from proxy.reasons import Reason
+from proxy.reasons import Reason, help_of
+from proxy.scrub import SecretFound, SecretIndex, StreamGuard
 
 # Never forwarded: the sandbox's cookies, its proxy credentials, hop-by-hop headers
 # (compared as ``header_key`` folds them: lowercase, "_" as "-").
@@ -28,6 +31,13 @@ ALWAYS_STRIP = frozenset(
     {"cookie", "cookie2", "proxy-authorization", "proxy-connection", "keep-alive", "te", "trailer"}
 )
 TRAILERS = Block(Reason.BAD_REQUEST, "request trailers are not forwarded")
+EXFILTRATION = Block(Reason.SECRET_EXFILTRATION, help_of(Reason.SECRET_EXFILTRATION))
+STREAM_EXFILTRATION = Block(
+    Reason.SECRET_EXFILTRATION,
+    "the streamed request body carries a credential value this proxy holds; cut off",
+)
+BODY_WINDOW = 64 * 1024  # bodies announced up to this size are read whole and scanned before sending
+logger = logging.getLogger(__name__)
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
@@ -56,6 +66,12 @@ class Inject:
             target=req.data.path,
             fields=req.headers.fields,
         )
+        guard = self.source.rules.policy.guard
+        if guard:
+            found = head_secret(guard, req)
+            if found is not None:
+                refuse_exfiltration(flow, guard, *found)
+                return
         decision = admit(tunnel, facts, self.source.rules, time.time())
         if isinstance(decision, Block):
             block(flow, decision)
@@ -97,6 +113,11 @@ class Inject:
         # An HTTP/2 body with no content-length would reach an HTTP/1.1 upstream
         # unframed (a smuggled second request): buffer it and frame it in request().
         req.stream = not ((req.is_http2 or req.is_http3) and "content-length" not in headers)
+        if guard and not _no_body(req):
+            if _announced(headers) <= BODY_WINDOW:
+                req.stream = False  # read whole and scanned in request(): a match sends nothing
+            elif req.stream:
+                req.stream = guarded_stream(flow, guard)
 
     @fail_closed
     def request(self, flow: http.HTTPFlow) -> None:
@@ -104,10 +125,88 @@ class Inject:
         s = peek(flow)
         if req.stream or flow.response or s is None or s.route is None:
             return
+        guard = self.source.rules.policy.guard
+        if guard and req.raw_content:
+            owner = guard.find(req.raw_content)
+            if owner is not None:
+                refuse_exfiltration(flow, guard, owner, "body")
+                return
         if req.raw_content:
             req.headers["content-length"] = str(len(req.raw_content))
         if req.trailers:
             block(flow, TRAILERS)
+
+
+def head_secret(guard: SecretIndex, req: http.Request) -> tuple[str, str] | None:
+    """(connector, where) if the client's request line or headers carry a secret.
+
+    Read before anything is injected, so the proxy's own credential never counts.
+    """
+    data = req.data
+    fields = data.headers.fields
+    blob = b"\n".join((data.method + b" " + data.path, data.authority, *(b"%s: %s" % f for f in fields)))
+    owner = guard.find(blob)
+    if owner is None:
+        return None
+    line = guard.find(data.method + b" " + data.path + b"\n" + data.authority) is not None
+    return owner, "request line" if line else "a header"
+
+
+def refuse_exfiltration(flow: http.HTTPFlow, guard: SecretIndex, owner: str, where: str) -> None:
+    """403 ``secret-exfiltration``; the flow is starred out first, so no log shows the value."""
+    conceal(flow, guard)
+    logger.warning(
+        "secret-exfiltration: a secret of connector %s in the %s; refused %s", owner, where, flow.id
+    )
+    block(flow, EXFILTRATION)
+
+
+def conceal(flow: http.HTTPFlow, guard: SecretIndex) -> None:
+    """Star out every guarded spelling in what the logs read off this flow."""
+    req = flow.request
+    req.path = guard.text(req.path)
+    req.headers.fields = tuple((guard.mask(n), guard.mask(v)) for n, v in req.headers.fields)
+    if req.data.authority:
+        req.data.authority = guard.mask(req.data.authority)
+    s = state(flow)
+    if s.host:
+        s.host = guard.text(s.host)
+
+
+def guarded_stream(flow: http.HTTPFlow, guard: SecretIndex) -> Callable[[bytes], bytes | list[bytes]]:
+    """A streamed body, scanned before each chunk leaves (with a held-back overlap).
+
+    On a match the flow is killed (``addons.patches``): the head and the chunks
+    before it have already gone upstream, the chunk with the secret has not, and
+    the upstream sees its connection close mid-body.
+    """
+    scan = StreamGuard(guard)
+
+    def stream(chunk: bytes) -> bytes | list[bytes]:
+        try:
+            out = scan(chunk)
+        except SecretFound as e:
+            conceal(flow, guard)
+            s = state(flow)
+            s.blocked = STREAM_EXFILTRATION
+            s.note("blocked", str(Reason.SECRET_EXFILTRATION))
+            logger.warning(
+                "secret-exfiltration: a secret of connector %s in the streamed body; killed %s",
+                e.owner,
+                flow.id,
+            )
+            raise
+        return out if out else []  # never b"": an empty chunk ends a chunked body
+
+    return stream
+
+
+def _announced(headers: http.Headers) -> int:
+    """The body length the head announces; unbounded when it does not say (chunked, HTTP/2)."""
+    try:
+        return int(headers.get("content-length", ""))
+    except ValueError:
+        return BODY_WINDOW + 1
 
 
 def _no_body(req: http.Request) -> bool:

@@ -17,7 +17,8 @@ Guards (always, also under ``mitmdump -s``), closing gaps no hook can reach:
   ``LIMITS.h2_reset_window`` seconds the connection gets GOAWAY;
 - an exception from a response stream transform (a decompression bomb, a
   corrupt compressed body) crashed the layer and hung the client: it kills
-  the flow instead;
+  the flow instead; so does one from a request stream transform (a secret in
+  a streamed body), closing the upstream connection before the chunk leaves;
 - nothing bounded how long a connection may take to reach TLS inside its
   tunnel (a silent socket, a trickled CONNECT head or ClientHello): past
   ``LIMITS.handshake_timeout`` it is closed.
@@ -65,6 +66,7 @@ _original_h2_event = _http2.Http2Server.handle_h2_event
 _original_handle_client = server.ConnectionHandler.handle_client
 _original_ws_send = layers.websocket.WebsocketConnection.send2
 _original_stream_body = http_layer.HttpStream.state_stream_response_body
+_original_stream_request_body = http_layer.HttpStream.state_stream_request_body
 _installed: set[str] = set()
 
 
@@ -105,6 +107,7 @@ def check_version(version: str = mitmproxy_version.VERSION) -> None:
             (server.ConnectionHandler, "on_timeout"),
             (layers.websocket.WebsocketConnection, "send2"),
             (http_layer.HttpStream, "state_stream_response_body"),
+            (http_layer.HttpStream, "state_stream_request_body"),
             (http_layer.HttpStream, "check_killed"),
             (http.MessageData, "__post_init__"),
         )
@@ -186,6 +189,24 @@ def _stream_body_or_kill(self: http_layer.HttpStream, event: events.Event) -> Ge
             yield commands.CloseConnection(self.context.server)
 
 
+def _stream_request_body_or_kill(
+    self: http_layer.HttpStream, event: events.Event
+) -> Generator[Any, Any, None]:
+    """A request stream transform that raises (a secret in the body) kills its flow.
+
+    The chunk that raised is never sent; the upstream connection is closed
+    mid-body, so the upstream never sees a complete request.
+    """
+    try:
+        yield from _original_stream_request_body(self, event)
+    except Exception as e:
+        logging.getLogger(__name__).warning("killed %s: %s", self.flow.id, type(e).__name__)
+        self.flow.error = flow.Error(flow.Error.KILLED_MESSAGE)
+        if self.context.server.connected:
+            yield commands.CloseConnection(self.context.server)
+        yield from self.check_killed(True)
+
+
 def _quiet_error_page(status_code: int, message: str) -> bytes:
     """An error page that never quotes what failed to parse (it may be an echoed secret)."""
     reason = status_codes.RESPONSES.get(status_code, "Error")
@@ -254,6 +275,7 @@ def install_guards() -> None:
     server.ConnectionHandler.handle_client = _handle_client_with_deadline  # type: ignore[method-assign]
     layers.websocket.WebsocketConnection.send2 = _ws_send  # type: ignore[method-assign]
     http_layer.HttpStream.state_stream_response_body = _stream_body_or_kill  # type: ignore[method-assign]
+    http_layer.HttpStream.state_stream_request_body = _stream_request_body_or_kill  # type: ignore[method-assign]
     _installed.add("guards")
 
 

@@ -172,6 +172,9 @@ class Recorder:
 
     def error(self, flow: http.HTTPFlow) -> None:
         s = peek(flow)
+        if s is not None and s.blocked is not None and flow.response is None:
+            self._blocked(flow, s)  # killed mid-stream by a check (a secret in the body)
+            return
         if s is None or s.route is None or flow.response is not None or flow.error is None:
             return
         self._count(s.route.connector, None)
@@ -309,5 +312,6 @@ class Recorder:
                 reason=reason,
                 grant_label=s.grant_label,
                 workspace=workspace(s.tunnel, s),
+                near_miss=s.blocked.near_miss,
             )
         )

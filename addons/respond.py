@@ -14,9 +14,10 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from mitmproxy import http
+from mitmproxy import ctx, http
 
 from addons.state import state
+from proxy.context import FlowState
 from proxy.policy import Block
 from proxy.reasons import Reason, blocked_answer
 from proxy.stats import printable
@@ -29,9 +30,10 @@ FAILED = Block(Reason.INTERNAL, "the proxy failed to check this request")
 def block(flow: http.HTTPFlow, decision: Block) -> None:
     """Answer ``flow`` with the blocked JSON body; nothing goes upstream."""
     flow.request.stream = False  # a response on a streaming request hangs the client
-    status, headers, body = blocked_answer(decision.reason, decision.detail, flow.id, decision.status)
-    flow.response = http.Response.make(status, body, headers)
     s = state(flow)
+    near = decision.near_miss.body() if decision.near_miss is not None and explains(flow, s) else None
+    status, headers, body = blocked_answer(decision.reason, decision.detail, flow.id, decision.status, near)
+    flow.response = http.Response.make(status, body, headers)
     s.blocked = decision
     s.note("blocked", str(decision.reason))
     if logger.isEnabledFor(logging.INFO):
@@ -45,6 +47,20 @@ def block(flow: http.HTTPFlow, decision: Block) -> None:
             printable(decision.detail, 300),
             flow.id,
         )
+
+
+def explains(flow: http.HTTPFlow, s: FlowState) -> bool:
+    """Whether a blocked client is told the near miss (``--explain-blocks``).
+
+    Connector names and patterns are no secrets, but an operator may not want
+    clients to learn what connectors exist; and a client the proxy could not
+    identify (a plain http:// request under ``--require-grant``) learns none.
+    """
+    options = ctx.options
+    if not getattr(options, "egress_explain_blocks", True):
+        return False
+    unidentified = s.tunnel is None and flow.request.method != "CONNECT"
+    return not (unidentified and getattr(options, "egress_require_grant", False))
 
 
 def where_failed(e: BaseException) -> str:

@@ -4,7 +4,8 @@ One decision is what the request path computes for every request inside a
 tunnel: ``check_tunnel_request`` (SNI/Host/:authority against the CONNECT
 target), ``Policy.route`` (which connector, secret pre-rendered) and
 ``Tally.request`` (the monitoring counter). ``Policy.connect`` runs once per
-tunnel and is shown separately.
+tunnel and is shown separately, and so is a blocked request (``blocked_us``:
+a host no pattern allows, with its near miss computed).
 
 Run alone: ``.venv/bin/python bench/decision.py``.
 """
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from proxy.admission import RequestFacts, Rules, admit, check_tunnel_request
 from proxy.connectors import make_connector
 from proxy.context import Tunnel
-from proxy.policy import Allow, Policy, Target
+from proxy.policy import Allow, Block, Policy, Target
 from proxy.stats import Tally
 
 HOST = "api.bench.test"
@@ -74,6 +75,13 @@ def measure(n: int, number: int = 50_000, repeat: int = 7) -> dict[str, float]:
         assert isinstance(decision, Allow)
         tally.request(decision.connector, 200)
 
+    def blocked(on: Target) -> Callable[[], None]:
+        def run() -> None:
+            decision = policy.route(on, PATH)
+            assert isinstance(decision, Block) and decision.near_miss is not None
+
+        return run
+
     decision = policy.route(target, PATH)
     assert isinstance(decision, Allow) and decision.connector == "bench", decision
     assert decision.rendered.headers == (("Authorization", "Bearer bench-secret"),)
@@ -85,6 +93,9 @@ def measure(n: int, number: int = 50_000, repeat: int = 7) -> dict[str, float]:
         "route_us": _per_call_us(route, number, repeat),
         "tally_us": _per_call_us(count, number, repeat),
         "connect_us": _per_call_us(lambda: policy.connect(target), number, repeat),
+        # a sibling of the bench host; then a host among all the fillers' siblings (the worst case)
+        "blocked_us": _per_call_us(blocked(Target("www.bench.test", 443)), number // 10, repeat),
+        "blocked_crowded_us": _per_call_us(blocked(Target("x.filler.test", 443)), number // 10, repeat),
     }
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from proxy.context import Tunnel
 from proxy.grants import Grant, GrantKey, grant_problem, token_from_proxy_authorization
@@ -82,7 +82,7 @@ def identify(
 def admit(tunnel: Tunnel | None, request: RequestFacts, rules: Rules, now: float) -> Allow | Block:
     """The decision for one request inside a tunnel."""
     if tunnel is None:
-        return NOT_TUNNELLED
+        return _not_tunnelled(request, rules)
     if tunnel.refused is not None:
         return tunnel.refused
     if request.port != tunnel.target.port or (not tunnel.transparent and request.host != tunnel.address):
@@ -95,6 +95,15 @@ def admit(tunnel: Tunnel | None, request: RequestFacts, rules: Rules, now: float
         if reason:
             return grant_block(reason)
     return rules.policy.route(tunnel.target, request.path, tunnel.allowed, request.method.decode("ascii"))
+
+
+def _not_tunnelled(request: RequestFacts, rules: Rules) -> Block:
+    """A plain http:// request: say which connector its https:// twin would reach."""
+    host = _norm(request.host)
+    if request.tls or host is None or not _TOKEN.match(request.method):
+        return NOT_TUNNELLED
+    near = rules.policy.plain_http(host, request.port, request.path, None, request.method.decode()).near_miss
+    return replace(NOT_TUNNELLED, near_miss=near)
 
 
 def check_request_line(request: RequestFacts) -> Block | None:

@@ -15,9 +15,10 @@ from urllib.parse import urlsplit
 from proxy.connectors import Connector
 from proxy.credentials import Rendered
 from proxy.hosts import format_authority, is_ip_literal, normalize_host, split_authority
+from proxy.nearmiss import NearMiss, Neighbours, Request, ambiguous
 from proxy.patterns import ENCODED_SEPARATOR, Pattern, PatternIndex, path_problem
 from proxy.reasons import REASONS, Reason
-from proxy.scrub import Needles, needles_for
+from proxy.scrub import Needles, SecretIndex, needles_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +26,7 @@ class Block:
     reason: Reason
     detail: str
     override: int | None = None  # a status other than the reason table's (431 for a huge head)
+    near_miss: NearMiss | None = None  # the connector that came closest, for routing blocks
 
     @property
     def status(self) -> int:
@@ -89,6 +91,11 @@ class Policy:
                 route = Allow(connector.key, connector.inject.where, r, needles_for(sorted(shared)), names)
             self.routes[connector.key] = replace(route, methods=connector.methods)
         self.index: PatternIndex[str] = PatternIndex(entries)
+        # Every secret the proxy holds, to refuse a request that carries one (the sandbox never
+        # legitimately does): one index over all connectors, built once per load.
+        self.guard = SecretIndex((name, s) for name, r in rendered.items() for s in r.secrets)
+        self._entries = entries
+        self._neighbours: Neighbours | None = None  # built on the first blocked request
 
     def __len__(self) -> int:
         return len(self.routes)
@@ -100,9 +107,19 @@ class Policy:
             if allowed is None or hit.owner in allowed:
                 return None
             covered = True
+        near = self.near_miss(Request(target.host, target.port, allowed=allowed))
         if covered:
-            return Block(Reason.NOT_GRANTED, f"{target.authority} is not among this grant's connectors")
-        return Block(Reason.NO_CONNECTOR, f"no connector allows {target.authority}")
+            return Block(
+                Reason.NOT_GRANTED, f"{target.authority} is not among this grant's connectors", near_miss=near
+            )
+        return Block(Reason.NO_CONNECTOR, f"no connector allows {target.authority}", near_miss=near)
+
+    def near_miss(self, request: Request) -> NearMiss | None:
+        """The connector closest to a blocked request (only ever called on a block)."""
+        if self._neighbours is None:
+            methods = {name: route.methods for name, route in self.routes.items()}
+            self._neighbours = Neighbours.build(self._entries, methods)
+        return self._neighbours.nearest(request)
 
     def route(
         self, target: Target, path: str, allowed: frozenset[str] | None = None, method: str | None = None
@@ -128,19 +145,52 @@ class Policy:
         if allowed is not None:
             granted = [h for h in hits if h.owner in allowed]
             if hits and not granted:
-                return Block(Reason.NOT_GRANTED, f"{hits[0].owner} is not granted")
+                return self._blocked(
+                    Reason.NOT_GRANTED, f"{hits[0].owner} is not granted", target, path, allowed, method
+                )
             hits = granted
         if method is not None and hits:
             permitted = [h for h in hits if self._permits(h.owner, method)]
             if not permitted:
-                return Block(Reason.METHOD_NOT_ALLOWED, f"{hits[0].owner} does not allow {method}")
+                detail = f"{hits[0].owner} does not allow {method}"
+                return self._blocked(Reason.METHOD_NOT_ALLOWED, detail, target, path, allowed, method)
             hits = permitted
         if not hits:
-            return Block(Reason.NO_CONNECTOR, f"no connector allows https://{target.authority}{path}")
+            detail = f"no connector allows https://{target.authority}{path}"
+            return self._blocked(Reason.NO_CONNECTOR, detail, target, path, allowed, method)
         owners = sorted({h.owner for h in hits})
         if len(owners) > 1:
-            return Block(Reason.AMBIGUOUS, f"equally specific connectors: {', '.join(owners)}")
+            return Block(
+                Reason.AMBIGUOUS,
+                f"equally specific connectors: {', '.join(owners)}",
+                near_miss=ambiguous(owners, hits[0].pattern),
+            )
         return self.routes[owners[0]]
+
+    def _blocked(
+        self,
+        reason: Reason,
+        detail: str,
+        target: Target,
+        path: str,
+        allowed: frozenset[str] | None,
+        method: str | None,
+    ) -> Block:
+        near = self.near_miss(Request(target.host, target.port, path, method, allowed))
+        return Block(reason, detail, near_miss=near)
+
+    def plain_http(
+        self,
+        host: str,
+        port: int,
+        path: str,
+        allowed: frozenset[str] | None = None,
+        method: str | None = None,
+    ) -> Block:
+        """A plain http:// request: blocked, with the connector its https:// twin would reach."""
+        port = 443 if port == 80 else port  # the scheme's default port stands for https's
+        near = self.near_miss(Request(host, port, path, method, allowed, scheme="http"))
+        return Block(Reason.PLAIN_HTTP, "only https:// URLs are proxied", near_miss=near)
 
     def _permits(self, owner: str, method: str) -> bool:
         methods = self.routes[owner].methods
@@ -154,12 +204,14 @@ class Policy:
             parts = urlsplit(url)
         except ValueError as e:
             return Block(Reason.BAD_REQUEST, str(e))
-        if parts.scheme != "https":
+        if parts.scheme not in ("https", "http"):
             return Block(Reason.PLAIN_HTTP, "only https:// URLs are proxied")
         try:
             host, port = split_authority(parts.netloc)
         except ValueError as e:
             return Block(Reason.BAD_HOST, str(e))
+        if parts.scheme == "http":
+            return self.plain_http(host, port, parts.path or "/", allowed, method)
         target = Target(host, port)
         return self.connect(target, allowed) or self.route(target, parts.path or "/", allowed, method)
 

@@ -8,6 +8,7 @@ table, and docs/usage.md's reason table is generated from it (a test checks).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -30,6 +31,7 @@ class Reason(StrEnum):
     UNRESOLVABLE = "unresolvable"
     AMBIGUOUS = "ambiguous"
     METHOD_NOT_ALLOWED = "method-not-allowed"
+    SECRET_EXFILTRATION = "secret-exfiltration"
     CREDENTIAL_UNAVAILABLE = "credential-unavailable"
     BAD_REQUEST = "bad-request"
     OVER_CAPACITY = "over-capacity"
@@ -80,6 +82,12 @@ REASONS: dict[Reason, ReasonInfo] = {
     Reason.METHOD_NOT_ALLOWED: ReasonInfo(
         403, "a connector allows the URL, but not this method (`methods:`)"
     ),
+    Reason.SECRET_EXFILTRATION: ReasonInfo(
+        403,
+        "the request line, a header or the body carries a secret the proxy holds (raw, base64, "
+        "base64url, percent-encoded, hex, any case); a streamed body is cut off where it appears",
+        "the request carries a credential value this proxy holds; it was not forwarded",
+    ),
     Reason.CREDENTIAL_UNAVAILABLE: ReasonInfo(
         502, "the connector's credential could not be obtained (an OAuth2 token endpoint failed)"
     ),
@@ -102,11 +110,26 @@ def help_of(reason: Reason) -> str:
 
 
 def blocked_answer(
-    reason: Reason, detail: str, request_id: str, status: int | None = None
+    reason: Reason,
+    detail: str,
+    request_id: str,
+    status: int | None = None,
+    near_miss: Mapping[str, str] | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
-    """Status, headers and JSON body of a blocked answer (``status`` overrides the table's)."""
+    """Status, headers and JSON body of a blocked answer (``status`` overrides the table's).
+
+    ``near_miss`` (connector, differs, detail) lets the client correct its URL itself.
+    """
     code = status or REASONS[reason].status
-    body = json.dumps({"error": "blocked", "reason": str(reason), "detail": detail, "request_id": request_id})
+    doc: dict[str, object] = {
+        "error": "blocked",
+        "reason": str(reason),
+        "detail": detail,
+        "request_id": request_id,
+    }
+    if near_miss:
+        doc["near_miss"] = dict(near_miss)
+    body = json.dumps(doc)
     headers = {"content-type": "application/json", "x-egress-blocked": str(reason)}
     if code == 407:
         headers["proxy-authenticate"] = 'Basic realm="egress-proxy"'

@@ -11,10 +11,13 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from proxy.health import SLOTS, Health, outcome_slot
 from proxy.secrets import DEFAULT_WORKSPACE
+
+if TYPE_CHECKING:
+    from proxy.nearmiss import NearMiss
 
 WINDOW_MINUTES = 24 * 60
 ALERT_MINUTES = 60
@@ -39,9 +42,13 @@ class Event:
     grant_label: str | None = None
     workspace: str = DEFAULT_WORKSPACE
     id: int | None = None
+    near_miss: NearMiss | None = None  # blocked rows: the connector that came closest
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        doc = {k: v for k, v in asdict(self).items() if v is not None}
+        if self.near_miss is not None:
+            doc["near_miss"] = self.near_miss.to_dict()
+        return doc
 
 
 @dataclass

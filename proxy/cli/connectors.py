@@ -121,6 +121,11 @@ def cmd_check(args: argparse.Namespace, home: Home) -> int:
         print(f"allowed: connector {decision.connector} (credential injected into {decision.where})")
         return 0
     print(f"blocked: {decision.reason} ({decision.detail})")
+    near = decision.near_miss
+    if near is not None:
+        print(f"near miss: connector {near.connector}, {near.differs}: {near.detail}")
+        if near.also:
+            print(f"  also differs: {', '.join(near.also)}")
     return 1
 
 

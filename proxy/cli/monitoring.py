@@ -14,6 +14,8 @@ from typing import Any
 from proxy.cli.render import format_age, print_table
 from proxy.durations import parse_duration
 from proxy.health import Health, State
+from proxy.nearmiss import NearMiss, suggestion
+from proxy.policy import Block, Policy
 from proxy.service.home import Home
 from proxy.service.monitoring import Monitoring
 from proxy.stats import Event
@@ -65,6 +67,8 @@ def cmd_stats(args: argparse.Namespace, home: Home) -> int:
 
 
 def cmd_logs(args: argparse.Namespace, home: Home) -> int:
+    if args.suggest:
+        return cmd_suggest(args, home)
     kind = "blocked" if args.blocked else "error" if args.errors else None
     since = time.time() - parse_duration(args.since, "--since") if args.since else None
     filters: dict[str, Any] = {
@@ -73,12 +77,23 @@ def cmd_logs(args: argparse.Namespace, home: Home) -> int:
         "connector": args.connector,
         "grant_label": args.grant,
     }
-    header = ("TIME", "KIND", "WHAT", "METHOD", "HOST", "PATH", "GRANT", "REQUEST ID")
+    header = ("TIME", "KIND", "WHAT", "METHOD", "HOST", "PATH", "GRANT", "REQUEST ID", "NEAR MISS")
 
     def row(e: Event) -> tuple[str, ...]:
         what = f"{e.connector} {e.status or e.failure}" if e.kind == "error" else str(e.reason)
         stamp = datetime.fromtimestamp(e.ts).strftime("%Y-%m-%d %H:%M:%S")
-        return (stamp, e.kind, what, e.method, e.host, e.path or "-", e.grant_label or "-", e.request_id)
+        near = f"{e.near_miss.connector} {e.near_miss.differs}: {e.near_miss.detail}" if e.near_miss else "-"
+        return (
+            stamp,
+            e.kind,
+            what,
+            e.method,
+            e.host,
+            e.path or "-",
+            e.grant_label or "-",
+            e.request_id,
+            near,
+        )
 
     def emit(events: Sequence[Event], with_header: bool) -> None:
         if args.json:
@@ -100,6 +115,57 @@ def cmd_logs(args: argparse.Namespace, home: Home) -> int:
     return 0
 
 
+def cmd_suggest(args: argparse.Namespace, home: Home) -> int:
+    """One proposal per distinct blocked request: the smallest change that would allow it.
+
+    Proposals are printed, never applied. Each comes from the near miss the
+    proxy logged (what it saw then); a row logged without one is matched
+    against the current connectors (no secret is opened for that).
+    """
+    since = time.time() - parse_duration(args.since, "--since") if args.since else None
+    with Monitoring(home) as monitoring:
+        events = monitoring.events(
+            kind="blocked", since=since, connector=args.connector, grant_label=args.grant, limit=args.limit
+        )
+        policy = monitoring.matching_policy()
+    distinct: dict[tuple[str, str, str, str], tuple[Event, int]] = {}
+    for e in events:  # newest first: the first row of a request is its latest near miss
+        key = (e.method, e.host, e.path, e.reason or "")
+        first, count = distinct.get(key, (e, 0))
+        distinct[key] = (first, count + 1)
+    rows = []
+    for (method, host, path, reason), (e, count) in distinct.items():
+        if not path:  # a refused CONNECT or TLS handshake: no URL to propose a pattern for
+            continue
+        near = e.near_miss or near_miss_now(policy, host, path, method)
+        rows.append(
+            {
+                "method": method,
+                "url": f"https://{host}{path}",
+                "reason": reason,
+                "count": count,
+                "suggestion": suggestion(near, method, host, path),
+            }
+        )
+    if args.json:
+        for r in rows:
+            print(json.dumps(r))
+        return 0
+    if not rows:
+        print("no blocked requests to suggest a change for in the last 24 hours")
+        return 0
+    for r in rows:
+        print(f"{r['count']}x {r['method']} {r['url']} ({r['reason']})")
+        print(f"  suggest: {r['suggestion']}")
+    return 0
+
+
+def near_miss_now(policy: Policy, authority: str, path: str, method: str) -> NearMiss | None:
+    """A near miss for a logged request, against today's connectors (no grant)."""
+    decision = policy.explain(f"https://{authority}{path}", None, method)
+    return decision.near_miss if isinstance(decision, Block) else None
+
+
 def register(sub: Any, command: Any) -> None:
     sp = command("stats", cmd_stats, "requests, errors and credential health per connector over 24 hours")
     sp.add_argument("--json", action="store_true")
@@ -115,3 +181,8 @@ def register(sub: Any, command: Any) -> None:
     sp.add_argument("--limit", type=int, default=200, help="at most this many rows (default 200)")
     sp.add_argument("--json", action="store_true", help="one JSON object per line")
     sp.add_argument("--follow", "-f", action="store_true", help="keep printing new rows until interrupted")
+    sp.add_argument(
+        "--suggest",
+        action="store_true",
+        help="per distinct blocked request, the smallest pattern change that would allow it (never applied)",
+    )

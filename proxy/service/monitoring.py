@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from proxy.connectors import connector_key, split_key
+from proxy.connectors import connector_from_spec, connector_key, split_key
 from proxy.errors import ConfigError
 from proxy.health import Health
+from proxy.policy import Policy
 from proxy.secrets import DEFAULT_WORKSPACE
 from proxy.service.home import Home
 from proxy.stats import ConnectorStats, Event
@@ -64,6 +65,10 @@ class Monitoring:
         if filters.get("connector") is not None:
             filters["connector"] = connector_key(self.workspace, filters["connector"])
         return {**filters, "workspace": self.workspace}
+
+    def matching_policy(self) -> Policy:
+        """The current connectors compiled for matching only: no secret is opened."""
+        return Policy((connector_from_spec(s.name, s.spec), None) for s in self.store.connectors())
 
     def events(self, **filters: Any) -> list[Event]:
         return self.store.monitoring.events(**self._filters(filters))

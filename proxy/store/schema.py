@@ -61,5 +61,9 @@ MIGRATIONS: list[str] = [
     ALTER TABLE events ADD COLUMN workspace TEXT NOT NULL DEFAULT 'default';
     CREATE INDEX IF NOT EXISTS events_by_workspace ON events (workspace, ts);
     """,
+    # 5: near miss: a blocked row's nearest connector and what differed, as JSON (NULL: none)
+    """
+    ALTER TABLE events ADD COLUMN near_miss TEXT;
+    """,
 ]
 VERSION = len(MIGRATIONS)

@@ -6,13 +6,16 @@ capped, so a hostile flood of blocked requests cannot grow the file forever.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import closing
+from dataclasses import replace
 from typing import Any
 
 from proxy.health import Counts, Health, health
+from proxy.nearmiss import NearMiss
 from proxy.stats import (
     ALERT_MINUTES,
     EVENT_ROW_CAP,
@@ -48,6 +51,27 @@ def _window(sums: tuple[int, ...]) -> Counts:
     return Counts(requests, rejected, client, server, transport)
 
 
+def _event(row: tuple[Any, ...]) -> Event:
+    """An event row; the near-miss column (last) is parsed only when set."""
+    event = Event(*row[:-1])
+    return replace(event, near_miss=_near_miss(row[-1])) if row[-1] else event
+
+
+def _near_json(near: NearMiss | None) -> str | None:
+    return None if near is None else json.dumps(near.to_dict())
+
+
+def _near_miss(text: str | None) -> NearMiss | None:
+    """A stored near miss; a row this version cannot read is shown without one."""
+    if not text:
+        return None
+    try:
+        doc = json.loads(text)
+        return NearMiss.from_dict(doc) if isinstance(doc, dict) else None
+    except (ValueError, TypeError):
+        return None
+
+
 class SqliteMonitoring:
     """The monitoring tables, on the store's own connection."""
 
@@ -73,11 +97,11 @@ class SqliteMonitoring:
             )
             db.executemany(
                 "INSERT INTO events (kind, ts, connector, reason, status, failure, method, host, path, "
-                "request_id, grant_label, workspace) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "request_id, grant_label, workspace, near_miss) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (e.kind, e.ts, e.connector, e.reason, e.status, e.failure, printable(e.method, 32),
                      printable(e.host, 300), printable(e.path, 2048), e.request_id, e.grant_label,
-                     e.workspace)
+                     e.workspace, _near_json(e.near_miss))
                     for e in batch.events
                 ],
             )  # fmt: skip
@@ -178,11 +202,12 @@ class SqliteMonitoring:
         with closing(
             self._db.execute(
                 "SELECT kind, ts, method, host, path, request_id, connector, reason, status, failure, "
-                f"grant_label, workspace, id FROM events WHERE {' AND '.join(clauses)} ORDER BY id {order} LIMIT ?",
+                f"grant_label, workspace, id, near_miss FROM events WHERE {' AND '.join(clauses)} "
+                f"ORDER BY id {order} LIMIT ?",
                 (*args, limit),
             )
         ) as cur:
-            return [Event(*row) for row in cur]
+            return [_event(row) for row in cur]
 
     def last_id(self) -> int:
         row = self._db.execute("SELECT MAX(id) FROM events").fetchone()

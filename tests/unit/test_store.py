@@ -9,7 +9,8 @@ import pytest
 
 from proxy.errors import ConfigError
 from proxy.health import Counts, State
-from proxy.stats import Batch
+from proxy.nearmiss import NearMiss
+from proxy.stats import Batch, Event
 from proxy.store import open_store
 from proxy.store.schema import MIGRATIONS, VERSION
 from proxy.store.sqlite import SqliteStore
@@ -158,3 +159,32 @@ def test_a_failed_write_changes_nothing(tmp_path: Path) -> None:
 def test_only_sqlite_urls_for_now(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="EGRESS_DATABASE_URL=mysql"):
         open_store("mysql://u:p@h/db")
+
+
+def test_blocked_rows_keep_their_near_miss_across_the_migration(tmp_path: Path) -> None:
+    """A store from before near misses gains the column; old rows read as having none."""
+    now = 1_800_000_000.0
+    path = tmp_path / "egress.db"
+    at_version_2(path, int(now // 60))
+    with sqlite3.connect(path) as db:
+        db.executescript(MIGRATIONS[2])
+        db.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
+    store = SqliteStore(path, clock=lambda: now)
+    try:
+        assert schema_version(path) == VERSION
+        near = NearMiss("stripe", "path", "pattern wants /v1/*, request has /v2/...", "https://a.test/v1/*")
+        batch = Batch()
+        batch.events.append(
+            Event("blocked", now - 1, "GET", "a.test", "/v2", "r2", reason="no-connector", near_miss=near)
+        )
+        store.monitoring.flush(batch)
+        old, new = sorted(store.monitoring.events(), key=lambda e: e.ts)
+        assert old.near_miss is None
+        assert new.near_miss == near
+        assert new.to_dict()["near_miss"]["differs"] == "path"
+        with sqlite3.connect(path) as db:  # a row a later release wrote with a word this one lacks
+            db.execute('UPDATE events SET near_miss = \'{"connector": "x", "differs": "other"}\'')
+            db.commit()
+        assert {e.near_miss.differs for e in store.monitoring.events() if e.near_miss} == {"other"}
+    finally:
+        store.close()

@@ -1,0 +1,84 @@
+"""Exfiltration guard end to end: another connector's secret never leaves, nor reaches a log."""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import requests
+
+from tests.clients import session
+from tests.conftest import proxy_args
+from tests.harness import Upstream, egress, start_proxy
+
+pytestmark = pytest.mark.e2e
+STRIPE = "sk_exfil_e2e_stripe_3d3d3d"
+OTHER = "wx/exfil+e2e=other&9e9e9e"  # percent-encoding changes it
+
+
+def test_another_connectors_secret_is_refused_everywhere(
+    tmp_path: Path, pki: tuple[Path, object], upstream: Upstream
+) -> None:
+    home = tmp_path / "home"
+    port = upstream.port
+    for name, pattern, secret in (
+        ("stripe", f"https://api.stripe.test:{port}/v1/*", STRIPE),
+        ("weather", f"https://api.weather.test:{port}/*", OTHER),
+    ):
+        res = egress(home, "connector", "add", name, "--pattern", pattern, "--header", "Authorization",
+                     "--secret-stdin", stdin=secret)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+    proxy = start_proxy(home, *proxy_args(pki[0]))
+    base = f"https://api.stripe.test:{port}/v1"
+    try:
+        s = session(proxy.url, proxy.ca)
+        assert s.get(f"{base}/ok-before").status_code == 200  # the guard passes clean requests
+        seen = len(upstream.records)
+        answers = [
+            s.get(f"{base}/a", headers={"X-Note": OTHER}),
+            s.get(f"{base}/b", params={"q": OTHER}),  # percent-encoded by requests
+            s.post(f"{base}/c", json={"key": OTHER}),
+            s.post(f"{base}/d", data=base64.b64encode(b"prefix:" + OTHER.encode())),
+            s.get(f"{base}/e", headers={"X-Hex": OTHER.encode().hex().upper()}),
+        ]
+        for r in answers:
+            assert r.status_code == 403, r.text
+            assert r.json()["reason"] == "secret-exfiltration"
+            assert r.headers["x-egress-blocked"] == "secret-exfiltration"
+            assert OTHER not in r.text and quote(OTHER, safe="") not in r.text
+
+        def chunks() -> Iterator[bytes]:  # chunked: streamed, the secret split across two chunks
+            yield b"x" * 200_000
+            yield OTHER[:9].encode()
+            time.sleep(0.05)
+            yield OTHER[9:].encode() + b"y" * 1000
+
+        with pytest.raises(requests.exceptions.RequestException):
+            s.post(f"{base}/streamed", data=chunks()).raise_for_status()
+        assert len(upstream.records) == seen  # the upstream completed none of them
+        assert s.get(f"{base}/ok-after").status_code == 200
+        deadline = time.monotonic() + 10
+        while True:
+            rows = [json.loads(x) for x in egress(home, "logs", "--blocked", "--json").stdout.splitlines()]
+            if len(rows) >= 6 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        log_text = proxy.log_text()
+    finally:
+        assert proxy.stop(signal.SIGTERM) == 0
+    assert len(rows) == 6 and {r["reason"] for r in rows} == {"secret-exfiltration"}
+    assert {r["path"] for r in rows} == {"/v1/a", "/v1/b", "/v1/c", "/v1/d", "/v1/e", "/v1/streamed"}
+    assert "secret-exfiltration" in log_text and "connector weather" in log_text
+    texts = [log_text, json.dumps(rows), egress(home, "logs").stdout, egress(home, "stats", "--json").stdout]
+    for secret in (OTHER, STRIPE):
+        for spelling in (secret, quote(secret, safe=""), secret.encode().hex()):
+            assert not any(spelling in t for t in texts)
+        for f in home.rglob("*"):
+            if f.is_file():
+                assert secret.encode() not in f.read_bytes()

@@ -1,0 +1,102 @@
+"""Near miss end to end: the 403 body, the blocked log, `egress check` and `--suggest`."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.clients import session
+from tests.conftest import network_args
+from tests.harness import Upstream, egress, start_proxy
+
+pytestmark = pytest.mark.e2e
+SECRET = "sk_nearmiss_e2e_7c7c7c"
+
+
+def blocked_rows(home: Path, want: int) -> list[dict[str, Any]]:
+    """The blocked log, once the proxy has flushed ``want`` rows (about once a second)."""
+    deadline = time.monotonic() + 10
+    while True:
+        res = egress(home, "logs", "--blocked", "--json")
+        assert res.returncode == 0, res.stderr
+        rows = [json.loads(line) for line in res.stdout.splitlines()]
+        if len(rows) >= want or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.2)
+
+
+def test_near_miss_in_body_log_check_and_suggest(
+    tmp_path: Path, pki: tuple[Path, object], upstream: Upstream
+) -> None:
+    home = tmp_path / "home"
+    port = upstream.port
+    outputs = []
+    for args in (
+        ["stripe", "--pattern", f"https://api.stripe.test:{port}/v1/*", "--header", "Authorization"],
+        ["wild", "--pattern", f"https://*.wild.test:{port}/*", "--header", "X-Api-Key"],
+        ["ro", "--pattern", f"https://api.weather.test:{port}/*", "--query", "k", "--method", "GET"],
+    ):
+        res = egress(home, "connector", "add", *args, "--secret-stdin", stdin=SECRET)
+        assert res.returncode == 0, res.stderr
+        outputs += [res.stdout, res.stderr]
+    seen_before = len(upstream.records)
+    proxy = start_proxy(home, *network_args(pki[0]))  # loopback: blocks explained
+    try:
+        s = session(proxy.url, proxy.ca)
+        r = s.get(f"https://api.stripe.test:{port}/v2/charges?limit=1")
+        assert r.status_code == 403
+        assert r.json()["near_miss"] == {
+            "connector": "stripe",
+            "differs": "path",
+            "detail": "pattern wants /v1/*, request has /v2/...",
+        }
+        r = s.delete(f"https://api.weather.test:{port}/x")
+        assert r.status_code == 403 and r.json()["reason"] == "method-not-allowed"
+        assert r.json()["near_miss"]["differs"] == "method"
+        r = s.get(f"http://api.stripe.test:{port}/v1/charges")  # plain http through the proxy
+        assert r.status_code == 403 and r.json()["reason"] == "plain-http"
+        assert r.json()["near_miss"]["differs"] == "scheme"
+        r = s.get(f"https://wild.test:{port}/x")  # refused host: explained inside the tunnel
+        assert r.status_code == 403 and r.json()["near_miss"]["differs"] == "host"
+        outputs += [proxy.log_text()]
+        rows = blocked_rows(home, 4)
+    finally:
+        assert proxy.stop(signal.SIGTERM) == 0
+    assert len(upstream.records) == seen_before  # nothing blocked reached the upstream
+
+    near = {(r["method"], r["host"], r["path"]): r["near_miss"] for r in rows}
+    assert near[("GET", f"api.stripe.test:{port}", "/v2/charges")]["differs"] == "path"
+    assert near[("GET", f"api.stripe.test:{port}", "/v2/charges")]["pattern"] == (
+        f"https://api.stripe.test:{port}/v1/*"
+    )
+    assert near[("DELETE", f"api.weather.test:{port}", "/x")]["differs"] == "method"
+    connect = near[("GET", f"wild.test:{port}", "/x")]  # the explained request, not its CONNECT
+    assert (connect["connector"], connect["differs"], connect["depth"]) == ("wild", "host", 1)
+
+    table = egress(home, "logs", "--blocked").stdout
+    assert "NEAR MISS" in table and "stripe path: pattern wants /v1/*" in table
+
+    res = egress(home, "logs", "--blocked", "--suggest")
+    assert res.returncode == 0, res.stderr
+    assert f"add pattern https://api.stripe.test:{port}/v2/* to connector stripe" in res.stdout
+    assert "add method DELETE to connector ro" in res.stdout
+    suggestions = [
+        json.loads(line)
+        for line in egress(home, "logs", "--blocked", "--suggest", "--json").stdout.splitlines()
+    ]
+    assert {s["url"] for s in suggestions} >= {f"https://api.stripe.test:{port}/v2/charges"}
+    # Suggestions are never applied.
+    assert "/v2/*" not in egress(home, "connector", "show", "stripe").stdout
+
+    check = egress(home, "check", f"http://api.stripe.test:{port}/v1/charges")
+    assert check.returncode == 1
+    assert "blocked: plain-http" in check.stdout and "near miss: connector stripe, scheme" in check.stdout
+    check = egress(home, "check", f"https://api.stripe.test:{port}/v1")
+    assert check.returncode == 0, check.stdout
+    for text in (*outputs, table, res.stdout, check.stdout):
+        assert SECRET not in text

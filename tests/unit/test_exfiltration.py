@@ -1,0 +1,125 @@
+"""The exfiltration guard's matcher: every spelling of every secret, across chunks, at scale."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import random
+import string
+import time
+from urllib.parse import quote
+
+import pytest
+
+from proxy.connectors import make_connector
+from proxy.policy import Policy
+from proxy.scrub import MIN_GUARDED, SecretFound, SecretIndex, StreamGuard
+
+SECRET = "sk_live_Ab3/x+Y=z&Q9_secret"
+INDEX = SecretIndex([("stripe", SECRET), ("other", "other-secret-value-77")])
+
+
+def spellings(secret: str) -> dict[str, bytes]:
+    raw = secret.encode()
+    return {
+        "raw": raw,
+        "lower": secret.lower().encode(),
+        "upper": secret.upper().encode(),
+        "base64": base64.b64encode(raw),
+        "base64url": base64.urlsafe_b64encode(raw).rstrip(b"="),
+        "base64 inside": base64.b64encode(b"user:" + raw),  # Basic auth with the secret as password
+        "percent": quote(secret, safe="").encode(),
+        "percent upper": quote(secret, safe="").upper().encode(),  # %2F, and every letter upper too
+        "percent all": "".join(f"%{b:02X}" for b in raw).encode(),
+        "hex": binascii.hexlify(raw),
+        "HEX": binascii.hexlify(raw).upper(),
+        "json unicode": "".join(f"\\u{ord(c):04x}" for c in secret).encode(),
+    }
+
+
+@pytest.mark.parametrize("form", list(spellings(SECRET)))
+def test_every_spelling_is_found(form: str) -> None:
+    value = spellings(SECRET)[form]
+    assert INDEX.find(b'{"note": "' + value + b'", "n": 1}') == "stripe"
+    assert INDEX.find(value) == "stripe"
+
+
+def test_nothing_else_is_found() -> None:
+    assert INDEX.find(b"GET /v1/charges HTTP/1.1\nAuthorization: Bearer sk_live_PLACEHOLDER") is None
+    assert INDEX.find(SECRET[:-1].encode()) is None  # all but one character
+    assert INDEX.find(b"") is None
+    assert SecretIndex([]).find(SECRET.encode()) is None
+
+
+def test_short_values_are_not_guarded() -> None:
+    short = "x" * (MIN_GUARDED - 1)
+    assert SecretIndex([("c", short)]).find(short.encode()) is None
+    assert SecretIndex([("c", short + "y")]).find(short.encode() + b"y") == "c"
+
+
+def test_mask_stars_out_every_occurrence_keeping_length() -> None:
+    data = b"/v1/" + SECRET.encode() + b"/x?k=" + quote(SECRET, safe="").encode()
+    masked = INDEX.mask(data)
+    assert len(masked) == len(data)
+    assert INDEX.find(masked) is None
+    assert masked.startswith(b"/v1/*") and b"/x?k=*" in masked
+
+
+@pytest.mark.parametrize("form", ["raw", "base64", "percent", "hex"])
+def test_split_across_chunks_is_found_before_any_of_it_leaves(form: str) -> None:
+    value = spellings(SECRET)[form]
+    body = b"a" * 5000 + value + b"b" * 5000
+    for cut in (5000 + 1, 5000 + len(value) // 2, 5000 + len(value) - 1):
+        chunks = [part[i : i + 997] for part in (body[:cut], body[cut:]) for i in range(0, len(part), 997)]
+        guard = StreamGuard(INDEX)
+        sent = bytearray()
+        with pytest.raises(SecretFound) as e:
+            for chunk in chunks:
+                sent += guard(chunk)
+            guard(b"")
+        assert e.value.owner == "stripe" and SECRET not in str(e.value)
+        assert value[:8] not in sent  # not even the start of it left
+        assert sent == body[: len(sent)]
+
+
+def test_a_clean_stream_comes_out_whole() -> None:
+    body = bytes(random.Random(1).randrange(256) for _ in range(100_000))
+    guard = StreamGuard(INDEX)
+    out = b"".join(guard(body[i : i + 4096]) for i in range(0, len(body), 4096)) + guard(b"")
+    assert out == body
+
+
+def test_the_policy_guards_every_connector_secret_but_only_the_client_request_is_scanned() -> None:
+    header = {"header": "Authorization", "template": "Bearer {{secret}}"}
+    policy = Policy(
+        [
+            (
+                make_connector("a", patterns=["https://a.test/*"], inject=header),
+                {"secret": "a-secret-0123456789"},
+            ),
+            (
+                make_connector("b", patterns=["https://b.test/*"], inject=header),
+                {"secret": "b-secret-0123456789"},
+            ),
+        ]
+    )
+    assert policy.guard.find(b"x-leak: b-secret-0123456789") == "b"
+    assert policy.guard.find(b"Authorization: Bearer placeholder") is None
+    assert not Policy([(make_connector("m", patterns=["https://m.test/*"], inject=header), None)]).guard
+
+
+def test_thousands_of_secrets_stay_fast() -> None:
+    """A sanity check of scale (no timing assert): 5,000 secrets, a KiB scanned many times."""
+    rnd = random.Random(7)
+    alphabet = string.ascii_letters + string.digits
+    secrets = [(f"c{i}", "sk_" + "".join(rnd.choice(alphabet) for _ in range(32))) for i in range(5000)]
+    started = time.perf_counter()
+    index = SecretIndex(secrets)
+    built = time.perf_counter() - started
+    data = bytes(rnd.randrange(32, 127) for _ in range(1024))
+    started = time.perf_counter()
+    for _ in range(1000):
+        assert index.find(data) is None
+    per_kib_us = (time.perf_counter() - started) * 1000
+    assert index.find(b"x" + base64.b64encode(secrets[4321][1].encode()) + b"y") == "c4321"
+    print(f"5000 secrets: built in {built:.2f} s, {per_kib_us:.1f} us per KiB")

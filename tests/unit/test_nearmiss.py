@@ -1,0 +1,209 @@
+"""Near miss: which connector came closest to a blocked request, and the word for what differed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from proxy.connectors import make_connector
+from proxy.nearmiss import NearMiss, Request, suggestion
+from proxy.policy import Allow, Block, Policy, Target
+from proxy.reasons import Reason, blocked_answer
+
+HEADER = {"header": "Authorization", "template": "Bearer {{secret}}"}
+
+
+def policy(*specs: tuple[str, list[str]] | tuple[str, list[str], list[str]]) -> Policy:
+    items = []
+    for spec in specs:
+        name, patterns = spec[0], spec[1]
+        methods = spec[2] if len(spec) > 2 else None  # type: ignore[misc]
+        items.append((make_connector(name, patterns=patterns, inject=HEADER, methods=methods), None))
+    return Policy(items)
+
+
+POL = policy(
+    ("stripe", ["https://api.stripe.com/v1/*"]),
+    ("exact", ["https://api.exact.test/v1"]),
+    ("wild", ["https://*.wild.test/*"]),
+    ("alt", ["https://alt.example.com:8443/*"]),
+    ("ro", ["https://ro.example.com/*"], ["GET", "HEAD"]),
+    ("dup-a", ["https://dup.example.net/v1/*"]),
+    ("dup-b", ["https://dup.example.net/v1/*"]),
+)
+
+
+def near(url: str, allowed: frozenset[str] | None = None, method: str | None = None) -> NearMiss:
+    decision = POL.explain(url, allowed, method)
+    assert isinstance(decision, Block), decision
+    assert decision.near_miss is not None, decision
+    return decision.near_miss
+
+
+def test_path_names_the_first_differing_segment() -> None:
+    n = near("https://api.stripe.com/v2/charges/ch_1")
+    assert (n.connector, n.differs) == ("stripe", "path")
+    assert n.detail == "pattern wants /v1/*, request has /v2/..."
+    assert n.pattern == "https://api.stripe.com/v1/*"
+
+
+def test_path_missing_star() -> None:
+    n = near("https://api.exact.test/v1/items")
+    assert (n.connector, n.differs) == ("exact", "path")
+    assert "no /*" in n.detail
+
+
+def test_port_qualified_host() -> None:
+    n = near("https://api.stripe.com:8443/v1/charges")
+    assert (n.connector, n.differs) == ("stripe", "port")
+    assert n.detail == "pattern https://api.stripe.com/v1/* has no port (443); the request used :8443"
+    n = near("https://alt.example.com/x")
+    assert (n.connector, n.differs) == ("alt", "port")
+    assert "wants port 8443" in n.detail
+
+
+def test_wrong_scheme() -> None:
+    decision = POL.explain("http://api.stripe.com/v1/charges")
+    assert isinstance(decision, Block) and decision.reason is Reason.PLAIN_HTTP
+    assert decision.near_miss is not None
+    assert (decision.near_miss.connector, decision.near_miss.differs) == ("stripe", "scheme")
+    # The scheme comes first, whatever else differs too.
+    n = near("http://api.stripe.com/v2/x")
+    assert (n.differs, n.also) == ("scheme", ("path",))
+
+
+def test_host_one_label_too_few_under_a_wildcard() -> None:
+    n = near("https://wild.test/x")
+    assert (n.connector, n.differs, n.depth) == ("wild", "host", 1)
+    assert "one more label" in n.detail
+
+
+def test_host_one_label_too_many_and_too_few_for_an_exact_host() -> None:
+    n = near("https://v2.api.stripe.com/v1/x")
+    assert (n.connector, n.differs, n.depth) == ("stripe", "host", -1)
+    n = near("https://stripe.com/v1/x")
+    assert (n.connector, n.differs, n.depth) == ("stripe", "host", 1)
+    n = near("https://files.stripe.com/v1/x")
+    assert (n.connector, n.differs, n.depth) == ("stripe", "host", 0)
+
+
+def test_method() -> None:
+    n = near("https://ro.example.com/x", method="DELETE")
+    assert (n.connector, n.differs) == ("ro", "method")
+    assert n.detail == "ro allows GET, HEAD; the request used DELETE"
+
+
+def test_not_granted_in_a_tunnel_and_at_connect() -> None:
+    n = near("https://api.stripe.com/v1/x", allowed=frozenset({"ro"}))
+    assert (n.connector, n.differs) == ("stripe", "not-granted")
+    block = POL.connect(Target("api.stripe.com", 443), frozenset({"ro"}))
+    assert block is not None and block.near_miss is not None
+    assert (block.near_miss.connector, block.near_miss.differs) == ("stripe", "not-granted")
+
+
+def test_connect_level_port() -> None:
+    block = POL.connect(Target("api.stripe.com", 8443))
+    assert block is not None and block.near_miss is not None
+    assert (block.near_miss.connector, block.near_miss.differs) == ("stripe", "port")
+
+
+def test_ambiguous_with() -> None:
+    n = near("https://dup.example.net/v1/x")
+    assert (n.connector, n.differs, n.others) == ("dup-a", "ambiguous-with", ("dup-b",))
+
+
+def test_fewest_differences_win_and_same_host_beats_a_sibling() -> None:
+    pol = policy(("v1", ["https://api.example.com/v1/*"]), ("files", ["https://files.example.com/*"]))
+    decision = pol.explain("https://api.example.com/v2/x")
+    assert isinstance(decision, Block) and decision.near_miss is not None
+    assert (decision.near_miss.connector, decision.near_miss.differs) == ("v1", "path")
+
+
+def test_nothing_near() -> None:
+    decision = POL.explain("https://unknown.invalid/x")
+    assert isinstance(decision, Block) and decision.near_miss is None
+    assert POL.near_miss(Request("example.org", 443, "/")) is None  # a TLD has no siblings
+
+
+def test_allowed_requests_carry_nothing_and_bad_paths_no_near_miss() -> None:
+    assert isinstance(POL.explain("https://api.stripe.com/v1/x"), Allow)
+    decision = POL.explain("https://api.stripe.com/v1/../x")
+    assert isinstance(decision, Block) and decision.reason is Reason.BAD_PATH and decision.near_miss is None
+
+
+def test_a_crowded_parent_domain_is_bounded() -> None:
+    # Ten thousand siblings: only a bounded number is looked at, and one is still named.
+    pol = policy(*((f"c{i}", [f"https://api{i}.crowd.test/*"]) for i in range(10_000)))
+    decision = pol.explain("https://other.crowd.test/x")
+    assert isinstance(decision, Block) and decision.near_miss is not None
+    assert decision.near_miss.differs == "host"
+
+
+def test_round_trip_and_unknown_words_survive() -> None:
+    n = near("http://api.stripe.com/v2/x")
+    assert NearMiss.from_dict(json.loads(json.dumps(n.to_dict()))) == n
+    later = NearMiss.from_dict({"connector": "x", "differs": "other-workspace", "detail": "d"})
+    assert later.differs == "other-workspace"
+
+
+def test_403_body_carries_the_small_form() -> None:
+    n = near("https://api.stripe.com/v2/x")
+    status, _, body = blocked_answer(Reason.NO_CONNECTOR, "no", "rid", near_miss=n.body())
+    doc = json.loads(body)
+    assert status == 403
+    assert doc["near_miss"] == {
+        "connector": "stripe",
+        "differs": "path",
+        "detail": "pattern wants /v1/*, request has /v2/...",
+    }
+    assert "near_miss" not in json.loads(blocked_answer(Reason.NO_CONNECTOR, "no", "rid")[2])
+
+
+@pytest.mark.parametrize(
+    ("url", "method", "allowed", "expected"),
+    [
+        (
+            "https://api.stripe.com/v2/charges",
+            "GET",
+            None,
+            "add pattern https://api.stripe.com/v2/* to connector stripe",
+        ),
+        (
+            "https://api.stripe.com:8443/v1/x",
+            "GET",
+            None,
+            "connector stripe: pattern https://api.stripe.com/v1/* has no port; the request used :8443 "
+            "(add pattern https://api.stripe.com:8443/v1/*)",
+        ),
+        (
+            "https://api.exact.test/v1/items",
+            "GET",
+            None,
+            "add pattern https://api.exact.test/v1/* to connector exact",
+        ),
+        ("https://wild.test/x", "GET", None, "add pattern https://wild.test/* to connector wild"),
+        (
+            "https://v2.api.stripe.com/v1/x",
+            "GET",
+            None,
+            "add pattern https://v2.api.stripe.com/v1/* to connector stripe",
+        ),
+        ("https://ro.example.com/x", "DELETE", None, "add method DELETE to connector ro"),
+        ("https://api.stripe.com/v1/x", "GET", frozenset({"ro"}), "egress grant --connector stripe"),
+        ("https://dup.example.net/v1/x", "GET", None, "connectors dup-a, dup-b match equally"),
+    ],
+)
+def test_suggestion(url: str, method: str, allowed: frozenset[str] | None, expected: str) -> None:
+    decision = POL.explain(url, allowed, method)
+    assert isinstance(decision, Block)
+    authority, path = url.removeprefix("https://").split("/", 1)
+    assert expected in suggestion(decision.near_miss, method, authority, "/" + path)
+
+
+def test_suggestion_without_a_near_miss() -> None:
+    text = suggestion(None, "GET", "new.example.com", "/api/x")
+    assert (
+        text
+        == "no connector is near https://new.example.com/api/x: add one with pattern https://new.example.com/api/*"
+    )
