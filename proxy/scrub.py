@@ -82,6 +82,9 @@ class Needles:
     families: tuple[tuple[bytes, tuple[bytes, ...]], ...] = ()
     source: bytes = field(default=b"", repr=False)  # the pattern, compiled on first use
     anchors: tuple[bytes, ...] = ()  # a match of ``pattern`` contains one of these
+    # per anchor: a family whose key lies inside it (or -1), and whether the key is the anchor;
+    # the families' scans then decide most anchors without a scan of their own
+    gates: tuple[tuple[int, bool], ...] = ()
     lowered: tuple[bytes, ...] = ()  # the raw secrets lowercased, for header names
     keep: int = 0  # bytes a stream holds back: the longest match minus one
     secrets: tuple[str, ...] = field(default=(), repr=False)  # what this was built from
@@ -94,14 +97,29 @@ class Needles:
         return bool(self.literals or self.source)
 
     def mask(self, data: bytes) -> bytes:
-        for key, members in self.families:
+        hits = 0  # bit i: the key of family i occurs in ``data`` as it came in
+        for i, (key, members) in enumerate(self.families):
             if key in data:
+                hits |= 1 << i
                 for needle in members:
                     if needle in data:
                         data = data.replace(needle, b"*" * len(needle))
-        if self.source and (not self.anchors or any(a in data for a in self.anchors)):
+        if self.source and self._anchored(data, hits):
             data = _compiled(self.source).sub(lambda m: b"*" * (m.end() - m.start()), data)
         return data
+
+    def _anchored(self, data: bytes, hits: int) -> bool:
+        """Does an anchor occur? A family key inside an anchor was scanned for already: when it
+        is absent so is the anchor, and when it is the anchor its hit answers (masking only adds
+        ``*``, which no anchor holds, so the answer for the data before masking stays sound)."""
+        if not self.anchors:
+            return True
+        for anchor, (gate, same) in zip(self.anchors, self.gates, strict=True):
+            if gate >= 0 and not hits >> gate & 1:
+                continue
+            if (gate >= 0 and same) or anchor in data:
+                return True
+        return False
 
     def mask_name(self, name: bytes) -> bytes:
         """``mask`` for a header name, which HTTP/2 lowercases (and the echo with it)."""
@@ -152,7 +170,22 @@ def needles_for(secrets: Iterable[str]) -> Needles:
     # Without an unreserved run in every secret there is no cheap prefilter: always run the pattern.
     usable = tuple(a for a in anchors if a) if all(anchors) else ()
     lowered = tuple({s.lower().encode() for s in secrets_seen})
-    return Needles(ordered, tuple(families), pattern, usable, lowered, longest - 1, tuple(secrets_seen))
+    return Needles(
+        ordered, tuple(families), pattern, usable, _gates(usable, families), lowered, longest - 1,
+        tuple(secrets_seen),
+    )  # fmt: skip
+
+
+def _gates(
+    anchors: tuple[bytes, ...], families: list[tuple[bytes, tuple[bytes, ...]]]
+) -> tuple[tuple[int, bool], ...]:
+    """For each anchor the family whose key is it, else one whose key lies inside it, else -1."""
+    out = []
+    for anchor in anchors:
+        inside = [(key != anchor, -len(key), i) for i, (key, _) in enumerate(families) if key in anchor]
+        best = min(inside, default=None)
+        out.append((-1, False) if best is None else (best[2], not best[0]))
+    return tuple(out)
 
 
 def _families(literals: tuple[bytes, ...]) -> tuple[tuple[bytes, tuple[bytes, ...]], ...]:
