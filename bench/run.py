@@ -10,7 +10,9 @@ Everything runs side by side on this machine, on 127.0.0.1 only:
   (pins the tunnel, injects the header, streams bodies);
 * ``egress run`` with a connector that injects the secret, in four variants:
   1 worker with recording (the reference), ``--no-record``, ``--workers 2``
-  and 10,000 connectors.
+  and 10,000 connectors; and one proxy per other placement (``basic``,
+  ``headers`` with two headers, ``oauth2`` with nginx as the token endpoint,
+  ``aws_sigv4``), each measured against the reference's ``header``.
 
 A 200 from nginx through a proxy proves the secret was injected. Only 2xx
 responses are counted; non-2xx and transport errors are reported. Each
@@ -25,6 +27,7 @@ dies, via PR_SET_PDEATHSIG); the whole run is bounded by ``--budget``.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import ctypes
 import json
@@ -52,6 +55,7 @@ from typing import Any
 import decision
 import paced
 import probe
+import sigv4
 import trustme
 
 BENCH = Path(__file__).resolve().parent
@@ -66,6 +70,13 @@ ADDRESS = "127.0.0.1"
 UPSTREAM_PORT = 443
 SECRET = "bench-secret"
 AUTH = f"Bearer {SECRET}"
+# The other placements; nginx accepts each only as the proxy injects it.
+BASIC_USER = "bench-user"
+BASIC = "Basic " + base64.b64encode(f"{BASIC_USER}:{SECRET}".encode()).decode()
+TENANT = "bench-tenant-secret"  # the second header of the `headers` placement
+OAUTH_CLIENT, OAUTH_SECRET = "bench-client", "bench-client-secret"
+OAUTH_BASIC = "Basic " + base64.b64encode(f"{OAUTH_CLIENT}:{OAUTH_SECRET}".encode()).decode()
+AWS_KEY_ID, AWS_SECRET = "AKIABENCH00000000000", "bench/aws+secret/0123456789abcdefghijkl"
 MiB = 1 << 20
 TOOLS = ("nginx", "hey", "wrk", "curl")
 _STRIP_ENV = (
@@ -83,6 +94,32 @@ pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
+    map_hash_bucket_size 128;  # the Basic values are longer than the default bucket
+    # 200 only when a credential was injected: the proof of injection. Authorization is
+    # 1 for the header placement (and oauth2, whose token is the secret), basic and a SigV4
+    # signature with the real key id; 2 for the OAuth2 client at the token endpoint.
+    map $http_authorization $bench_auth {{
+        default 0;
+        "{auth}" 1;
+        "{basic}" 1;
+        "~^AWS4-HMAC-SHA256 Credential={aws_key_id}/" 1;
+        "{oauth_basic}" 2;
+    }}
+    map "$http_x_bench_key|$http_x_bench_tenant" $bench_headers {{
+        default 0;
+        "{secret}|{tenant}" 1;
+    }}
+    map $uri $bench_token_path {{
+        default 0;
+        /oauth/token 1;
+    }}
+    map "$bench_token_path$bench_auth$bench_headers" $bench_ok {{
+        default 0;
+        "010" 1;
+        "001" 1;
+        "020" 0;
+        "120" 1;
+    }}
     access_log off;
     sendfile on;
     keepalive_requests 100000000;
@@ -100,9 +137,12 @@ http {{
         ssl_certificate_key {dir}/server-key.pem;
         client_max_body_size 300m;
         client_body_buffer_size 1m;
-        # 200 only when the secret was injected: the proof of injection.
-        if ($http_authorization != "{auth}") {{ return 401; }}
+        if ($bench_ok = 0) {{ return 401; }}
         location = / {{ return 200 "ok\\n"; }}
+        location = /oauth/token {{
+            default_type application/json;
+            return 200 '{{"access_token":"{secret}","token_type":"Bearer","expires_in":3600}}';
+        }}
         location /files/ {{ alias {dir}/www/; }}
         # DAV PUT reads the whole body (to a temp file, then renames it):
         # a bare `return 200` would answer before reading the upload.
@@ -115,6 +155,50 @@ http {{
     }}
 }}
 """
+
+
+# The bench connector's secret and inject lines for each placement (YAML, indented for a list item).
+PLACEMENTS: dict[str, list[str]] = {
+    "header": [
+        "    secret: {env: BENCH_SECRET}",
+        '    inject: {header: Authorization, template: "Bearer {{secret}}"}',
+    ],
+    "basic": [
+        "    secret: {fields: {username: {env: BENCH_USER}, password: {env: BENCH_SECRET}}}",
+        '    inject: {basic: {username: "{{username}}", password: "{{password}}"}}',
+    ],
+    "headers": [
+        "    secret: {fields: {key: {env: BENCH_SECRET}, tenant: {env: BENCH_TENANT}}}",
+        '    inject: {headers: {X-Bench-Key: "{{key}}", X-Bench-Tenant: "{{tenant}}"}}',
+    ],
+    "oauth2": [
+        "    secret: {fields: {client_secret: {env: BENCH_CLIENT_SECRET}}}",
+        "    inject:",
+        "      oauth2:",
+        f"        token_url: https://{HOST}/oauth/token",
+        "        grant: client_credentials",
+        f"        client_id: {OAUTH_CLIENT}",
+        '        client_secret: "{{client_secret}}"',
+        "        client_auth: basic",
+    ],
+    "sigv4": [
+        "    secret: {fields: {access_key_id: {env: BENCH_AWS_KEY_ID}, secret_access_key: {env: BENCH_AWS_SECRET}}}",
+        "    inject:",
+        "      aws_sigv4:",
+        '        access_key_id: "{{access_key_id}}"',
+        '        secret_access_key: "{{secret_access_key}}"',
+        "        region: us-east-1",
+        "        service: s3",
+    ],
+}
+PLACEMENT_NAMES = ("basic", "headers", "oauth2", "sigv4")
+
+
+def selected_placements(only: list[str]) -> tuple[str, ...]:
+    """Placements to measure: all of them, unless --only names some (or none)."""
+    if not only or "placements" in only:
+        return PLACEMENT_NAMES
+    return tuple(p for p in PLACEMENT_NAMES if f"placement_{p}" in only)
 
 
 def log(msg: str) -> None:
@@ -611,7 +695,12 @@ class Bench:
                 "refuses. Run as root and free that port."
             ) from None
         conf = ngx / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(dir=ngx, address=ADDRESS, port=UPSTREAM_PORT, host=HOST, auth=AUTH))
+        conf.write_text(
+            NGINX_CONF.format(
+                dir=ngx, address=ADDRESS, port=UPSTREAM_PORT, host=HOST, auth=AUTH, basic=BASIC,
+                aws_key_id=AWS_KEY_ID, oauth_basic=OAUTH_BASIC, secret=SECRET, tenant=TENANT,
+            )
+        )  # fmt: skip
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         log_path = ngx / "stdout.log"
         proc = self.procs.start(
@@ -647,18 +736,20 @@ class Bench:
         ca = confdir / "mitmproxy-ca-cert.pem"
         self.targets["mitmdump"] = Target("mitmdump", "bare mitmdump", str(ca), proc, port, log_path)
 
-    def egress_home(self, name: str, connectors: int) -> Path:
+    def egress_home(self, name: str, connectors: int, placement: str = "header") -> Path:
         home = self.work / name
-        env = clean_env(EGRESS_HOME=str(home), BENCH_SECRET=SECRET)
+        env = clean_env(
+            EGRESS_HOME=str(home), BENCH_SECRET=SECRET, BENCH_USER=BASIC_USER, BENCH_TENANT=TENANT,
+            BENCH_CLIENT_SECRET=OAUTH_SECRET, BENCH_AWS_KEY_ID=AWS_KEY_ID, BENCH_AWS_SECRET=AWS_SECRET,
+        )  # fmt: skip
         done = subprocess.run([EGRESS, "init"], capture_output=True, text=True, env=env, timeout=120)
         if done.returncode:
             raise RuntimeError(f"egress init: {done.stderr}")
-        lines = ["connectors:"]
-        lines += [
+        lines = [
+            "connectors:",
             "  - name: bench",
             f'    patterns: ["https://{HOST}/*"]',
-            "    secret: {env: BENCH_SECRET}",
-            '    inject: {header: Authorization, template: "Bearer {{secret}}"}',
+            *PLACEMENTS[placement],
         ]
         for i in range(connectors - 1):
             lines += [
@@ -678,8 +769,10 @@ class Bench:
         self.info.setdefault("apply_seconds", {})[name] = time.monotonic() - t0
         return home
 
-    def start_egress(self, name: str, label: str, connectors: int, workers: int, record: bool) -> None:
-        home = self.egress_home(name, connectors)
+    def start_egress(
+        self, name: str, label: str, connectors: int, workers: int, record: bool, placement: str = "header"
+    ) -> None:
+        home = self.egress_home(name, connectors, placement)
         argv = [
             EGRESS, "run", "--workers", str(workers), "--listen", f"{ADDRESS}:0",
             "--upstream-ca", str(self.ca_path), "--allow-network", "127.0.0.0/8",
@@ -719,6 +812,18 @@ class Bench:
         code = run_tool([*no_auth, f"https://{HOST}/"], 30).stdout.strip()
         if code != "401":
             raise RuntimeError(f"nginx answered {code!r} without the secret; expected 401")
+        for path, headers in (  # near misses must be refused too, or a 2xx would prove nothing
+            ("/", ["X-Bench-Key: " + SECRET]),
+            ("/", [f"X-Bench-Tenant: {TENANT}"]),
+            ("/", ["Authorization: AWS4-HMAC-SHA256 Credential=AKIAEGRESSPLACEHOLDER/20240101/x"]),
+            ("/", [f"Authorization: {OAUTH_BASIC}"]),
+            ("/oauth/token", []),
+            ("/oauth/token", [f"Authorization: {AUTH}"]),
+        ):
+            argv = [*no_auth, *(x for h in headers for x in ("-H", h)), f"https://{HOST}{path}"]
+            code = run_tool(argv, 30).stdout.strip()
+            if code != "401":
+                raise RuntimeError(f"nginx answered {code!r} to {path} with {headers}; expected 401")
         self.info["protocols"] = {}
         for name, t in list(self.targets.items()):
             got = {}
@@ -734,8 +839,9 @@ class Bench:
             else:
                 log(f"{name}: 200 over HTTP/1.1, HTTP/2 answer {got['--http2']!r}")
 
-    def setup(self, variants: bool = True) -> None:
-        """nginx, mitmdump and egress; with ``variants`` also the other three egress set-ups."""
+    def setup(self, variants: bool = True, placements: tuple[str, ...] = ()) -> None:
+        """nginx, mitmdump and egress; with ``variants`` also the other three egress set-ups,
+        and one proxy for each of ``placements``."""
         log(f"work directory {self.work}")
         self.pki()
         self.start_nginx()
@@ -752,6 +858,8 @@ class Bench:
                 + ", ".join(f"{k} {v:.1f}s" for k, v in self.info["start_seconds"].items())
                 + f"; apply of {n:,} connectors took {self.info['apply_seconds']['egress-10k']:.1f}s"
             )
+        for placement in placements:
+            self.start_egress(f"egress-{placement}", f"egress, 1 worker, {placement}", 10, 1, True, placement)
         self.sanity()
         for t in self.targets.values():  # warm up: leaf certificates, code paths, caches
             if t.port:
@@ -784,7 +892,7 @@ class Bench:
         log(f"{scenario:<14} {target:<16} {shown}")
 
     def each(self, scenario: str, names: list[str], fn: Callable[[Target], dict[str, Any]]) -> None:
-        if self.args.only and scenario not in self.args.only:
+        if self.args.only and scenario not in self.args.only and scenario != "placements":
             return
         for name in names:
             if name in self.targets:
@@ -818,6 +926,10 @@ class Bench:
                 lambda t: hey(t, c=32, duration=a.duration),
             )
             self.each("keepalive_c32_wrk", ["direct"], lambda t: wrk(t, c=32, duration=a.duration))
+            # the reference (header placement) interleaved with the others, same load as keepalive_c32
+            placed = ["egress", *(f"egress-{p}" for p in selected_placements(a.only))]
+            if len(placed) > 1:
+                self.each("placements", order(placed), lambda t: hey(t, c=32, duration=a.duration))
             self.each("newconn_c8", base, lambda t: hey(t, c=8, duration=a.duration, keepalive=False))
             self.each("http2_c32", base, lambda t: hey(t, c=32, duration=a.h2_duration, h2=True))
             for direction in ("download", "upload"):
@@ -952,6 +1064,21 @@ def targets(b: Bench, micro: list[dict[str, float]]) -> list[Check]:
             fmt(m(direction, "mitmdump", "peak_rss_mib"), 0, " MiB"), rss, 150, "<= 150 MiB",
             at_most(rss, 150), unit="MiB",
         ))  # fmt: skip
+    for placement in PLACEMENT_NAMES:
+        cpu("placements", f"egress-{placement}", "egress", 1.05,
+            f"{placement} / header placement: CPU per request, keep-alive c=32")  # fmt: skip
+    x, y = m("placements", "egress-sigv4", "cpu_us_per_req"), m("placements", "egress", "cpu_us_per_req")
+    cost = None if x is None or y is None else x - y
+    checks.append(Check(
+        "aws_sigv4 re-signing: CPU per request minus the header placement's, keep-alive c=32",
+        fmt(x, 0, " us/req"), fmt(y, 0, " us/req"), cost, 150, "<= 150 us", at_most(cost, 150), unit="us",
+    ))  # fmt: skip
+    signing = b.info.get("sigv4", {}).get("ours_us")
+    checks.append(Check(
+        "one SigV4 signature (microbenchmark, bench/sigv4.py)", fmt(signing, 1, " us"),
+        f"botocore {fmt(b.info.get('sigv4', {}).get('botocore_us'), 1, ' us')}", signing, 150, "<= 150 us",
+        at_most(signing, 150), unit="us",
+    ))  # fmt: skip
     big = next((r for r in micro if r["connectors"] >= 10_000), micro[-1])
     d = big["decision_us"]
     checks.append(Check(
@@ -1290,6 +1417,45 @@ def report(b: Bench, micro: list[dict[str, float]], info: dict[str, str], wall: 
         + "\n"
     )
 
+    ref = m("placements", "egress", "cpu_us_per_req")
+    place_rows = []
+    for placement in ("header", *PLACEMENT_NAMES):
+        n = "egress" if placement == "header" else f"egress-{placement}"
+        if n not in b.targets and n not in b.skipped:
+            continue
+        mine = m("placements", n, "cpu_us_per_req")
+        place_rows.append([
+            placement, fmt(mine), fmt(ratio(mine, ref), 3, "x"),
+            "-" if mine is None or ref is None or n == "egress" else fmt(mine - ref, 0, " us"),
+            fmt(spread(b.values("placements", n, "cpu_us_per_req")), 0, " %"),
+            fmt(m("placements", n, "rps")), b.bad("placements", n),
+        ])  # fmt: skip
+    if place_rows:
+        out.append("## Placements, keep-alive c=32\n")
+        out.append(
+            f"`hey -c 32 -z {a.duration:g}s` as in the keep-alive table, each proxy 1 worker with recording "
+            "and 10 connectors, the bench connector using one placement: `header` (`Authorization: Bearer`, "
+            "the reference, measured again here, interleaved), `basic` (two fields), `headers` (two "
+            "headers), `oauth2` (client credentials; nginx is the token endpoint, so after the first "
+            "request the token is cached) and `aws_sigv4` (every request re-signed with the real key). "
+            "nginx accepts each only as injected (Bearer, the Basic pair, both headers, or a SigV4 "
+            "Authorization naming the real key id), so every 2xx proves the injection.\n"
+        )
+        out.append(
+            table(
+                [
+                    "placement",
+                    "CPU us/req",
+                    "vs header",
+                    "minus header",
+                    "spread",
+                    "2xx req/s",
+                    "non-2xx / errors",
+                ],
+                place_rows,
+            )
+            + "\n"
+        )
     out.append("## Per-request decision (microbenchmark)\n")
     out.append(
         "`Policy.route` + `check_tunnel_request` + `Tally.request` in-process with `timeit` "
@@ -1411,7 +1577,8 @@ def parse_args() -> argparse.Namespace:
         type=lambda v: v.split(","),
         default=[],
         metavar="S1,S2",
-        help="run only these scenarios (e.g. newconn_c8 while tuning TLS; report to bench/out)",
+        help="run only these scenarios (e.g. newconn_c8 while tuning TLS; placements, or one of "
+        f"{', '.join(f'placement_{p}' for p in PLACEMENT_NAMES)}; report to bench/out)",
     )
     p.add_argument("--keep", action="store_true", help="keep the temporary work directory and logs")
     p.add_argument(
@@ -1473,15 +1640,20 @@ def main() -> int:
     info = machine()
     log(f"decision microbenchmark (10 and {args.connectors} connectors)")
     micro = [decision.measure(n) for n in (10, args.connectors)]
+    log("SigV4 signing microbenchmark")
+    signing = sigv4.measure()
     work = Path(tempfile.mkdtemp(prefix="egress-bench-"))
     procs = Procs()
     bench = Bench(args, work, procs)
     try:
+        bench.info["sigv4"] = signing
         bench.info["loadavg_start"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
         bench.info["busy_before"] = busy = quiet_check()
         if busy > 0.2:
             log(f"WARNING: {busy:.2f} cores busy before the bench started; results will be noisy")
-        bench.setup(variants=not args.only or "keepalive_c32" in args.only)
+        bench.setup(
+            variants=not args.only or "keepalive_c32" in args.only, placements=selected_placements(args.only)
+        )
         bench.scenarios()
         bench.info["loadavg_end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     finally:

@@ -42,6 +42,20 @@ def _char_forms(ch: str) -> bytes:
     return b"(?:" + b"|".join(alts) + b")"
 
 
+@functools.lru_cache(maxsize=4096)
+def _form_bytes(ch: str) -> frozenset[int]:
+    """Every byte a match of ``_char_forms(ch)`` can hold (kept in step with it; a test checks)."""
+    raw, code = ch.encode(), ord(ch)
+    out = set(raw) | set(b"%\\u") | set(b"%04x%04X" % (code, code))
+    out |= set(b"".join(b"%02x%02X" % (b, b) for b in raw))
+    if ch == "/":
+        out |= set(b"\\/")
+    out |= set(b"".join(_HTML.get(raw, [])))
+    if not ch.isalnum():
+        out |= set(b"&#;xX0123456789") | set(b"%x%X" % (code, code))
+    return frozenset(out)
+
+
 def _spelling_families(secret: str) -> list[list[bytes]]:
     """Literal spellings of one secret, grouped so each group shares a long run."""
     raw = secret.encode()
@@ -72,6 +86,28 @@ def _base64_cores(raw: bytes) -> list[bytes]:
     return cores
 
 
+NARROW, WIDE = 1, 2  # prefilter classes: a byte of some needle or anchor; of a pattern match only
+_SAMPLE = 1 << 16  # chunk size the prefilter's false-hit rate is judged at
+_MAX_FALSE_HITS = 0.01  # expected per such chunk of random bytes, or the prefilter is not worth it
+
+
+@dataclass(frozen=True, slots=True)
+class Prefilter:
+    """One pass that rules out every needle in a chunk, instead of one scan per spelling.
+
+    ``classes`` (a ``bytes.translate`` table) maps each byte to NARROW, WIDE or 0. Every
+    literal and anchor is made of NARROW bytes only and is at least ``len(run)`` long, so a
+    chunk whose translation lacks ``run`` holds none of them, hence nothing ``mask`` would
+    change. A match that may continue into the next chunk ends in a run of non-zero bytes, so
+    only that run (at most ``keep``) must be held back. On random bytes (compressed bodies,
+    archives, images) such runs are rare; on text they are everywhere, so a hit turns the
+    prefilter off for a while.
+    """
+
+    classes: bytes
+    run: bytes
+
+
 @dataclass(frozen=True, slots=True)
 class Needles:
     """What to mask for a set of secrets, compiled once."""
@@ -82,9 +118,13 @@ class Needles:
     families: tuple[tuple[bytes, tuple[bytes, ...]], ...] = ()
     source: bytes = field(default=b"", repr=False)  # the pattern, compiled on first use
     anchors: tuple[bytes, ...] = ()  # a match of ``pattern`` contains one of these
+    # per anchor: a family whose key lies inside it (or -1), and whether the key is the anchor;
+    # the families' scans then decide most anchors without a scan of their own
+    gates: tuple[tuple[int, bool], ...] = ()
     lowered: tuple[bytes, ...] = ()  # the raw secrets lowercased, for header names
     keep: int = 0  # bytes a stream holds back: the longest match minus one
     secrets: tuple[str, ...] = field(default=(), repr=False)  # what this was built from
+    prefilter: Prefilter | None = field(default=None, repr=False)
 
     def extended(self, more: Iterable[str]) -> Needles:
         """These needles plus ``more`` secrets (live OAuth2 tokens, known only at request time)."""
@@ -94,14 +134,29 @@ class Needles:
         return bool(self.literals or self.source)
 
     def mask(self, data: bytes) -> bytes:
-        for key, members in self.families:
+        hits = 0  # bit i: the key of family i occurs in ``data`` as it came in
+        for i, (key, members) in enumerate(self.families):
             if key in data:
+                hits |= 1 << i
                 for needle in members:
                     if needle in data:
                         data = data.replace(needle, b"*" * len(needle))
-        if self.source and (not self.anchors or any(a in data for a in self.anchors)):
+        if self.source and self._anchored(data, hits):
             data = _compiled(self.source).sub(lambda m: b"*" * (m.end() - m.start()), data)
         return data
+
+    def _anchored(self, data: bytes, hits: int) -> bool:
+        """Does an anchor occur? A family key inside an anchor was scanned for already: when it
+        is absent so is the anchor, and when it is the anchor its hit answers (masking only adds
+        ``*``, which no anchor holds, so the answer for the data before masking stays sound)."""
+        if not self.anchors:
+            return True
+        for anchor, (gate, same) in zip(self.anchors, self.gates, strict=True):
+            if gate >= 0 and not hits >> gate & 1:
+                continue
+            if (gate >= 0 and same) or anchor in data:
+                return True
+        return False
 
     def mask_name(self, name: bytes) -> bytes:
         """``mask`` for a header name, which HTTP/2 lowercases (and the echo with it)."""
@@ -152,7 +207,37 @@ def needles_for(secrets: Iterable[str]) -> Needles:
     # Without an unreserved run in every secret there is no cheap prefilter: always run the pattern.
     usable = tuple(a for a in anchors if a) if all(anchors) else ()
     lowered = tuple({s.lower().encode() for s in secrets_seen})
-    return Needles(ordered, tuple(families), pattern, usable, lowered, longest - 1, tuple(secrets_seen))
+    prefilter = None
+    if usable:  # without anchors the pattern runs on every chunk: nothing to rule out cheaply
+        wide = {b for secret in secrets_seen for ch in secret for b in _form_bytes(ch)}
+        prefilter = _prefilter((*ordered, *usable), wide)
+    return Needles(
+        ordered, tuple(families), pattern, usable, _gates(usable, families), lowered, longest - 1,
+        tuple(secrets_seen), prefilter,
+    )  # fmt: skip
+
+
+def _prefilter(needles: tuple[bytes, ...], wide: set[int]) -> Prefilter | None:
+    """The prefilter for ``needles`` (literals and anchors), or None when random bytes would
+    pass it too often for it to pay."""
+    narrow = {b for n in needles for b in n}
+    shortest = min(len(n) for n in needles)
+    if _SAMPLE * (len(narrow) / 256) ** shortest > _MAX_FALSE_HITS:
+        return None
+    classes = bytes(NARROW if b in narrow else WIDE if b in wide else 0 for b in range(256))
+    return Prefilter(classes, bytes([NARROW]) * shortest)
+
+
+def _gates(
+    anchors: tuple[bytes, ...], families: list[tuple[bytes, tuple[bytes, ...]]]
+) -> tuple[tuple[int, bool], ...]:
+    """For each anchor the family whose key is it, else one whose key lies inside it, else -1."""
+    out = []
+    for anchor in anchors:
+        inside = [(key != anchor, -len(key), i) for i, (key, _) in enumerate(families) if key in anchor]
+        best = min(inside, default=None)
+        out.append((-1, False) if best is None else (best[2], not best[0]))
+    return tuple(out)
 
 
 def _families(literals: tuple[bytes, ...]) -> tuple[tuple[bytes, tuple[bytes, ...]], ...]:
@@ -187,7 +272,10 @@ def _common_run(members: list[bytes]) -> bytes:
 def masks(needles: Iterable[bytes]) -> Needles:
     """Literal needles only (for tests of the stream mechanics)."""
     unique = tuple(sorted({n for n in needles if n}, key=len, reverse=True))
-    return Needles(unique, _families(unique), keep=max((len(n) for n in unique), default=1) - 1)
+    keep = max((len(n) for n in unique), default=1) - 1
+    return Needles(
+        unique, _families(unique), keep=keep, prefilter=_prefilter(unique, set()) if unique else None
+    )
 
 
 def scrub_text(text: str, needles: Needles) -> str:
@@ -195,20 +283,47 @@ def scrub_text(text: str, needles: Needles) -> str:
 
 
 class StreamScrubber:
-    """A mitmproxy ``stream`` transform: chunks in, masked chunks out; b"" flushes."""
+    """A mitmproxy ``stream`` transform: chunks in, masked chunks out; b"" flushes.
 
-    __slots__ = ("_carry", "_needles")
+    A chunk the prefilter clears is passed on as it is (or behind the held-back carry, when
+    the seam between them is clean), holding back only the trailing bytes a needle could
+    continue from; anything else is masked whole together with the carry.
+    """
+
+    __slots__ = ("_carry", "_needles", "_pause")
+
+    PAUSE = 8  # chunks masked whole after a prefilter hit, before trying it again
 
     def __init__(self, needles: Needles) -> None:
         self._needles = needles
         self._carry = b""
+        self._pause = 0
 
     def __call__(self, chunk: bytes) -> bytes:
-        keep = self._needles.keep
+        needles = self._needles
+        keep = needles.keep
         if not chunk:
-            out, self._carry = self._needles.mask(self._carry), b""
+            out, self._carry = needles.mask(self._carry), b""
             return out
-        data = self._needles.mask(self._carry + chunk)
+        pre = needles.prefilter
+        if pre is not None and len(chunk) > keep:
+            if self._pause:
+                self._pause -= 1
+            else:
+                classes = chunk.translate(pre.classes)
+                if pre.run in classes:
+                    self._pause = self.PAUSE
+                else:
+                    carry = self._carry
+                    # a needle across the seam lies within carry + chunk[:keep]
+                    if not carry or needles.mask(seam := carry + chunk[:keep]) == seam:
+                        zero = classes.rfind(b"\0", len(chunk) - keep)
+                        cut = len(chunk) - keep if zero < 0 else zero + 1
+                        self._carry = chunk[cut:]
+                        if carry:
+                            return b"".join((carry, memoryview(chunk)[:cut]))
+                        return chunk if cut == len(chunk) else chunk[:cut]
+        data = needles.mask(self._carry + chunk)
         if keep == 0:
             return data
         if len(data) <= keep:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import base64
+import re
 from urllib.parse import quote
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.scrub import StreamScrubber, masks, needles_for, scrub_text
+from proxy.scrub import StreamScrubber, _char_forms, _form_bytes, masks, needles_for, scrub_text
 from tests.e2e.hostile import ENCODINGS
 
 
@@ -95,3 +96,57 @@ def test_unrelated_text_is_untouched() -> None:
 def test_more_spellings_from_real_encoders(secret: str, spelled: str) -> None:
     out = needles_for([secret]).mask(spelled.encode())
     assert out == b"*" * len(spelled)
+
+
+UNRESERVED = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._"
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    secret=st.text(UNRESERVED, min_size=12, max_size=24)
+    | st.tuples(
+        st.text(UNRESERVED, min_size=12, max_size=16), st.text("/+=&<>\"' ~", min_size=1, max_size=3)
+    ).map("".join),
+    filler=st.binary(min_size=100, max_size=300),
+    name=st.sampled_from(sorted(ENCODINGS)),
+)
+def test_secret_split_at_every_boundary_is_masked(secret: str, filler: bytes, name: str) -> None:
+    """Chunks cleared by the prefilter skip the full mask: a secret in any spelling, cut at every
+    position (two chunks) or in every chunk size (many), must still come out masked exactly as
+    masking the whole body would."""
+    needles = needles_for([secret])
+    assert needles.prefilter is not None  # the fast path is the one under test
+    spelled = ENCODINGS[name](secret).encode()
+    for data in (filler + spelled + filler, filler + spelled + filler[::-1] + spelled + filler):
+        expected = needles.mask(data)
+        assert spelled not in expected
+        splits = [[data[:i], data[i:]] for i in range(1, len(data))]
+        splits += [[data[i : i + n] for i in range(0, len(data), n)] for n in range(needles.keep + 1, 400, 7)]
+        for chunks in splits:
+            scrubber = StreamScrubber(needles)
+            out = b"".join(scrubber(c) for c in chunks) + scrubber(b"")
+            assert out == expected, (name, [len(c) for c in chunks])
+
+
+@pytest.mark.parametrize(
+    "ch", ["/", "+", "=", "&", "<", ">", '"', "'", " ", "~", "a", "Z", "7", "\u00f6", "\u20ac"]
+)
+def test_form_bytes_cover_every_match_of_a_char(ch: str) -> None:
+    """The prefilter holds back runs of these bytes: a pattern match outside them could be cut."""
+    allowed = _form_bytes(ch)
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.from_regex(re.compile(b"^" + _char_forms(ch) + b"$"), fullmatch=True))
+    def check(match: bytes) -> None:
+        assert set(match) <= allowed
+
+    check()
+
+
+def test_text_bodies_pause_the_prefilter() -> None:
+    """On text every chunk passes the run check; the scrubber then masks whole for a while."""
+    needles = needles_for(["bench-secret"])
+    scrubber = StreamScrubber(needles)
+    text = b"some ordinary words in a long enough text body " * 40
+    out = b"".join(scrubber(text) for _ in range(20)) + scrubber(b"")
+    assert out == text * 20
