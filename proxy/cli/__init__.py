@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from proxy import __version__
-from proxy.cli import connectors, grants, monitoring, run, setup, transparent
+from proxy.cli import admin, connectors, grants, monitoring, run, setup, transparent
 from proxy.errors import EgressError
 from proxy.service.home import Home
 
@@ -56,6 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
         )
         return sp
 
-    for group in (setup, connectors, run, monitoring, grants, transparent):
+    for group in (setup, connectors, run, monitoring, grants, transparent, admin):
         group.register(sub, command)
     return p
