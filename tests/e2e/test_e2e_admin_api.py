@@ -163,7 +163,9 @@ def test_bootstrap_token_and_metrics_behind_a_token(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_schemathesis_finds_no_server_error_nor_schema_violation(running: tuple[Proxy, Admin, str]) -> None:
+def test_schemathesis_finds_no_server_error_nor_schema_violation(
+    running: tuple[Proxy, Admin, str], tmp_path: Path
+) -> None:
     """Property tests from the OpenAPI document: every answer documented and well-formed.
 
     ``positive_data_acceptance`` is left out: a schema cannot say that a connector
@@ -179,7 +181,7 @@ def test_schemathesis_finds_no_server_error_nor_schema_violation(running: tuple[
          "--exclude-checks", "positive_data_acceptance", "--generation-deterministic",
          "--phases", "examples,coverage,fuzzing",
          "--request-timeout", "10", "--max-response-time", "5"],
-        capture_output=True, text=True, timeout=170,
+        capture_output=True, text=True, timeout=170, cwd=tmp_path,  # its cache directory lands there
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-6000:]
     assert time.monotonic() - started < 170
