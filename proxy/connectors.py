@@ -124,7 +124,8 @@ def workspace_of(keys: Iterable[str]) -> str:
 def check_workspace(workspace: Any, where: str = "workspace") -> str:
     if not isinstance(workspace, str) or not NAME_RE.match(workspace):
         raise ConfigError(
-            f"{where} {workspace!r} is invalid (lowercase letters, digits, '-' and '_', at most 63 characters)"
+            f"{where} {workspace!r} is invalid (lowercase letters, digits, '-' and '_', at most 63 characters)",
+            field="workspace",
         )
     return workspace
 
@@ -170,7 +171,8 @@ def check_name(name: Any, where: str) -> str:
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise ConfigError(
             f"{where}: name {name!r} is invalid (lowercase letters, digits, '-' and '_', "
-            "starting with a letter or digit, at most 63 characters)"
+            "starting with a letter or digit, at most 63 characters)",
+            field="name",
         )
     return name
 
@@ -179,11 +181,11 @@ def _methods(methods: Any, where: str) -> frozenset[str] | None:
     if methods is None:
         return None
     if isinstance(methods, str) or not isinstance(methods, list | tuple) or not methods:
-        raise ConfigError(f"{where}: methods must be a non-empty list such as [GET, POST]")
+        raise ConfigError(f"{where}: methods must be a non-empty list such as [GET, POST]", field="methods")
     out = set()
     for m in methods:
         if not isinstance(m, str) or not METHOD_RE.match(m.upper()):
-            raise ConfigError(f"{where}: methods: {m!r} is not an HTTP method")
+            raise ConfigError(f"{where}: methods: {m!r} is not an HTTP method", field="methods")
         out.add(m.upper())
     return frozenset(out)
 
@@ -192,10 +194,15 @@ def _strip_headers(names: Any, where: str) -> tuple[str, ...]:
     if names is None:
         return ()
     if isinstance(names, str) or not isinstance(names, list | tuple) or len(names) > MAX_PATTERNS:
-        raise ConfigError(f"{where}: strip_headers must be a list of at most {MAX_PATTERNS} header names")
+        raise ConfigError(
+            f"{where}: strip_headers must be a list of at most {MAX_PATTERNS} header names",
+            field="strip_headers",
+        )
     for n in names:
         if not isinstance(n, str) or not TOKEN_RE.match(n):
-            raise ConfigError(f"{where}: strip_headers: {n!r} is not a valid header name")
+            raise ConfigError(
+                f"{where}: strip_headers: {n!r} is not a valid header name", field="strip_headers"
+            )
     return tuple(names)
 
 
@@ -203,7 +210,7 @@ def _field_names(fields: Any, where: str) -> tuple[str, ...] | None:
     if fields is None:
         return None
     if isinstance(fields, str) or not isinstance(fields, list | tuple | set | frozenset):
-        raise ConfigError(f"{where}: fields must be a list of names")
+        raise ConfigError(f"{where}: fields must be a list of names", field="fields")
     return tuple(sorted(check_field_name(f, where) for f in fields))
 
 
@@ -230,33 +237,42 @@ def make_connector(
         where = f"connector {connector_key(workspace, name)!r}"
     if preset is not None:
         if preset not in PRESETS:
-            raise ConfigError(f"{where}: unknown preset {preset!r} (known: {', '.join(sorted(PRESETS))})")
+            raise ConfigError(
+                f"{where}: unknown preset {preset!r} (known: {', '.join(sorted(PRESETS))})", field="preset"
+            )
         known = PRESETS[preset]
         patterns = patterns if patterns else list(known.patterns)
         inject = inject if inject else dict(known.inject)
         strip_headers = strip_headers if strip_headers is not None else list(known.strip_headers)
     if not patterns:
-        raise ConfigError(f"{where}: at least one pattern is required")
+        raise ConfigError(f"{where}: at least one pattern is required", field="patterns")
     if isinstance(patterns, str) or not isinstance(patterns, list | tuple):
-        raise ConfigError(f"{where}: patterns must be a list of URLs")
+        raise ConfigError(f"{where}: patterns must be a list of URLs", field="patterns")
     if len(patterns) > MAX_PATTERNS:
-        raise ConfigError(f"{where}: {len(patterns)} patterns, at most {MAX_PATTERNS} allowed")
+        raise ConfigError(
+            f"{where}: {len(patterns)} patterns, at most {MAX_PATTERNS} allowed", field="patterns"
+        )
     parsed: list[Pattern] = []
     for i, text in enumerate(patterns):
         try:
             parsed.append(parse_pattern(text))
         except ConfigError as e:
-            raise ConfigError(f"{where}: patterns[{i}]: {e}") from None
+            raise ConfigError(f"{where}: patterns[{i}]: {e}", field="patterns") from None
     if inject is None:
-        raise ConfigError(f"{where}: inject is required (a header or a query parameter)")
-    placement = placement_from_spec(inject, where)
+        raise ConfigError(f"{where}: inject is required (a header or a query parameter)", field="inject")
+    try:
+        placement = placement_from_spec(inject, where)
+    except ConfigError as e:
+        e.field = e.field or "inject"  # every credential kind's own checks are about `inject`
+        raise
     names = _field_names(fields, where)
     if names is not None:
         missing = sorted(placement.fields() - set(names))
         if missing:
             raise ConfigError(
                 f"{where}: inject uses field(s) {', '.join(missing)} that the credential does not have "
-                f"(it has: {', '.join(names) or 'none'})"
+                f"(it has: {', '.join(names) or 'none'})",
+                field="inject",
             )
     return Connector(
         name,
@@ -291,12 +307,13 @@ def check_credential(connector: Connector, fields: Mapping[str, str], where: str
     missing = sorted(connector.inject.fields() - set(fields))
     if missing:
         raise ConfigError(
-            f"{where}: inject uses field(s) {', '.join(missing)} that the credential does not have"
+            f"{where}: inject uses field(s) {', '.join(missing)} that the credential does not have",
+            field="secret",
         )
     try:
         connector.inject.render(fields)
     except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
+        raise ConfigError(f"{where}: {e}", field="secret") from None
 
 
 def ambiguities(

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from proxy import __version__
-from proxy.cli import connectors, grants, monitoring, run, sandbox, setup, transparent
+from proxy.cli import admin, connectors, grants, monitoring, run, sandbox, setup, transparent
 from proxy.errors import EgressError
 from proxy.service.home import Home
 
@@ -56,6 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
         )
         return sp
 
-    for group in (setup, connectors, run, monitoring, grants, transparent, sandbox):
+    for group in (setup, connectors, run, monitoring, grants, transparent, sandbox, admin):
         group.register(sub, command)
     return p

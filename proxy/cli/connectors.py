@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from proxy.cli.render import describe, print_table, print_warnings
+from proxy.cli.render import print_table, print_warnings
 from proxy.connectors import Connector, make_connector
 from proxy.credentials.sources import CredentialSource, SecretSource, check_field_name, parse_source
 from proxy.credentials.templates import SECRET_FIELD
@@ -17,7 +17,7 @@ from proxy.errors import ConfigError
 from proxy.policy import Allow
 from proxy.reasons import Reason, help_of
 from proxy.service.apply import apply_file
-from proxy.service.connectors import Connectors
+from proxy.service.connectors import Connectors, describe
 from proxy.service.grants import Grants
 from proxy.service.home import Home
 
@@ -53,7 +53,7 @@ def cmd_remove(args: argparse.Namespace, home: Home) -> int:
 
 def cmd_list(args: argparse.Namespace, home: Home) -> int:
     with Connectors(home) as connectors:
-        rows = [describe(c, s.created_at, s.updated_at) for c, s in connectors.all()]
+        rows = [describe(c, s) for c, s in connectors.all()]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -70,7 +70,7 @@ def cmd_list(args: argparse.Namespace, home: Home) -> int:
 def cmd_show(args: argparse.Namespace, home: Home) -> int:
     with Connectors(home) as connectors:
         connector, stored = connectors.get(args.name)
-    row = describe(connector, stored.created_at, stored.updated_at)
+    row = describe(connector, stored)
     if args.json:
         print(json.dumps(row, indent=2))
         return 0

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Any
-
-from proxy.connectors import Connector
 
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
@@ -14,23 +11,6 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(str(r[i])) for r in lines) for i in range(len(lines[0]))] if lines else []
     for r in lines:
         print("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
-
-
-def describe(c: Connector, created: float, updated: float) -> dict[str, Any]:
-    return {
-        "name": c.name,
-        "workspace": c.workspace,
-        "preset": c.preset,
-        "patterns": [p.text for p in c.patterns],
-        "methods": sorted(c.methods) if c.methods is not None else None,
-        "inject": c.inject.to_spec(),
-        "inject_summary": c.inject.describe(),
-        "strip_headers": list(c.strip_headers),
-        "fields": list(c.fields or ()),  # names only: values are never shown
-        "secret_set": True,
-        "created_at": created,
-        "updated_at": updated,
-    }
 
 
 def print_warnings(warnings: Sequence[str]) -> None:

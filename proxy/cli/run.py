@@ -15,7 +15,9 @@ from proxy.hosts import is_loopback, parse_listen
 from proxy.netguard import NetGuard
 from proxy.reasons import Reason, help_of
 from proxy.runtime import logsetup
+from proxy.runtime.adminserver import check_available
 from proxy.runtime.settings import SETTINGS_ENV, RunSettings
+from proxy.service.admin_tokens import check_bootstrap
 from proxy.service.apply import apply_config
 from proxy.service.connectors import Connectors
 from proxy.service.home import Home
@@ -43,6 +45,10 @@ def settings_from_args(args: argparse.Namespace, home: Home) -> RunSettings:
         raise ConfigError("--workers must be at least 1")
     if args.admin:
         parse_listen(args.admin, "--admin")
+        check_available()
+        check_bootstrap(home.env)
+    elif args.admin_metrics_token:
+        raise ConfigError("--admin-metrics-token needs --admin HOST:PORT")
     if args.upstream_ca and not Path(args.upstream_ca).is_file():
         raise ConfigError(f"--upstream-ca {args.upstream_ca}: no such file")
     NetGuard(args.allow_network, args.resolve)  # bad CIDR or pin
@@ -61,6 +67,7 @@ def settings_from_args(args: argparse.Namespace, home: Home) -> RunSettings:
         transparent_connectors=tuple(connector_key(home.workspace, n) for n in args.connector or ()),
         workers=args.workers,
         admin=args.admin,
+        admin_metrics_token=args.admin_metrics_token,
         config=str(Path(args.config).absolute()) if args.config else None,
         upstream_ca=str(Path(args.upstream_ca).absolute()) if args.upstream_ca else None,
         allow_network=tuple(args.allow_network),
@@ -144,7 +151,14 @@ def register(sub: Any, command: Any) -> None:
         "--resolve", action="append", default=[], metavar="HOST=IP",
         help="pin a host name to an address, like curl --resolve (repeat)",
     )  # fmt: skip
-    sp.add_argument("--admin", metavar="HOST:PORT", help="serve /healthz and /metrics here")
+    sp.add_argument(
+        "--admin", metavar="HOST:PORT", help="serve /healthz, /metrics, the admin API and dashboard here"
+    )
+    sp.add_argument(
+        "--admin-metrics-token",
+        action="store_true",
+        help="/metrics needs an all-workspace admin token too (default: open, for scrapers)",
+    )
     sp.add_argument(
         "--workers", type=int, default=os.cpu_count() or 1, metavar="N",
         help="proxy processes sharing the port (default: number of cores)",

@@ -31,17 +31,21 @@ Kind = Literal["env", "file", "stdin"]
 def check_secret(value: str, where: str) -> str:
     """Refuse secrets that could break out of a header or be mistaken for none."""
     if not value:
-        raise ConfigError(f"{where}: secret is empty")
+        raise ConfigError(f"{where}: secret is empty", field="secret")
     if len(value.encode("utf-8")) > MAX_SECRET_BYTES:
-        raise ConfigError(f"{where}: secret is longer than {MAX_SECRET_BYTES} bytes")
+        raise ConfigError(f"{where}: secret is longer than {MAX_SECRET_BYTES} bytes", field="secret")
     if _CONTROL_RE.search(value):
-        raise ConfigError(f"{where}: secret contains control characters (line breaks, NUL, ...)")
+        raise ConfigError(
+            f"{where}: secret contains control characters (line breaks, NUL, ...)", field="secret"
+        )
     return value
 
 
 def check_field_name(name: object, where: str) -> str:
     if not isinstance(name, str) or not FIELD_NAME.match(name):
-        raise ConfigError(f"{where}: field name {name!r} is invalid (letters, digits and '_', at most 64)")
+        raise ConfigError(
+            f"{where}: field name {name!r} is invalid (letters, digits and '_', at most 64)", field="secret"
+        )
     return name
 
 
@@ -112,9 +116,9 @@ class CredentialSource:
             at = f"{where}: properties_json"
             values.update(parse_properties(self.properties_json.read_text(at, env), at))
         if not values:
-            raise ConfigError(f"{where}: the credential has no fields")
+            raise ConfigError(f"{where}: the credential has no fields", field="secret")
         if len(values) > MAX_FIELDS:
-            raise ConfigError(f"{where}: {len(values)} fields, at most {MAX_FIELDS}")
+            raise ConfigError(f"{where}: {len(values)} fields, at most {MAX_FIELDS}", field="secret")
         return values
 
 
@@ -165,3 +169,30 @@ def source_from_yaml(spec: Any, where: str) -> CredentialSource:
             raise ConfigError(f"{where}: secret.fields is empty")
         return CredentialSource(fields, properties)
     return CredentialSource.single(_one_source(spec, f"{where}: secret"))
+
+
+def fields_from_values(spec: Any, where: str = "secret") -> dict[str, str]:
+    """A credential sent by value (the admin API): ``{"value": V}`` or ``{"fields": {NAME: V}}``.
+
+    The same checks as every other source; messages name fields, never values.
+    """
+    if not isinstance(spec, Mapping) or len(spec) != 1 or not set(spec) <= {"value", "fields"}:
+        raise ConfigError(
+            f'{where} must be {{"value": "..."}} or {{"fields": {{"NAME": "..."}}}}', field="secret"
+        )
+    if "value" in spec:
+        if not isinstance(spec["value"], str):
+            raise ConfigError(f"{where}.value must be a string", field="secret")
+        return {SECRET_FIELD: check_secret(spec["value"], where)}
+    given = spec["fields"]
+    if not isinstance(given, Mapping) or not given:
+        raise ConfigError(f"{where}.fields must map field names to values", field="secret")
+    if len(given) > MAX_FIELDS:
+        raise ConfigError(f"{where}: {len(given)} fields, at most {MAX_FIELDS}", field="secret")
+    out: dict[str, str] = {}
+    for name, value in given.items():
+        check_field_name(name, f"{where}.fields")
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}.fields.{name} must be a string", field="secret")
+        out[name] = check_secret(value, f"{where}.fields.{name}")
+    return out

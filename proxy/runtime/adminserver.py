@@ -1,67 +1,98 @@
-"""The admin endpoint: ``GET /healthz`` and ``GET /metrics`` on a small thread server.
+"""The admin listener: the Starlette app (``proxy.runtime.api``) on uvicorn, in a thread of its own.
 
-It runs off the proxy's event loop so a slow scrape never delays a request.
+It runs off the proxy's event loop (its own loop, in its own thread) so a slow
+scrape or API call never delays a request. The socket is bound here, before
+the thread starts, so a taken port is a clear error at start, and port 0
+becomes a concrete address to record.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from proxy.errors import ConfigError
 from proxy.hosts import format_authority, parse_listen
+from proxy.service.home import Home
+
+logger = logging.getLogger(__name__)
+INSTALL_HINT = "pip install 'egress-proxy[admin]'"
+START_TIMEOUT = 10.0
 
 
-class AdminServer(ThreadingHTTPServer):
-    daemon_threads = True
+def check_available(flag: str = "--admin") -> None:
+    """Exit 2 with the install line if the admin server's packages are missing."""
+    missing = [m for m in ("starlette", "uvicorn") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"{flag} needs {' and '.join(missing)}: {INSTALL_HINT}")
 
-    def __init__(self, address: str, metrics: Callable[[], bytes], healthy: Callable[[], bool]) -> None:
+
+class AdminServer:
+    """Serve the admin app at ``address`` until ``stop``."""
+
+    def __init__(
+        self,
+        address: str,
+        metrics: Callable[[], bytes],
+        healthy: Callable[[], bool],
+        home: Home,
+        *,
+        metrics_token: bool = False,
+        static_dir: Path | None = None,
+    ) -> None:
+        check_available()
+        import uvicorn
+
+        from proxy.runtime.api import AdminConfig, create_app
+
         host, port = parse_listen(address, "--admin")
-        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.metrics = metrics
-        self.healthy = healthy
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._sock = socket.socket(family, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            super().__init__((host, port), _Handler)
+            self._sock.bind((host, port))
         except OSError as e:
+            self._sock.close()
             raise ConfigError(f"--admin {address}: cannot listen ({e.strerror})") from None
+        self._sock.listen(128)
+        kwargs: dict[str, Any] = {} if static_dir is None else {"static_dir": static_dir}
+        app = create_app(AdminConfig(home, metrics, healthy, metrics_token, **kwargs))
+        config = uvicorn.Config(
+            app,
+            log_config=None,  # the process's logging, not uvicorn's own handlers
+            access_log=False,
+            lifespan="off",
+            server_header=False,
+            timeout_graceful_shutdown=2,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
 
     @property
     def address(self) -> str:
-        host, port = self.server_address[:2]
+        host, port = self._sock.getsockname()[:2]
         return format_authority(str(host), int(port), None)
 
     def start(self) -> AdminServer:
-        threading.Thread(target=self.serve_forever, name="egress-admin", daemon=True).start()
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, name="egress-admin", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise ConfigError(f"--admin {self.address}: the admin server did not start")
+            time.sleep(0.01)
         return self
 
     def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: AdminServer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        if self.path == "/healthz":
-            ok = self.server.healthy()
-            self._send(200 if ok else 503, "text/plain", b"ok\n" if ok else b"unhealthy\n")
-        elif self.path == "/metrics":
-            from prometheus_client import CONTENT_TYPE_LATEST  # only when scraped
-
-            self._send(200, CONTENT_TYPE_LATEST, self.server.metrics())
-        else:
-            self._send(404, "text/plain", b"try /healthz or /metrics\n")
-
-    def _send(self, status: int, ctype: str, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("content-type", ctype)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(5)
+        self._sock.close()

@@ -29,6 +29,7 @@ class RunSettings:
     transparent_connectors: tuple[str, ...] = ()  # ...or these connectors
     workers: int = 1
     admin: str | None = None
+    admin_metrics_token: bool = False  # /metrics needs an all-workspace admin token
     config: str | None = None  # connectors file re-applied on SIGHUP
     upstream_ca: str | None = None
     allow_network: tuple[str, ...] = ()

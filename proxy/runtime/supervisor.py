@@ -32,6 +32,7 @@ from proxy.service.files import write_atomic
 if TYPE_CHECKING:
     from proxy.health import Health
     from proxy.runtime.metrics import HealthSource
+    from proxy.service.home import Home
 
 logger = logging.getLogger(__name__)
 WORKER_MODULE = "addons.runner"  # the mitmproxy side; started by name, never imported here
@@ -59,6 +60,8 @@ class Supervisor:
     env: dict[str, str]
     on_reload: Callable[[], None] | None = None
     admin: str | None = None
+    admin_metrics_token: bool = False
+    home: Home | None = None  # what the admin API acts on
     health: HealthSource | None = None  # connector states for /metrics, read from the store per scrape
     workers: list[Worker] = field(default_factory=list)
     _stop: bool = False
@@ -81,11 +84,16 @@ class Supervisor:
             if code is not None:
                 return code
             if self.admin:
-                from proxy.runtime.adminserver import AdminServer  # http.server: only when asked
+                from proxy.runtime.adminserver import AdminServer  # only when asked
                 from proxy.runtime.metrics import multiprocess_metrics
+                from proxy.service.home import Home
 
                 admin = AdminServer(
-                    self.admin, lambda: multiprocess_metrics(metrics_dir, self.health), self._healthy
+                    self.admin,
+                    lambda: multiprocess_metrics(metrics_dir, self.health),
+                    self._healthy,
+                    self.home or Home.from_env(self.env),
+                    metrics_token=self.admin_metrics_token,
                 ).start()
                 write_atomic(self.run_dir / "admin.addr", f"{admin.address}\n".encode())
             write_atomic(self.run_dir / "proxy.addr", f"{self.address}\n".encode())
@@ -214,6 +222,7 @@ class Supervisor:
 def main(argv: list[str]) -> int:
     """``python -m proxy.runtime.supervisor`` (settings in the environment): what `egress run` execs into."""
     from proxy.runtime import logsetup
+    from proxy.service.home import Home
 
     settings = RunSettings.from_json(os.environ[SETTINGS_ENV])
     logsetup.configure(settings.log_format)
@@ -246,6 +255,8 @@ def main(argv: list[str]) -> int:
         dict(os.environ),
         on_reload=reload if settings.config else None,
         admin=settings.admin,
+        admin_metrics_token=settings.admin_metrics_token,
+        home=Home(Path(settings.home), os.environ),
         health=health,
     )
     try:

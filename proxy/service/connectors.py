@@ -9,24 +9,33 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from proxy.connectors import (
+    PRESETS,
     Connector,
     ambiguities,
     check_credential,
     connector_from_spec,
     connector_key,
+    make_connector,
     split_key,
+    workspace_of,
 )
-from proxy.errors import ConfigError
+from proxy.credentials import placement_from_spec
+from proxy.credentials.sources import fields_from_values
+from proxy.errors import ConfigError, Conflict, NotFound
 from proxy.policy import Policy
 from proxy.secrets import DEFAULT_WORKSPACE, Fields, MasterKey, is_legacy
 from proxy.service.files import write_atomic
 from proxy.service.home import Home
 from proxy.store import Store, StoredConnector
+
+# The keys of a connector document (the admin API's ConnectorIn).
+DOC_KEYS = ("name", "preset", "patterns", "inject", "methods", "strip_headers", "secret")
 
 
 @dataclass
@@ -81,7 +90,7 @@ class Connectors:
     def get(self, name: str) -> tuple[Connector, StoredConnector]:
         stored = self.store.get(self._key_of(name))
         if stored is None:
-            raise ConfigError(f"no connector named {name!r}{self._in()}")
+            raise NotFound(f"no connector named {name!r}{self._in()}")
         return connector_from_spec(stored.name, stored.spec), stored
 
     def _in(self) -> str:
@@ -98,8 +107,9 @@ class Connectors:
         connector = self._checked(self._here(connector), fields)
         with self.store.write() as tx:
             if tx.get(connector.key):
-                raise ConfigError(
-                    f"connector {connector.name!r} exists{self._in()}: use `egress connector update`"
+                raise Conflict(
+                    f"connector {connector.name!r} exists{self._in()}: use `egress connector update`",
+                    field="name",
                 )
             tx.put(connector.key, connector.to_spec(), self._seal(connector, fields))
 
@@ -107,13 +117,14 @@ class Connectors:
         """Change a connector; ``fields=None`` keeps the stored credential (which must still fit).
 
         With ``merge``, the given fields replace same-named stored ones and the
-        rest are kept (replacing a password keeps the username).
+        rest are kept (replacing a password keeps the username). The credential
+        counts as changed (``secret_updated_at``) only if its values differ.
         """
         connector = self._here(connector)
         with self.store.write() as tx:
             stored = tx.get(connector.key)
             if stored is None:
-                raise ConfigError(
+                raise NotFound(
                     f"no connector named {connector.name!r}{self._in()}: use `egress connector add`"
                 )
             if fields is not None and merge:
@@ -122,15 +133,41 @@ class Connectors:
                 kept = self._open(stored)  # refuse to keep what we cannot open
                 connector = self._checked(connector, kept)
                 sealed = self._seal(connector, kept) if is_legacy(stored.sealed) else stored.sealed
+                changed = False
             else:
                 connector = self._checked(connector, fields)
                 sealed = self._seal(connector, fields)
-            tx.put(connector.key, connector.to_spec(), sealed)
+                changed = not self._opens_to(stored, fields)
+            tx.put(connector.key, connector.to_spec(), sealed, secret_changed=changed)
+
+    def create(self, doc: Any) -> tuple[Connector, StoredConnector]:
+        """Add a connector from a document (``secret`` required); what was stored."""
+        connector, fields = connector_from_doc(doc, self.workspace)
+        if fields is None:
+            raise ConfigError(
+                'a secret is required: {"value": "..."} or {"fields": {"NAME": "..."}}', field="secret"
+            )
+        self.add(connector, fields)
+        return self.get(connector.name)
+
+    def patch(self, name: str, doc: Any) -> tuple[Connector, StoredConnector]:
+        """Change the keys a document gives (a given secret's fields merge into the stored ones)."""
+        current, _ = self.get(name)
+        connector, fields = connector_from_doc(doc, self.workspace, current)
+        self.update(connector, fields, merge=True)
+        return self.get(name)
+
+    def replace_secret(self, name: str, spec: Any) -> tuple[Connector, StoredConnector]:
+        """Replace the whole credential (``{"value": V}`` or ``{"fields": {...}}``); proxies pick it
+        up at their next reload, within about a second."""
+        current, _ = self.get(name)
+        self.update(current, fields_from_values(spec), merge=False)
+        return self.get(name)
 
     def remove(self, name: str) -> None:
         with self.store.write() as tx:
             if not tx.delete(self._key_of(name)):
-                raise ConfigError(f"no connector named {name!r}{self._in()}")
+                raise NotFound(f"no connector named {name!r}{self._in()}")
 
     def _here(self, connector: Connector) -> Connector:
         """The connector placed in this workspace (the CLI builds them without one)."""
@@ -156,14 +193,15 @@ class Connectors:
             current = {s.name: s for s in tx.connectors()}
             for c, fields in items:
                 old = current.get(c.key)
+                same_secret = old is not None and self._opens_to(old, fields)
                 if old is None:
                     report.created.append(c.key)
-                elif old.spec == c.to_spec() and not is_legacy(old.sealed) and self._opens_to(old, fields):
+                elif old.spec == c.to_spec() and not is_legacy(old.sealed) and same_secret:
                     report.unchanged.append(c.key)
                     continue
                 else:
                     report.updated.append(c.key)
-                tx.put(c.key, c.to_spec(), self._seal(c, fields))
+                tx.put(c.key, c.to_spec(), self._seal(c, fields), secret_changed=not same_secret)
             if prune:
                 for key in sorted(k for k in set(current) - wanted if split_key(k)[0] in scope):
                     tx.delete(key)
@@ -210,7 +248,7 @@ class Connectors:
                     fields = self._open(stored)
                     workspace, name = split_key(stored.name)
                     spec = {**stored.spec, "fields": sorted(fields)}
-                    tx.put(stored.name, spec, self.key.seal(name, fields, workspace))
+                    tx.put(stored.name, spec, self.key.seal(name, fields, workspace), secret_changed=False)
                     count += 1
         return count
 
@@ -236,7 +274,7 @@ class Connectors:
                 fields = self._open(stored, old)
                 workspace, name = split_key(stored.name)
                 spec = {**stored.spec, "fields": sorted(fields)}
-                tx.put(stored.name, spec, new.seal(name, fields, workspace))
+                tx.put(stored.name, spec, new.seal(name, fields, workspace), secret_changed=False)
         os.replace(path, path.with_name(path.name + ".old"))
         os.replace(staged, path)
         self._key = new
@@ -248,3 +286,89 @@ class Connectors:
         self.upgrade_payloads()
         stored = self.store.connectors()
         return Policy((connector_from_spec(s.name, s.spec), self._open(s)) for s in stored)
+
+
+def connector_from_doc(
+    doc: Any, workspace: str, current: Connector | None = None
+) -> tuple[Connector, dict[str, str] | None]:
+    """A connector document into a Connector and its credential (None: not given).
+
+    The checks are make_connector's and the credential sources', the ones the
+    CLI and YAML files go through. With ``current`` (a partial update) absent
+    keys keep its values and the name cannot change.
+    """
+    if not isinstance(doc, Mapping):
+        raise ConfigError("the body must be a JSON object", field="body")
+    unknown = sorted(str(k) for k in doc if k not in DOC_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(unknown)}", field=unknown[0])
+    secret = doc.get("secret")
+    fields = None if secret is None else fields_from_values(secret)
+    values = {k: doc.get(k) for k in DOC_KEYS if k not in ("name", "secret")}
+    name = doc.get("name")
+    if current is not None:
+        if "name" in doc and name != current.name:
+            raise ConfigError(f"connector {current.name!r} cannot be renamed", field="name")
+        name = current.name
+        kept = {
+            "preset": current.preset,
+            "patterns": [p.text for p in current.patterns],
+            "inject": current.inject.to_spec(),
+            "methods": sorted(current.methods) if current.methods is not None else None,
+            "strip_headers": list(current.strip_headers),
+        }
+        values = {k: doc[k] if k in doc else kept[k] for k in kept}
+    connector = make_connector(
+        name,
+        workspace=workspace,
+        preset=values["preset"],
+        patterns=values["patterns"],
+        inject=values["inject"],
+        methods=values["methods"],
+        strip_headers=values["strip_headers"],
+    )
+    return connector, fields
+
+
+def describe(c: Connector, stored: StoredConnector) -> dict[str, Any]:
+    """A connector as operators see it (CLI ``--json``, admin API): field names, never values."""
+    return {
+        "name": c.name,
+        "workspace": c.workspace,
+        "preset": c.preset,
+        "patterns": [p.text for p in c.patterns],
+        "methods": sorted(c.methods) if c.methods is not None else None,
+        "inject": c.inject.to_spec(),
+        "inject_summary": c.inject.describe(),
+        "strip_headers": list(c.strip_headers),
+        "fields": list(c.fields or ()),
+        "secret_set": True,
+        "secret_updated_at": stored.secret_updated_at or stored.updated_at,
+        "created_at": stored.created_at,
+        "updated_at": stored.updated_at,
+    }
+
+
+def presets() -> list[dict[str, Any]]:
+    """The known APIs a connector can start from, with the fields their credential needs."""
+    return [
+        {
+            "name": name,
+            "patterns": list(p.patterns),
+            "inject": dict(p.inject),
+            "inject_summary": placement_from_spec(p.inject, f"preset {name}").describe(),
+            "fields": list(p.fields),
+            "strip_headers": list(p.strip_headers),
+            "placeholders": dict(p.placeholders),
+        }
+        for name, p in sorted(PRESETS.items())
+    ]
+
+
+def known_workspaces(store: Store) -> list[str]:
+    """Workspaces something lives in (connectors, grants, admin tokens), ``default`` always."""
+    names = {DEFAULT_WORKSPACE}
+    names.update(split_key(s.name)[0] for s in store.connectors())
+    names.update(workspace_of(g["connectors"]) for g in store.grants())
+    names.update(t["workspace"] for t in store.admin_tokens() if t["workspace"])
+    return sorted(names)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from proxy.connectors import connector_key, split_key, workspace_of
-from proxy.errors import ConfigError
+from proxy.errors import ConfigError, NotFound
 from proxy.grants import Grant, grant_id_of, grant_problem
 from proxy.reasons import Reason
 from proxy.secrets import DEFAULT_WORKSPACE
@@ -34,10 +34,12 @@ class Grants:
         unknown = sorted(n for n, k in zip(connectors, keys, strict=True) if k not in known)
         if unknown:
             where = "" if self.workspace == DEFAULT_WORKSPACE else f" in workspace {self.workspace!r}"
-            raise ConfigError(f"--connector: no connector named {', '.join(map(repr, unknown))}{where}")
+            raise ConfigError(
+                f"--connector: no connector named {', '.join(map(repr, unknown))}{where}", field="connectors"
+            )
         connectors = keys
         if ttl <= 0:
-            raise ConfigError("--ttl must be positive")
+            raise ConfigError("--ttl must be positive", field="ttl")
         token, grant = self.home.grant_key().mint(connectors, ttl, label)
         with self.store.write() as tx:
             tx.add_grant(grant.id, label, sorted(connectors), grant.expires_at)
@@ -71,10 +73,10 @@ class Grants:
     def revoke(self, token_or_id: str) -> str:
         gid = grant_id_of(token_or_id) or token_or_id
         if not any(g["id"] == gid for g in self.list()):
-            raise ConfigError(f"no active grant with id {gid!r} (see `egress grant list`)")
+            raise NotFound(f"no active grant with id {gid!r} (see `egress grant list`)")
         with self.store.write() as tx:
             if not tx.revoke_grant(gid):
-                raise ConfigError(f"no active grant with id {gid!r} (see `egress grant list`)")
+                raise NotFound(f"no active grant with id {gid!r} (see `egress grant list`)")
         return gid
 
     def rotate_key(self) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
 from proxy.connectors import connector_from_spec, connector_key, split_key
-from proxy.errors import ConfigError
+from proxy.errors import NotFound
 from proxy.health import Health
 from proxy.policy import Policy
 from proxy.secrets import DEFAULT_WORKSPACE
@@ -36,7 +37,7 @@ class Monitoring:
         keys = [s.name for s in self.store.connectors() if self._mine(s.name)]
         key = None if connector is None else connector_key(self.workspace, connector)
         if key is not None and key not in keys:
-            raise ConfigError(f"no connector named {connector!r}")
+            raise NotFound(f"no connector named {connector!r}")
         return keys, key
 
     def stats(self, connector: str | None = None) -> tuple[list[ConnectorStats], list[dict[str, Any]]]:
@@ -60,6 +61,19 @@ class Monitoring:
         """
         keys, key = self._names(connector)
         return {k: h for k, h in self.store.monitoring.health(keys, key).items() if self._mine(k)}
+
+    def series(self, connector: str, hours: int = 24) -> list[dict[str, int]]:
+        """Requests and errors per clock hour for one connector, oldest first, every hour present
+        (zeros where idle) so a chart needs no gap logic."""
+        _, key = self._names(connector)
+        assert key is not None
+        counts = {h: (r, e) for h, r, e in self.store.monitoring.hourly(key, hours)}
+        current = int(time.time() // 3600)
+        out = []
+        for hour in range(current - hours + 1, current + 1):
+            requests, errors = counts.get(hour * 3600, (0, 0))
+            out.append({"hour": hour * 3600, "requests": requests, "errors": errors})
+        return out
 
     def _filters(self, filters: dict[str, Any]) -> dict[str, Any]:
         if filters.get("connector") is not None:

@@ -1,7 +1,9 @@
 """The store's one versioned schema: every table, and the steps between versions.
 
 Version 1 held connectors and grants; version 2 adds the monitoring tables
-(stores written by earlier releases already have them, hence IF NOT EXISTS).
+(stores written by earlier releases already have them, hence IF NOT EXISTS);
+3 and 4 add health classes and workspaces; 5 the admin API's tokens and when
+each credential last changed.
 A migration runs inside the transaction that bumps the version, so a store
 is never left half-migrated.
 """
@@ -64,6 +66,22 @@ MIGRATIONS: list[str] = [
     # 5: near miss: a blocked row's nearest connector and what differed, as JSON (NULL: none)
     """
     ALTER TABLE events ADD COLUMN near_miss TEXT;
+    """,
+    # 6: the admin API. When each connector's credential last changed (a re-seal under a new
+    # master key is no change; rows written before count from their last update), and admin
+    # tokens: only a SHA-256 of each is kept; workspace NULL reaches every workspace.
+    """
+    ALTER TABLE connectors ADD COLUMN secret_updated_at REAL;
+    UPDATE connectors SET secret_updated_at = updated_at WHERE secret_updated_at IS NULL;
+    CREATE TABLE IF NOT EXISTS admin_tokens (
+        id TEXT PRIMARY KEY,
+        token_hash TEXT NOT NULL UNIQUE,
+        workspace TEXT,
+        read_only INTEGER NOT NULL DEFAULT 0,
+        label TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        revoked_at REAL
+    );
     """,
 ]
 VERSION = len(MIGRATIONS)

@@ -22,11 +22,18 @@ from proxy.store.base import StoredConnector
 from proxy.store.schema import MIGRATIONS, VERSION
 from proxy.store.sqlite_monitoring import SqliteMonitoring
 
-_CONNECTOR_COLUMNS = "name, spec, secret, created_at, updated_at"
+_CONNECTOR_COLUMNS = "name, spec, secret, created_at, updated_at, secret_updated_at"
+_TOKEN_COLUMNS = ("id", "token_hash", "workspace", "read_only", "label", "created_at", "revoked_at")
 
 
 def _connector(row: Any) -> StoredConnector:
-    return StoredConnector(row[0], json.loads(row[1]), bytes(row[2]), row[3], row[4])
+    return StoredConnector(row[0], json.loads(row[1]), bytes(row[2]), row[3], row[4], row[5])
+
+
+def _token(row: Any) -> dict[str, Any]:
+    doc = dict(zip(_TOKEN_COLUMNS, row, strict=True))
+    doc["read_only"] = bool(doc["read_only"])
+    return doc
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -87,12 +94,14 @@ class _Transaction:
         rows = self._db.execute(f"SELECT {_CONNECTOR_COLUMNS} FROM connectors ORDER BY name").fetchall()
         return [_connector(r) for r in rows]
 
-    def put(self, name: str, spec: dict[str, Any], sealed: bytes) -> None:
+    def put(self, name: str, spec: dict[str, Any], sealed: bytes, *, secret_changed: bool = True) -> None:
         now = time.time()
         self._db.execute(
-            "INSERT INTO connectors VALUES (?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE "
-            "SET spec=excluded.spec, secret=excluded.secret, updated_at=excluded.updated_at",
-            (name, json.dumps(spec, sort_keys=True), sealed, now, now),
+            f"INSERT INTO connectors ({_CONNECTOR_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) "
+            "DO UPDATE SET spec=excluded.spec, secret=excluded.secret, updated_at=excluded.updated_at, "
+            "secret_updated_at = CASE WHEN ? THEN excluded.secret_updated_at "
+            "ELSE connectors.secret_updated_at END",
+            (name, json.dumps(spec, sort_keys=True), sealed, now, now, now, secret_changed),
         )
 
     def delete(self, name: str) -> bool:
@@ -107,6 +116,20 @@ class _Transaction:
     def revoke_grant(self, gid: str) -> bool:
         cursor = self._db.execute(
             "UPDATE grants SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (time.time(), gid)
+        )
+        return cursor.rowcount > 0
+
+    def add_admin_token(
+        self, tid: str, token_hash: str, workspace: str | None, read_only: bool, label: str
+    ) -> None:
+        self._db.execute(
+            f"INSERT INTO admin_tokens ({', '.join(_TOKEN_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, NULL)",
+            (tid, token_hash, workspace, int(read_only), label, time.time()),
+        )
+
+    def revoke_admin_token(self, tid: str) -> bool:
+        cursor = self._db.execute(
+            "UPDATE admin_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (time.time(), tid)
         )
         return cursor.rowcount > 0
 
@@ -168,3 +191,15 @@ class SqliteStore:
     def revoked_grants(self) -> frozenset[str]:
         rows = self._db.execute("SELECT id FROM grants WHERE revoked_at IS NOT NULL").fetchall()
         return frozenset(r[0] for r in rows)
+
+    def admin_tokens(self) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            f"SELECT {', '.join(_TOKEN_COLUMNS)} FROM admin_tokens ORDER BY created_at, id"
+        ).fetchall()
+        return [_token(r) for r in rows]
+
+    def admin_token(self, tid: str) -> dict[str, Any] | None:
+        row = self._db.execute(
+            f"SELECT {', '.join(_TOKEN_COLUMNS)} FROM admin_tokens WHERE id = ?", (tid,)
+        ).fetchone()
+        return _token(row) if row else None

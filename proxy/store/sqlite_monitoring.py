@@ -174,6 +174,16 @@ class SqliteMonitoring:
         ).fetchall()
         return [{"host": h, "reason": r, "count": int(n)} for h, r, n in rows]
 
+    def hourly(self, connector: str, hours: int = 24) -> list[tuple[int, int, int]]:
+        """Requests and errors per clock hour (``minute / 60``), for a chart; one grouped query."""
+        current = int(self.clock() // 3600)
+        rows = self._db.execute(
+            "SELECT minute / 60 AS hour, SUM(requests), SUM(errors) FROM stats_minute "
+            "WHERE connector = ? AND minute >= ? GROUP BY hour ORDER BY hour",
+            (connector, (current - hours + 1) * 60),
+        ).fetchall()
+        return [(int(h) * 3600, int(r), int(e)) for h, r, e in rows]
+
     def events(
         self,
         *,

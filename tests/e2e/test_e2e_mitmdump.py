@@ -8,6 +8,7 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 import requests
 
@@ -46,6 +47,8 @@ def test_mitmdump_script_enforces_and_injects(
     bundle = tmp_path / "upstream.pem"
     bundle.write_bytes(Path(str(pki[0])).read_bytes())
     port = free_port()
+    admin_port = free_port()
+    token = egress(home, "admin", "token", "create", "--read-only").stdout.strip()
     log = tmp_path / "mitmdump.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -69,6 +72,8 @@ def test_mitmdump_script_enforces_and_injects(
                 "egress_resolve=evil.test=127.0.0.1",
                 "--set",
                 f"ssl_verify_upstream_trusted_ca={bundle}",
+                "--set",
+                f"egress_admin=127.0.0.1:{admin_port}",  # the single-process admin listener
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -92,6 +97,12 @@ def test_mitmdump_script_enforces_and_injects(
         with pytest.raises(requests.exceptions.ProxyError):
             s.get(f"https://evil.test:{upstream.port}/v1/x?t={t}")
         assert len(upstream.find(t)) == 1
+        admin = f"http://127.0.0.1:{admin_port}"
+        assert httpx.get(f"{admin}/healthz").text == "ok\n"
+        assert "egress_requests_total" in httpx.get(f"{admin}/metrics").text
+        who = httpx.get(f"{admin}/api/v1/whoami", headers={"Authorization": f"Bearer {token}"})
+        assert who.json() == {"workspace": None, "read_only": True}
+        assert httpx.get(f"{admin}/api/v1/whoami").status_code == 401
     finally:
         proc.terminate()
         proc.wait(10)

@@ -1,0 +1,395 @@
+"""The OpenAPI 3.1 document, built from the operation table so it cannot miss a path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxy import __version__
+from proxy.runtime.api.routes import Operation
+
+_STR = {"type": "string"}
+_INT = {"type": "integer"}
+_NUM = {"type": "number"}
+_BOOL = {"type": "boolean"}
+_STRS = {"type": "array", "items": _STR}
+_OBJ = {"type": "object"}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    if name.startswith("["):
+        return {"type": "array", "items": _ref(name[1:-1])}
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+_COUNTS = {
+    "type": "object",
+    "properties": {
+        k: _INT for k in ("requests", "rejected", "client_errors", "server_errors", "transport_failures")
+    },
+}
+_SECRET_VALUE = {"type": "string", "minLength": 1, "description": "Accepted, never returned."}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error", "detail"],
+        "properties": {
+            "error": _STR,
+            "detail": _STR,
+            "field": {**_STR, "description": "The input at fault (400 only)."},
+        },
+    },
+    "WhoAmI": {
+        "type": "object",
+        "required": ["workspace", "read_only"],
+        "properties": {"workspace": _nullable(_STR), "read_only": _BOOL},
+    },
+    "OpenAPI": {"type": "object"},
+    "Preset": {
+        "type": "object",
+        "required": ["name", "patterns", "inject", "fields", "strip_headers", "placeholders"],
+        "properties": {
+            "name": _STR,
+            "patterns": _STRS,
+            "inject": _OBJ,
+            "inject_summary": _STR,
+            "fields": _STRS,
+            "strip_headers": _STRS,
+            "placeholders": {"type": "object", "additionalProperties": _STR},
+        },
+    },
+    "Workspace": {"type": "object", "required": ["name"], "properties": {"name": _STR}},
+    "Health": {
+        "type": "object",
+        "required": ["state", "alert"],
+        "properties": {
+            "state": {"enum": ["ok", "unused", "credential-rejected", "failing"]},
+            "alert": _BOOL,
+            "last_1h": _COUNTS,
+            "last_24h": _COUNTS,
+            "rejected_share_1h": _NUM,
+            "rejected_share_24h": _NUM,
+        },
+    },
+    "Connector": {
+        "type": "object",
+        "description": "A connector. Never carries a secret value: only field names and when it changed.",
+        "required": [
+            "name",
+            "workspace",
+            "preset",
+            "patterns",
+            "methods",
+            "inject",
+            "inject_summary",
+            "strip_headers",
+            "fields",
+            "secret_set",
+            "secret_updated_at",
+            "created_at",
+            "updated_at",
+            "requests_24h",
+            "errors_24h",
+            "health",
+        ],
+        "properties": {
+            "name": _STR,
+            "workspace": _STR,
+            "preset": _nullable(_STR),
+            "patterns": _STRS,
+            "methods": _nullable(_STRS),
+            "inject": _OBJ,
+            "inject_summary": _STR,
+            "strip_headers": _STRS,
+            "fields": _STRS,
+            "secret_set": _BOOL,
+            "secret_updated_at": _NUM,
+            "created_at": _NUM,
+            "updated_at": _NUM,
+            "requests_24h": _INT,
+            "errors_24h": _INT,
+            "health": _ref("Health"),
+        },
+    },
+    "SecretIn": {
+        "description": 'One value (the field "secret") or named fields; replaces the whole credential.',
+        "oneOf": [
+            {
+                "type": "object",
+                "required": ["value"],
+                "properties": {"value": _SECRET_VALUE},
+                "additionalProperties": False,
+            },
+            {
+                "type": "object",
+                "required": ["fields"],
+                "properties": {
+                    "fields": {"type": "object", "minProperties": 1, "additionalProperties": _SECRET_VALUE}
+                },
+                "additionalProperties": False,
+            },
+        ],
+    },
+    "ConnectorIn": {
+        "type": "object",
+        "required": ["name", "secret"],
+        "additionalProperties": False,
+        "properties": {
+            "name": {**_STR, "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"},
+            "preset": {**_STR, "description": "Fills patterns, inject and strip_headers (see /presets)."},
+            "patterns": _STRS,
+            "inject": {
+                **_OBJ,
+                "description": "One placement: header, query, headers, basic, oauth2, aws_sigv4.",
+            },
+            "methods": _nullable(_STRS),
+            "strip_headers": _STRS,
+            "secret": _ref("SecretIn"),
+        },
+    },
+    "ConnectorPatch": {
+        "type": "object",
+        "description": "Keys to change; absent keys keep their value. A secret's fields merge into the stored ones.",
+        "additionalProperties": False,
+        "properties": {
+            "preset": _nullable(_STR),
+            "patterns": _STRS,
+            "inject": _OBJ,
+            "methods": _nullable(_STRS),
+            "strip_headers": _nullable(_STRS),
+            "secret": _ref("SecretIn"),
+        },
+    },
+    "Series": {
+        "type": "object",
+        "required": ["hours"],
+        "properties": {
+            "hours": {
+                "type": "array",
+                "minItems": 24,
+                "maxItems": 24,
+                "items": {
+                    "type": "object",
+                    "required": ["hour", "requests", "errors"],
+                    "properties": {"hour": _INT, "requests": _INT, "errors": _INT},
+                },
+            }
+        },
+    },
+    "ConnectorStats": {
+        "type": "object",
+        "required": ["connector", "workspace", "requests_24h", "errors_24h", "error_rate", "alert", "health"],
+        "properties": {
+            "connector": _STR,
+            "workspace": _STR,
+            "requests_24h": _INT,
+            "errors_24h": _INT,
+            "error_rate": _NUM,
+            "errors_1h": _INT,
+            "alert": _BOOL,
+            "last_error": _nullable(_OBJ),
+            "health": _ref("Health"),
+        },
+    },
+    "Stats": {
+        "type": "object",
+        "required": ["window_hours", "connectors", "blocked"],
+        "properties": {
+            "window_hours": _INT,
+            "connectors": {"type": "array", "items": _ref("ConnectorStats")},
+            "blocked": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["host", "reason", "count"],
+                    "properties": {"host": _STR, "reason": _STR, "count": _INT},
+                },
+            },
+        },
+    },
+    "Event": {
+        "type": "object",
+        "description": "An error or blocked request; paths never carry a query string.",
+        "required": ["kind", "ts", "method", "host", "path", "workspace"],
+        "properties": {
+            "kind": {"enum": ["error", "blocked"]},
+            "ts": _NUM,
+            "method": _STR,
+            "host": _STR,
+            "path": _STR,
+            "request_id": _STR,
+            "connector": _STR,
+            "status": _INT,
+            "failure": _STR,
+            "reason": _STR,
+            "grant_label": _STR,
+            "workspace": _STR,
+            "near_miss": _OBJ,
+            "id": _INT,
+        },
+    },
+    "Grant": {
+        "type": "object",
+        "required": [
+            "id",
+            "label",
+            "connectors",
+            "expires_at",
+            "created_at",
+            "revoked_at",
+            "workspace",
+            "state",
+        ],
+        "properties": {
+            "id": _STR,
+            "label": _STR,
+            "connectors": _STRS,
+            "expires_at": _NUM,
+            "created_at": _NUM,
+            "revoked_at": _nullable(_NUM),
+            "workspace": _STR,
+            "state": {"enum": ["active", "expired", "revoked"]},
+        },
+    },
+    "GrantIn": {
+        "type": "object",
+        "required": ["connectors"],
+        "additionalProperties": False,
+        "properties": {
+            "connectors": {**_STRS, "minItems": 1},
+            "ttl": {
+                "anyOf": [_STR, {"type": "integer", "minimum": 1}],
+                "description": "A duration (15m, 1h, 2d) or seconds; default 15m.",
+            },
+            "label": {**_STR, "maxLength": 200},
+        },
+    },
+    "MintedGrant": {
+        "type": "object",
+        "required": ["id", "token", "connectors", "label", "expires_at"],
+        "properties": {
+            "id": _STR,
+            "token": {**_STR, "description": "The grant token, shown only here."},
+            "workspace": _STR,
+            "connectors": _STRS,
+            "label": _STR,
+            "expires_at": _INT,
+        },
+    },
+}
+
+_ERRORS = {
+    400: "Invalid input: `field` names it",
+    401: "No token, or not a valid one",
+    403: "A read-only token on a write",
+    404: "Unknown, or in a workspace this token cannot see",
+    409: "The name exists",
+    429: "Too many failed logins from this address: see Retry-After",
+}
+_NAME = {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"}
+_PARAM_SCHEMAS = {"ws": _NAME, "name": _NAME, "id": _STR}
+_PARAMS = {
+    "ws": "The workspace (a workspace token sees only its own).",
+    "name": "The connector's name within the workspace.",
+    "id": "The grant's id.",
+}
+
+
+def _error(code: int) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "description": _ERRORS[code],
+        "content": {"application/json": {"schema": _ref("Error")}},
+    }
+    if code == 401:
+        out["headers"] = {"WWW-Authenticate": {"schema": _STR}}
+    if code == 429:
+        out["headers"] = {"Retry-After": {"schema": _INT}}
+    return out
+
+
+def _operation(op: Operation) -> dict[str, Any]:
+    params = [p for p in ("ws", "name", "id") if "{" + p + "}" in op.path]
+    doc: dict[str, Any] = {"operationId": op.operation_id, "summary": op.summary}
+    doc["parameters"] = [
+        {"name": p, "in": "path", "required": True, "description": _PARAMS[p], "schema": _PARAM_SCHEMAS[p]}
+        for p in params
+    ] + [{"name": q.name, "in": "query", "description": q.description, "schema": q.schema} for q in op.query]
+    if not doc["parameters"]:
+        del doc["parameters"]
+    if op.body:
+        doc["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(op.body)}}}
+    ok: dict[str, Any] = {"description": "Done" if op.response is None else "OK"}
+    if op.response is not None:
+        ok["content"] = {"application/json": {"schema": _ref(op.response)}}
+    codes = [401, 429]
+    if op.body or op.query or params:
+        codes.append(400)
+    if op.write:
+        codes.append(403)
+    if params:
+        codes.append(404)
+    if op.conflict:
+        codes.append(409)
+    doc["responses"] = {str(op.status): ok, **{str(c): _error(c) for c in sorted(codes)}}
+    return doc
+
+
+def document(operations: list[Operation]) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for op in operations:
+        paths.setdefault(op.path, {})[op.method.lower()] = _operation(op)
+    open_paths = {
+        "/healthz": {
+            "get": {
+                "operationId": "healthz",
+                "summary": "Liveness: every worker is running",
+                "security": [],
+                "responses": {
+                    "200": {"description": "ok", "content": {"text/plain": {"schema": _STR}}},
+                    "503": {"description": "unhealthy", "content": {"text/plain": {"schema": _STR}}},
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics summed over workers (a token only with --admin-metrics-token)",
+                "security": [{"bearer": []}, {}],
+                "responses": {
+                    "200": {"description": "metrics", "content": {"text/plain": {"schema": _STR}}},
+                    "401": _error(401),
+                    "403": {
+                        "description": "A workspace token: metrics cover every workspace",
+                        "content": {"application/json": {"schema": _ref("Error")}},
+                    },
+                    "429": _error(429),
+                },
+            }
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "egress-proxy admin API",
+            "version": __version__,
+            "description": "Connectors, credentials, grants and monitoring of an egress-proxy. "
+            "Secrets are accepted, never returned.",
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "paths": {**paths, **open_paths},
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An admin token from `egress admin token create` (or EGRESS_ADMIN_TOKEN).",
+                }
+            },
+        },
+    }
