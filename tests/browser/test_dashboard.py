@@ -212,3 +212,25 @@ def test_narrow_window_keeps_everything_reachable(page: Any, dash: Dash) -> None
     # Nothing wider than the window: the tables turn into one card per row.
     assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
     expect(page.get_by_role("link", name="Blocked requests")).to_be_visible()
+
+
+def test_keyboard_only(page: Any, dash: Dash) -> None:
+    page.goto(dash.url + "/")
+    expect(page.get_by_label("Admin token")).to_be_focused()
+    page.keyboard.type(dash.token)
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Connectors", level=1)).to_be_visible()
+    link = page.locator("#connectors-table").get_by_role("link", name="flaky", exact=True)
+    for _ in range(30):  # Tab through the header and the table until the row's link has focus
+        page.keyboard.press("Tab")
+        if link.evaluate("el => el === document.activeElement"):
+            break
+    expect(link).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="flaky", level=1)).to_be_focused()  # focus follows the page
+    page.get_by_role("button", name="Delete").focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("dialog")).to_be_visible()
+    page.keyboard.press("Escape")  # cancels: nothing is deleted
+    expect(page.get_by_role("dialog")).to_have_count(0)
+    assert dash.api("GET", "/workspaces/default/connectors/flaky").status_code == 200

@@ -834,7 +834,7 @@ async function formView(ws, name) {
     } catch (err) {
       if (err.status === 401) return;
       const where = err.body.field || (err.status === 409 ? "name" : null);
-      fieldError(form, summary, where, describeError(err));
+      fieldError(form, summary, where, err, "this connector");
     } finally {
       save.disabled = false;
     }
@@ -884,16 +884,21 @@ function controlFor(form, where) {
   return id ? form.querySelector(`#${id}`) : null;
 }
 
-function fieldError(form, summary, where, message) {
+/** Show a refusal next to the field it names (`error` is a message or an ApiError), and a summary on top. */
+function fieldError(form, summary, where, error, what = "this") {
   const control = controlFor(form, where);
   const slot = control && form.querySelector(`#${CSS.escape(control.id)}-error`);
+  const detail = error instanceof ApiError ? error.message : String(error);
   if (slot) {
-    slot.textContent = where ? `${where}: ${message}` : message;
+    slot.textContent = detail; // the server's detail names the field and the fault in its own words
     slot.hidden = false;
     control.setAttribute("aria-invalid", "true");
     control.focus();
   }
-  summary.textContent = slot ? "The server refused this connector; see the marked field." : message;
+  const status = error instanceof ApiError ? ` (HTTP ${error.status})` : "";
+  summary.textContent = slot
+    ? `The server refused ${what}${status}: see the marked field.`
+    : error instanceof ApiError ? describeError(error) : detail;
   summary.hidden = false;
 }
 
@@ -924,7 +929,7 @@ async function secretView(ws, name) {
     try {
       await api("PUT", wsPath(ws, `/connectors/${encodeURIComponent(name)}/secret`), readSecret(box));
     } catch (err) {
-      if (err.status !== 401) fieldError(form, summary, err.body.field || "secret", describeError(err));
+      if (err.status !== 401) fieldError(form, summary, err.body.field || "secret", err, "this secret");
       return;
     }
     box.querySelectorAll("input").forEach((i) => (i.value = ""));
