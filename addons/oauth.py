@@ -48,6 +48,11 @@ MAX_RESPONSE = 64 * 1024
 # After a failed fetch, callers with no usable token are refused for this long
 # without asking again, so a down endpoint is not hammered once per request.
 RETRY_AFTER = 2.0
+# Refetches an upstream 401 may cause: a burst, then one per interval. The sandbox
+# chooses which URLs it calls, so it can make the upstream answer 401 at will; without
+# a budget every such request would cost a call to the token endpoint.
+REFUSALS_BURST = 3
+REFUSAL_INTERVAL = 10.0
 _SEEN_REFRESH_TOKENS = 8  # rotated refresh tokens remembered to recognise a lagging policy
 
 
@@ -77,6 +82,8 @@ class _Entry:
     flight: asyncio.Task[None] | None = None
     failure: str = ""
     failed_until: float = 0.0
+    refusals: float = REFUSALS_BURST  # 401-driven refetches left (refilled over time)
+    refusals_at: float = 0.0  # when ``refusals`` was last refilled
 
 
 def client_context(cafile: str | None = None) -> ssl.SSLContext:
@@ -153,13 +160,27 @@ class TokenBroker:
         """The upstream answered 401 to ``token``: the next request fetches a new one.
 
         Only the cached token is marked, so twenty 401s for one token cause one
-        refresh, and a late 401 for a token already replaced causes none.
+        refresh, and a late 401 for a token already replaced causes none. Past a
+        small budget (``REFUSALS_BURST``, then one per ``REFUSAL_INTERVAL``) a 401
+        keeps the token: the sandbox can make an upstream answer 401 at will.
         """
         entry = self._entries.get(connector)
-        if entry is not None and entry.token is not None and entry.token.access_token == token:
-            if not entry.stale:
-                logger.info("connector %s: upstream refused the access token; fetching a new one", connector)
-            entry.stale = True
+        if entry is None or entry.token is None or entry.token.access_token != token or entry.stale:
+            return
+        now = self._clock()
+        if entry.refusals_at:
+            entry.refusals = min(
+                REFUSALS_BURST, entry.refusals + (now - entry.refusals_at) / REFUSAL_INTERVAL
+            )
+        entry.refusals_at = now
+        if entry.refusals < 1:
+            logger.debug(
+                "connector %s: upstream refused the access token again; keeping it for now", connector
+            )
+            return
+        entry.refusals -= 1
+        logger.info("connector %s: upstream refused the access token; fetching a new one", connector)
+        entry.stale = True
 
     def secrets(self, connector: str) -> tuple[str, ...]:
         """The connector's live access and refresh tokens, to scrub from responses."""

@@ -22,6 +22,7 @@ from proxy.context import FlowState, Tunnel
 from proxy.errors import EgressError
 from proxy.health import CLASS_NAMES
 from proxy.hosts import format_authority
+from proxy.policy import parse_target
 from proxy.reasons import Reason
 from proxy.runtime.metrics import Metrics
 from proxy.secrets import DEFAULT_WORKSPACE
@@ -227,14 +228,24 @@ class Recorder:
             return
         if s.blocked.reason is Reason.NO_GRANT and "proxy-authorization" not in flow.request.headers:
             # Counted only if no grant follows on this connection (see client_disconnected).
+            # Only the last one can be a probe: any earlier one is a block of its own.
+            earlier = self._probes.pop(flow.client_conn.id, None)
+            if earlier is not None:
+                self._blocked(earlier, state(earlier))
             self._probes[flow.client_conn.id] = flow
             return
         self._blocked(flow, s)
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
-        """After the gate: a tunnel that opened makes an earlier 407 on its connection a probe."""
+        """After the gate: a tunnel that opened makes the 407 just before it, for the same
+        target, a probe; a 407 for another target stays a block."""
         if flow.response is None:
-            self._probes.pop(flow.client_conn.id, None)
+            probe = self._probes.pop(flow.client_conn.id, None)
+            tunnel = self.tunnels.get(flow.client_conn) if self.tunnels is not None else None
+            if probe is not None and (
+                tunnel is None or parse_target(probe.request.host, probe.request.port) != tunnel.target
+            ):
+                self._blocked(probe, state(probe))
 
     def client_disconnected(self, client: connection.Client) -> None:
         flow = self._probes.pop(client.id, None)

@@ -23,6 +23,7 @@ from proxy.service.connectors import Connectors
 from proxy.service.home import Home
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
+GRANT_ENV = "EGRESS_GRANT"  # a transparent listener's grant, kept off command lines
 
 
 def settings_from_args(args: argparse.Namespace, home: Home) -> RunSettings:
@@ -34,6 +35,9 @@ def settings_from_args(args: argparse.Namespace, home: Home) -> RunSettings:
             "connector; add --require-grant (clients present `egress grant` tokens), or pass "
             "--insecure-no-auth to accept that"
         )
+    if args.mode == "transparent" and not args.grant and not args.connector:
+        # The grant may come from the environment: a command line is readable by every local user.
+        args.grant = os.environ.get(GRANT_ENV) or None
     if args.mode == "transparent" and bool(args.grant) == bool(args.connector):
         raise ConfigError(
             "--mode transparent needs --grant TOKEN or --connector NAME (intercepted traffic carries "
@@ -134,7 +138,11 @@ def register(sub: Any, command: Any) -> None:
         help="regular: clients set HTTPS_PROXY; transparent: traffic redirected by iptables (see "
         "`egress transparent rules`)",
     )  # fmt: skip
-    sp.add_argument("--grant", metavar="TOKEN", help="transparent mode: intercepted traffic uses this grant")
+    sp.add_argument(
+        "--grant",
+        metavar="TOKEN",
+        help=f"transparent mode: intercepted traffic uses this grant (or set {GRANT_ENV})",
+    )
     sp.add_argument(
         "--connector",
         action="append",

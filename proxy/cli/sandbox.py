@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from proxy.cli.run import GRANT_ENV
 from proxy.errors import ConfigError, EgressError
 from proxy.runtime.netns import StepNamespace, check_privileges
 from proxy.service import ca
@@ -68,13 +69,16 @@ def _step_env(bundle: Path, ca_cert: Path) -> dict[str, str]:
 def _start_proxy(args: argparse.Namespace, home: Home, listen: str, log: Path) -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-m", "proxy.cli", "run", "--mode", "transparent", "--listen", listen,
             "--workers", "1", "--insecure-no-auth"]  # fmt: skip
-    argv += ["--grant", args.grant] if args.grant else [a for n in args.connector for a in ("--connector", n)]
+    env = {**os.environ, "EGRESS_HOME": str(home.root), "EGRESS_WORKSPACE": home.workspace}
+    if args.grant:  # in the environment: the step can read every command line on the host
+        env[GRANT_ENV] = args.grant
+    else:
+        argv += [a for n in args.connector for a in ("--connector", n)]
     if args.upstream_ca:
         argv += ["--upstream-ca", args.upstream_ca]
     for flag, values in (("--allow-network", args.allow_network), ("--resolve", args.resolve)):
         for value in values:
             argv += [flag, value]
-    env = {**os.environ, "EGRESS_HOME": str(home.root), "EGRESS_WORKSPACE": home.workspace}
     with open(log, "wb") as out:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
 
@@ -92,8 +96,35 @@ def _wait_ready(proc: subprocess.Popen[bytes], log: Path) -> None:
     raise EgressError(f"the step's proxy did not start within {READY_TIMEOUT:.0f} s")
 
 
+def _reexec_without_grant(token: str) -> None:
+    """Run again with the token moved from our command line to the environment.
+
+    The step shares the host's /proc: ``/proc/PID/cmdline`` of this process is
+    readable by it (and by every local user) for as long as the step runs, while
+    the environment of a root process is not. ``exec`` keeps the pid.
+    """
+    argv = sys.argv[1:]
+    end = argv.index("--") if "--" in argv else len(argv)
+    for i, arg in enumerate(argv[:end]):
+        if arg == "--grant" and i + 1 < end and argv[i + 1] == token:
+            rest = argv[:i] + argv[i + 2 :]
+            break
+        if arg == f"--grant={token}":
+            rest = argv[:i] + argv[i + 1 :]
+            break
+    else:
+        return  # not spelled on our command line (abbreviated, or already moved)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "proxy.cli", *rest], {**os.environ, GRANT_ENV: token})
+
+
 def cmd_exec(args: argparse.Namespace, home: Home) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if args.grant:
+        _reexec_without_grant(args.grant)
+    elif not args.connector:
+        args.grant = os.environ.get(GRANT_ENV) or None
     if not command:
         raise ConfigError("usage: egress exec [--grant TOKEN | --connector NAME ...] -- CMD [ARGS...]")
     if bool(args.grant) == bool(args.connector):
@@ -156,7 +187,7 @@ def cmd_exec(args: argparse.Namespace, home: Home) -> int:
 def register(sub: Any, command: Any) -> None:
     sp = command("exec", cmd_exec, "run one step whose only way out is the proxy (root)")
     scope = sp.add_mutually_exclusive_group()
-    scope.add_argument("--grant", metavar="TOKEN", help="the step's grant")
+    scope.add_argument("--grant", metavar="TOKEN", help=f"the step's grant (or set {GRANT_ENV})")
     scope.add_argument(
         "--connector", action="append", default=[], metavar="NAME", help="connectors it may use"
     )

@@ -3,6 +3,7 @@ through its own transparent proxy, with no proxy settings at all."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -110,3 +111,28 @@ def test_a_step_killed_by_sigkill_still_cleans_up(
     assert namespaces() == []
     rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
     assert "egx" not in rules
+
+
+def test_the_step_cannot_read_its_grant_from_any_command_line(
+    home: Path, pki: tuple[Path, object], upstream: Upstream
+) -> None:
+    """The step shares /proc: a token in `egress exec`'s (or its proxy's) argv is the step's."""
+    res = egress(home, "grant", "--connector", "stripe", "--json")
+    assert res.returncode == 0, res.stderr
+    token = json.loads(res.stdout)["token"]
+    body = token.split(".")[1]
+    tag = f"g{time.monotonic_ns()}"
+    scan = (
+        "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f 2>/dev/null; echo; done > /tmp/cmdlines-$$; "
+        # The search string is assembled in the shell: spelled whole, this script would match.
+        f"a='{body[:6]}'; b='{body[6:12]}'; grep -c -F -e \"$a$b\" /tmp/cmdlines-$$; rm -f /tmp/cmdlines-$$; "
+        f"curl -sS -o /dev/null --max-time 20 https://api.stripe.test:{upstream.port}/v1/a?t={tag}"
+    )
+    argv = [*network_args(pki[0]), "--grant", token, "--", "sh", "-c", scan]
+    res = subprocess.run(
+        [str(Path(sys.executable).parent / "egress"), "exec", *argv],
+        capture_output=True, text=True, timeout=90, env=clean_env(home),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert upstream.find(tag)[0].header("authorization") == [f"Bearer {SECRET}"]  # the grant still works
+    assert res.stdout.split() == ["0"], res.stdout

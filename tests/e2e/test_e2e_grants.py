@@ -260,3 +260,47 @@ def test_libcurl_auth_probe_is_not_logged_as_a_block(gproxy: Proxy, upstream: Up
     while time.monotonic() < deadline and len(_blocked_rows(gproxy, '"no-grant"')) == before:
         time.sleep(0.3)
     assert len(_blocked_rows(gproxy, '"no-grant"')) == before + 1
+
+
+def _read_head(s: socket.socket) -> int:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = next(
+        (
+            int(v)
+            for k, _, v in (h.partition(b":") for h in head.split(b"\r\n")[1:])
+            if k.lower() == b"content-length"
+        ),
+        0,
+    )
+    while len(rest) < length:
+        rest += s.recv(4096)
+    return int(head.split()[1])
+
+
+def test_only_the_probe_right_before_a_grant_goes_unlogged(gproxy: Proxy, upstream: Upstream) -> None:
+    """Credential-less CONNECTs to other hosts, kept on one connection until a granted
+    CONNECT opens, are blocks: they must not vanish from the log as "auth probes"."""
+    g = mint(gproxy, "--connector", "stripe", "--label", "hider")
+    cred = base64.b64encode(f"grant:{g['token']}".encode()).decode()
+    tag = f"{time.monotonic_ns()}"
+    hidden = [f"hidden{i}-{tag}.evil.test:443" for i in range(3)]
+    with socket.create_connection((gproxy.host, gproxy.port), timeout=5) as s:
+        for target in hidden:
+            s.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+            assert _read_head(s) == 407
+        target = f"api.stripe.test:{upstream.port}"
+        s.sendall(
+            f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Basic {cred}\r\n\r\n".encode()
+        )
+        assert _read_head(s) == 200
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(_blocked_rows(gproxy, tag)) < len(hidden):
+        time.sleep(0.3)
+    logged = {row["host"] for row in _blocked_rows(gproxy, tag)}
+    assert logged == set(hidden), logged
