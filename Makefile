@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export EGRESS_HOME ?= $(CURDIR)/.egress
 LISTEN ?= 127.0.0.1:8080
+ADMIN ?= 127.0.0.1:9090
 
 .PHONY: install run demo test lint format unit e2e bench docs clean
 
@@ -22,7 +23,7 @@ install: $(BIN)/.installed
 run: install
 	$(BIN)/egress init
 	DEMO_API_KEY=$${DEMO_API_KEY:-demo-secret-change-me} $(BIN)/egress apply -f config/demo.yaml
-	$(BIN)/egress run --listen $(LISTEN)
+	$(BIN)/egress run --listen $(LISTEN) --admin $(ADMIN)
 
 demo: run
 

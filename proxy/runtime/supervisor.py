@@ -97,7 +97,7 @@ class Supervisor:
                 ).start()
                 write_atomic(self.run_dir / "admin.addr", f"{admin.address}\n".encode())
             write_atomic(self.run_dir / "proxy.addr", f"{self.address}\n".encode())
-            self._banner()
+            self._banner(admin.address if admin else None)
             return self._watch()
         finally:
             self._terminate()
@@ -210,13 +210,17 @@ class Supervisor:
     def _on_hup(self, signum: int, frame: FrameType | None) -> None:
         self._reload = True
 
-    def _banner(self) -> None:
-        print(
-            f"egress-proxy listening on http://{self.address} ({self.count} worker(s))\n"
+    def _banner(self, admin: str | None) -> None:
+        lines = [
+            f"egress-proxy listening on http://{self.address} ({self.count} worker(s))",
             '  point a sandboxed step at it:  eval "$(egress env)"',
-            file=sys.stderr,
-            flush=True,
-        )
+        ]
+        if admin:
+            lines += [
+                f"  dashboard and admin API:       http://{admin}/",
+                "  get a token to log in with:    egress admin token create",
+            ]
+        print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 def main(argv: list[str]) -> int:
