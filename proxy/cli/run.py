@@ -130,6 +130,27 @@ def cmd_run(args: argparse.Namespace, home: Home) -> int:
     return 1  # not reached
 
 
+def add_upstream_flags(sp: Any) -> None:
+    """How the proxy reaches upstreams: shared by `egress run` and `egress exec` (which passes them on)."""
+    sp.add_argument("--upstream-ca", metavar="PEM", help="also trust these CAs for upstream servers")
+    sp.add_argument(
+        "--allow-network", action="append", default=[], metavar="CIDR",
+        help="let upstream connections reach this private range (repeat)",
+    )  # fmt: skip
+    sp.add_argument(
+        "--resolve", action="append", default=[], metavar="HOST=IP",
+        help="pin a host name to an address, like curl --resolve (repeat)",
+    )  # fmt: skip
+
+
+def upstream_flags(args: argparse.Namespace) -> list[str]:
+    """The flags ``add_upstream_flags`` parsed, as arguments again."""
+    argv = ["--upstream-ca", args.upstream_ca] if args.upstream_ca else []
+    for flag, values in (("--allow-network", args.allow_network), ("--resolve", args.resolve)):
+        argv += [a for v in values for a in (flag, v)]
+    return argv
+
+
 def register(sub: Any, command: Any) -> None:
     sp = command("run", cmd_run, "run the proxy")
     sp.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT")
@@ -150,15 +171,7 @@ def register(sub: Any, command: Any) -> None:
         help="transparent mode: connectors it may use (repeat)",
     )
     sp.add_argument("--config", metavar="FILE", help="apply this connectors file (with --prune) at start")
-    sp.add_argument("--upstream-ca", metavar="PEM", help="also trust these CAs for upstream servers")
-    sp.add_argument(
-        "--allow-network", action="append", default=[], metavar="CIDR",
-        help="let upstream connections reach this private range (repeat)",
-    )  # fmt: skip
-    sp.add_argument(
-        "--resolve", action="append", default=[], metavar="HOST=IP",
-        help="pin a host name to an address, like curl --resolve (repeat)",
-    )  # fmt: skip
+    add_upstream_flags(sp)
     sp.add_argument(
         "--admin", metavar="HOST:PORT", help="serve /healthz, /metrics, the admin API and dashboard here"
     )

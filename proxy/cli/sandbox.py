@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from proxy.cli.run import GRANT_ENV
+from proxy.cli.run import GRANT_ENV, add_upstream_flags, upstream_flags
 from proxy.errors import ConfigError, EgressError
 from proxy.runtime.netns import StepNamespace, check_privileges
 from proxy.service import ca
@@ -74,11 +74,7 @@ def _start_proxy(args: argparse.Namespace, home: Home, listen: str, log: Path) -
         env[GRANT_ENV] = args.grant
     else:
         argv += [a for n in args.connector for a in ("--connector", n)]
-    if args.upstream_ca:
-        argv += ["--upstream-ca", args.upstream_ca]
-    for flag, values in (("--allow-network", args.allow_network), ("--resolve", args.resolve)):
-        for value in values:
-            argv += [flag, value]
+    argv += upstream_flags(args)
     with open(log, "wb") as out:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
 
@@ -194,10 +190,6 @@ def register(sub: Any, command: Any) -> None:
     sp.add_argument(
         "--user", metavar="USER", help="run the step as USER (default: the sudo caller, else nobody)"
     )
-    sp.add_argument("--upstream-ca", metavar="PEM", help="also trust these CAs for upstream servers")
-    sp.add_argument(
-        "--allow-network", action="append", default=[], metavar="CIDR", help="as for `egress run`"
-    )
-    sp.add_argument("--resolve", action="append", default=[], metavar="HOST=IP", help="as for `egress run`")
+    add_upstream_flags(sp)
     sp.add_argument("--timing", action="store_true", help="print the start-up time on stderr")
     sp.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
