@@ -296,6 +296,25 @@ class Upstream(ThreadingHTTPServer):
         return self
 
 
+def oauth_connector_yaml(port: int, client_id: str, extra: str = "") -> str:
+    """The ``oauth`` connector against the Upstream's token endpoint, as a YAML list item.
+
+    Its client secret comes from $OAUTH_SECRET; ``extra`` adds keys under ``oauth2:``.
+    """
+    return f"""  - name: oauth
+    patterns: ["https://api.oauth.test:{port}/oauth-api/*"]
+    secret:
+      fields:
+        client_secret: {{env: OAUTH_SECRET}}
+    inject:
+      oauth2:
+        token_url: https://auth.oauth.test:{port}/oauth/token
+        grant: client_credentials
+        client_id: {client_id}
+        client_secret: "{{{{client_secret}}}}"
+{extra}"""
+
+
 def make_pki(directory: Path) -> tuple[trustme.CA, Path, ssl.SSLContext]:
     ca = trustme.CA()
     ca_path = directory / "upstream-ca.pem"

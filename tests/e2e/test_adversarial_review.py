@@ -10,7 +10,7 @@ import pytest
 
 from tests.clients import session
 from tests.conftest import proxy_args
-from tests.harness import Proxy, Upstream, egress, start_proxy
+from tests.harness import Proxy, Upstream, egress, oauth_connector_yaml, start_proxy
 
 pytestmark = pytest.mark.e2e
 
@@ -25,22 +25,7 @@ def oproxy(
     port = upstream.port
     assert egress(home, "init").returncode == 0
     yaml = home / "connectors.yaml"
-    yaml.write_text(
-        f"""
-connectors:
-  - name: oauth
-    patterns: ["https://api.oauth.test:{port}/oauth-api/*"]
-    secret:
-      fields:
-        client_secret: {{env: OAUTH_SECRET}}
-    inject:
-      oauth2:
-        token_url: https://auth.oauth.test:{port}/oauth/token
-        grant: client_credentials
-        client_id: egress-review
-        client_secret: "{{{{client_secret}}}}"
-"""
-    )
+    yaml.write_text("connectors:\n" + oauth_connector_yaml(port, "egress-review"))
     res = egress(home, "apply", "-f", str(yaml), OAUTH_SECRET=CLIENT_SECRET)
     assert res.returncode == 0, res.stderr
     proxy = start_proxy(home, *proxy_args(pki[0]))

@@ -15,7 +15,7 @@ import pytest
 
 from tests.clients import session
 from tests.conftest import proxy_args
-from tests.harness import Proxy, Upstream, egress, start_proxy
+from tests.harness import Proxy, Upstream, egress, oauth_connector_yaml, start_proxy
 
 pytestmark = pytest.mark.e2e
 
@@ -62,19 +62,8 @@ connectors:
       headers:
         X-Api-Key: "{{{{api_key}}}}"
         X-Org: "org={{{{org}}}}"
-  - name: oauth
-    patterns: ["https://api.oauth.test:{port}/oauth-api/*"]
-    secret:
-      fields:
-        client_secret: {{env: OAUTH_SECRET}}
-    inject:
-      oauth2:
-        token_url: https://auth.oauth.test:{port}/oauth/token
-        grant: client_credentials
-        client_id: egress-e2e
-        client_secret: "{{{{client_secret}}}}"
-        scope: read
 """
+        + oauth_connector_yaml(port, "egress-e2e", "        scope: read\n")
     )
     res = egress(
         home,
