@@ -40,7 +40,7 @@ test: lint
 	$(BIN)/python -m pytest -q
 
 unit: install
-	$(BIN)/python -m pytest -q -m "not e2e"
+	$(BIN)/python -m pytest -q -m "not e2e and not postgres"
 
 docs: install
 	$(BIN)/python scripts/gen-docs

@@ -11,3 +11,9 @@ class ConfigError(EgressError):
     """Bad usage or invalid configuration (exit code 2)."""
 
     exit_code = 2
+
+
+class StoreUnavailable(EgressError):
+    """The store cannot be reached right now (a database down or restarting): retry, exit 1."""
+
+    exit_code = 1
