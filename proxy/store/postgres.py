@@ -178,9 +178,15 @@ class PostgresStore:
         self._listener: psycopg.Connection[Any] | None = None
         self._listen_retry_at = 0.0
         self._listen_backoff = 0.0
-        if not lazy:  # reach it now, directly: a CLI command fails at once with libpq's reason
+        # Reach it now, directly: a CLI command fails at once with libpq's reason. A lazy store
+        # (a proxy) only notes that it is down, so its first operations fail fast too.
+        try:
             with self._direct() as conn:
                 self._ensure_schema(conn)
+        except StoreUnavailable:
+            if not lazy:
+                raise
+            self._down = True
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             url,
             min_size=1,
