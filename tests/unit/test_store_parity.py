@@ -346,11 +346,6 @@ def test_every_schema_version_has_a_postgres_step() -> None:
     assert len(PG_MIGRATIONS) == len(MIGRATIONS)
 
 
-def test_unknown_schemes_are_refused() -> None:
-    with pytest.raises(ConfigError, match="postgresql://"):
-        open_store("mysql://u:p@h/db")
-
-
 def test_without_psycopg_the_error_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
