@@ -41,7 +41,7 @@ test: lint
 	$(BIN)/python -m pytest -q
 
 unit: install
-	$(BIN)/python -m pytest -q -m "not e2e and not browser"
+	$(BIN)/python -m pytest -q -m "not e2e and not browser and not postgres"
 
 docs: install
 	$(BIN)/python scripts/gen-docs

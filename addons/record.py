@@ -2,7 +2,10 @@
 
 Hooks only touch in-memory counters; a writer task flushes them to the store
 about once a second in a thread, and ``done`` flushes whatever is left, so
-SIGTERM loses nothing.
+SIGTERM loses nothing. While the store is unreachable (a database down or
+restarting) the counts wait in memory, bounded, and go out with the first
+flush that gets through; whatever the bounds drop is logged and counted in
+``egress_store_dropped_total``.
 """
 
 from __future__ import annotations
@@ -19,20 +22,24 @@ from addons.source import home_from_options
 from addons.state import Tunnels, peek, state
 from proxy.connectors import split_key, workspace_of
 from proxy.context import FlowState, Tunnel
-from proxy.errors import EgressError
+from proxy.errors import EgressError, StoreUnavailable
 from proxy.health import CLASS_NAMES
 from proxy.hosts import format_authority
 from proxy.policy import parse_target
 from proxy.reasons import Reason
 from proxy.runtime.metrics import Metrics
 from proxy.secrets import DEFAULT_WORKSPACE
-from proxy.stats import Batch, Clock, Event, Tally, printable, strip_query
+from proxy.stats import Batch, Clock, Counted, Event, Tally, printable, strip_query
 from proxy.store import Store
 
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("egress.access")  # a stable name operators filter on
 FLUSH_INTERVAL = 1.0
 MAX_FLUSH_FAILURES = 5  # then a batch's log rows are dropped so one bad row cannot jam the writer
+# Kept for an unreachable store: a (connector, minute) key per minute of traffic (24 h of 10 connectors
+# is 14,400), and the newest log rows (a flood of blocked requests must not exhaust memory).
+BACKLOG_KEYS = 50_000
+BACKLOG_EVENTS = 20_000
 
 
 def failure_kind(message: str) -> str:
@@ -86,6 +93,7 @@ class Recorder:
         # 407s to credential-less CONNECTs, by client connection: libcurl (git, curl
         # --proxy-anyauth) probes without credentials, then retries with the grant.
         self._probes: dict[str, http.HTTPFlow] = {}
+        self._store_down = False
 
     def load(self, loader: Loader) -> None:
         loader.add_option("egress_record", bool, True, "Record request, error and block statistics.")
@@ -100,7 +108,7 @@ class Recorder:
                 self.store = None
             if ctx.options.egress_record:
                 try:
-                    self.store = home_from_options().store()
+                    self.store = home_from_options().store(lazy=True)  # may be down: counts wait
                 except EgressError as e:
                     raise exceptions.OptionsError(str(e)) from None
 
@@ -115,6 +123,8 @@ class Recorder:
                 self._pending = batch
                 try:
                     await asyncio.to_thread(self._flush, batch)
+                except StoreUnavailable as e:
+                    self._keep_for_later(batch, e)
                 except Exception as e:
                     self._failures += 1
                     drop = self._failures >= MAX_FLUSH_FAILURES
@@ -132,6 +142,32 @@ class Recorder:
                             self.tally.merge(batch)
                 else:
                     self._failures = 0
+                    if self._store_down:
+                        self._store_down = False
+                        logger.warning("store reachable again: statistics written (%s)", Counted.of(batch))
+
+    def _keep_for_later(self, batch: Batch, e: StoreUnavailable) -> None:
+        """An outage is not a bad row: keep everything (bounded) and retry at the next flush."""
+        with self._flush_lock:
+            if self._pending is batch:
+                self._pending = None
+                self.tally.merge(batch)
+            dropped = self.tally.shed(BACKLOG_EVENTS, BACKLOG_KEYS)
+        if not self._store_down:
+            self._store_down = True
+            logger.error("%s: counting in memory until it answers (%s pending)", e, self.tally.pending())
+        if dropped:
+            self._dropped(dropped, "the backlog for the unreachable store is full")
+
+    def _dropped(self, dropped: Counted, why: str) -> None:
+        for kind, n in (
+            ("request", dropped.requests),
+            ("blocked", dropped.blocked),
+            ("event", dropped.events),
+        ):
+            if n:
+                self.metrics.store_dropped.labels(kind).inc(n)
+        logger.error("statistics dropped, %s: %s", why, dropped)
 
     def _flush(self, batch: Batch) -> None:
         with self._flush_lock:  # done() must not close the store under a running flush
@@ -152,7 +188,11 @@ class Recorder:
             if self.store:
                 batch = self.tally.drain()
                 if batch:
-                    self.store.monitoring.flush(batch)
+                    try:
+                        self.store.monitoring.flush(batch)
+                    except StoreUnavailable as e:
+                        self.tally.merge(batch)
+                        self._dropped(self.tally.pending(), f"stopping while {e}")
                 self.store.close()
                 self.store = None
 

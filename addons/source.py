@@ -11,8 +11,10 @@ from mitmproxy.addonmanager import Loader
 
 from proxy.admission import Rules
 from proxy.credentials.templates import template_field
-from proxy.errors import ConfigError, EgressError
+from proxy.errors import ConfigError, EgressError, StoreUnavailable
+from proxy.grants import GrantKey
 from proxy.policy import Policy
+from proxy.service import policycache
 from proxy.service.connectors import Connectors
 from proxy.service.home import Home
 
@@ -30,7 +32,14 @@ class PolicySource:
 
     Connector changes bump the store's generation; we poll it off the event
     loop and rebuild the rules in a thread, so requests never wait on disk. A
-    reload that fails keeps the previous rules in force.
+    reload that fails keeps the previous rules in force. Between polls the
+    watcher waits on ``store.wait_for_change`` (PostgreSQL's NOTIFY wakes it at
+    once; SQLite just sleeps), so polling every second stays the safety net,
+    not the latency.
+
+    With a database store each policy loaded is also written to the policy
+    cache (secrets still sealed), and a proxy that starts while the database
+    is down runs from that cache until the database answers.
     """
 
     def __init__(self) -> None:
@@ -38,6 +47,7 @@ class PolicySource:
         self._connectors: Connectors | None = None
         self._generation = -1
         self._task: asyncio.Task[None] | None = None
+        self._store_down = False
 
     def load(self, loader: Loader) -> None:
         loader.add_option("egress_home", str, "", "State directory (default: $EGRESS_HOME or ~/.egress).")
@@ -51,11 +61,37 @@ class PolicySource:
         try:
             if self._connectors:
                 self._connectors.close()
-            self._connectors = Connectors(home_from_options())
+            home = home_from_options()
+            self._connectors = Connectors(home, home.store(lazy=True))
             self._generation = -1
-            self.reload()
+            try:
+                self.reload()
+            except StoreUnavailable as e:
+                self._start_from_cache(e)
         except EgressError as e:
             raise exceptions.OptionsError(str(e)) from None
+
+    def _grant_key(self) -> GrantKey | None:
+        assert self._connectors
+        try:
+            return self._connectors.home.grant_key()
+        except ConfigError:
+            return None  # no grant key: every grant is refused
+
+    def _start_from_cache(self, down: StoreUnavailable) -> None:
+        assert self._connectors
+        home = self._connectors.home
+        cached = policycache.load(home) if policycache.wanted(home) else None
+        if cached is None:
+            raise StoreUnavailable(f"{down}; no policy cache at {policycache.path(home)} to start from")
+        self.rules = Rules(self._connectors.policy_of(cached.connectors), self._grant_key(), cached.revoked)
+        self._store_down = True
+        logger.warning(
+            "%s: serving the cached policy from %s (%s) until it answers",
+            down,
+            policycache.path(home),
+            policycache.describe(cached),
+        )
 
     def reload(self) -> bool:
         """Rebuild the rules if the store changed; True if it did."""
@@ -64,12 +100,16 @@ class PolicySource:
         generation = store.generation()
         if generation == self._generation:
             return False
-        try:
-            grant_key = self._connectors.home.grant_key()
-        except ConfigError:
-            grant_key = None  # no grant key: every grant is refused
-        self.rules = Rules(self._connectors.policy(), grant_key, store.revoked_grants())
+        policy, stored = self._connectors.load()
+        revoked = store.revoked_grants()
+        self.rules = Rules(policy, self._grant_key(), revoked)
         self._generation = generation
+        home = self._connectors.home
+        if policycache.wanted(home):
+            try:
+                policycache.save(home, policycache.snapshot(generation, stored, revoked, store.location))
+            except OSError as e:
+                logger.warning("cannot write the policy cache %s: %s", policycache.path(home), e.strerror)
         return True
 
     def store_refresh_token(self, connector: str, refresh_token: str) -> None:
@@ -93,10 +133,22 @@ class PolicySource:
 
     async def _watch(self) -> None:
         while True:
-            await asyncio.sleep(ctx.options.egress_reload_interval)
             try:
-                if await asyncio.to_thread(self.reload):
+                if self._connectors:
+                    store = self._connectors.store
+                    await asyncio.to_thread(store.wait_for_change, ctx.options.egress_reload_interval)
+                else:
+                    await asyncio.sleep(ctx.options.egress_reload_interval)
+                changed = await asyncio.to_thread(self.reload)
+                if self._store_down:
+                    self._store_down = False
+                    logger.warning("store reachable again: connectors loaded from it")
+                if changed:
                     logger.info("connectors reloaded: %d in force", len(self.rules.policy))
+            except StoreUnavailable as e:
+                if not self._store_down:  # once per outage, not once a second
+                    self._store_down = True
+                    logger.error("%s: previous connectors stay in force, retrying", e)
             except EgressError as e:
                 logger.error("connector reload failed, previous connectors stay in force: %s", e)
             except Exception as e:  # keep watching whatever happens

@@ -30,3 +30,9 @@ class NotFound(ConfigError):
 
 class Conflict(ConfigError):
     """The name is taken: HTTP 409."""
+
+
+class StoreUnavailable(EgressError):
+    """The store cannot be reached right now (a database down or restarting): retry, exit 1."""
+
+    exit_code = 1

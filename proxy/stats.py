@@ -108,6 +108,46 @@ class Tally:
         batch, self._batch = self._batch, Batch()
         return batch
 
+    def shed(self, max_events: int, max_keys: int) -> Counted:
+        """Bound what waits for an unreachable store, dropping the oldest first; what was dropped.
+
+        Counts are a dict per (connector, minute), so a long outage grows them
+        by minutes, not by requests; the event log grows by requests, hence
+        its own, tighter bound.
+        """
+        b = self._batch
+        events = max(0, len(b.events) - max_events)
+        del b.events[:events]  # merge() keeps the oldest first
+        requests = blocked = 0
+        for key in sorted(b.requests, key=lambda k: k[1])[: max(0, len(b.requests) - max_keys)]:
+            requests += b.requests.pop(key)[0]
+        for bkey in sorted(b.blocked, key=lambda k: k[2])[: max(0, len(b.blocked) - max_keys)]:
+            blocked += b.blocked.pop(bkey)
+        return Counted(events, requests, blocked)
+
+    def pending(self) -> Counted:
+        """What is waiting to be written (for a message about it)."""
+        return Counted.of(self._batch)
+
+
+@dataclass(frozen=True, slots=True)
+class Counted:
+    """Numbers of statistics: log rows, requests counted, blocked requests counted."""
+
+    events: int = 0
+    requests: int = 0
+    blocked: int = 0
+
+    @classmethod
+    def of(cls, batch: Batch) -> Counted:
+        return cls(len(batch.events), sum(c[0] for c in batch.requests.values()), sum(batch.blocked.values()))
+
+    def __bool__(self) -> bool:
+        return bool(self.events or self.requests or self.blocked)
+
+    def __str__(self) -> str:
+        return f"{self.requests} request(s), {self.blocked} blocked, {self.events} log row(s)"
+
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 

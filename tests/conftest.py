@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.harness import HOSTS, Proxy, Upstream, egress, make_pki, start_proxy
+from tests.pg import Cluster, pg_bin
 
 SECRETS = {
     "stripe": "sk_test_e2e_STRIPE_4f9a2c",
@@ -84,3 +86,25 @@ def proxy(
     proc.outputs = outputs
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """One throwaway PostgreSQL cluster for the session (tests marked ``postgres``)."""
+    bindir = pg_bin()
+    if bindir is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL server binaries not found (.ci/run installs the postgresql package)")
+        pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql)")
+    cluster = Cluster(bindir)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Cluster) -> str:
+    """A fresh, empty database of the session cluster."""
+    return pg_cluster.new_database()

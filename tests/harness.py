@@ -375,10 +375,17 @@ def egress(home: Path, *args: str, stdin: str | None = None, **env: str) -> subp
     )
 
 
-def start_proxy(home: Path, *args: str, log: Path | None = None, prefix: tuple[str, ...] = ()) -> Proxy:
+def start_proxy(
+    home: Path,
+    *args: str,
+    log: Path | None = None,
+    prefix: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> Proxy:
     """Start ``egress run`` on a free loopback port and wait until it listens.
 
-    ``prefix`` runs it under another command (``ip netns exec NS``)."""
+    ``prefix`` runs it under another command (``ip netns exec NS``); ``env``
+    adds variables (``EGRESS_DATABASE_URL``...) to the clean environment."""
     home.mkdir(parents=True, exist_ok=True)
     log = log or home / "proxy.log"
     addr_file = home / "run" / "proxy.addr"
@@ -396,7 +403,7 @@ def start_proxy(home: Path, *args: str, log: Path | None = None, prefix: tuple[s
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=clean_env(home),
+            env=clean_env(home, **(env or {})),
         )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -10,18 +11,20 @@ from pathlib import Path
 from typing import Any
 
 from proxy.connectors import connector_key
-from proxy.errors import ConfigError
+from proxy.errors import ConfigError, StoreUnavailable
 from proxy.hosts import is_loopback, parse_listen
 from proxy.netguard import NetGuard
 from proxy.reasons import Reason, help_of
 from proxy.runtime import logsetup
 from proxy.runtime.adminserver import check_available
 from proxy.runtime.settings import SETTINGS_ENV, RunSettings
+from proxy.service import policycache
 from proxy.service.admin_tokens import check_bootstrap
 from proxy.service.apply import apply_config
 from proxy.service.connectors import Connectors
 from proxy.service.home import Home
 
+logger = logging.getLogger(__name__)
 DEFAULT_LISTEN = "127.0.0.1:8080"
 GRANT_ENV = "EGRESS_GRANT"  # a transparent listener's grant, kept off command lines
 
@@ -89,7 +92,7 @@ def settings_from_args(args: argparse.Namespace, home: Home) -> RunSettings:
     )
 
 
-def check_grant(home: Home, token: str) -> None:
+def check_grant(home: Home, token: str, revoked: frozenset[str] | None = None) -> None:
     """A listener's grant must verify now; revocation and expiry are re-checked per connection."""
     from proxy.grants import grant_problem
 
@@ -97,29 +100,64 @@ def check_grant(home: Home, token: str) -> None:
     grant = key.verify(token)
     if isinstance(grant, Reason):
         raise ConfigError(f"--grant: {help_of(grant)}")
-    store = home.store()
-    try:
-        problem = grant_problem(grant, key, store.revoked_grants(), time.time())
-    finally:
-        store.close()
+    if revoked is None:
+        store = home.store()
+        try:
+            revoked = store.revoked_grants()
+        finally:
+            store.close()
+    problem = grant_problem(grant, key, revoked, time.time())
     if problem:
         raise ConfigError(f"--grant: {help_of(problem)}")
+
+
+def check_connectors(settings: RunSettings, keys: set[str]) -> None:
+    unknown = sorted(set(settings.transparent_connectors) - keys)
+    if unknown:
+        raise ConfigError(f"--connector: no connector named {', '.join(map(repr, unknown))}")
+
+
+def prepare(home: Home, settings: RunSettings) -> None:
+    """Everything the workers will need, checked once: exit 2 now, not in every worker."""
+    home.init()
+    if settings.config:
+        apply_config(home, Path(settings.config))
+    with Connectors(home) as connectors:
+        connectors.policy()  # wrong master key or tampered store
+        check_connectors(settings, {connector_key(home.workspace, n) for n in connectors.names()})
+    if settings.transparent_grant:
+        check_grant(home, settings.transparent_grant)
+
+
+def prepare_offline(home: Home, settings: RunSettings, down: StoreUnavailable) -> None:
+    """The store is unreachable: start from the policy cache an earlier run left, or not at all."""
+    cached = policycache.load(home) if policycache.wanted(home) else None
+    if cached is None:
+        raise StoreUnavailable(
+            f"{down}; a proxy starts without its store only from the policy cache an earlier run "
+            f"left at {policycache.path(home)}, and there is none"
+        )
+    with Connectors(home, home.store(lazy=True)) as connectors:
+        connectors.policy_of(cached.connectors)  # the master key must still open them
+    check_connectors(settings, {c.name for c in cached.connectors})  # stored names are keys
+    if settings.transparent_grant:
+        check_grant(home, settings.transparent_grant, cached.revoked)
+    logger.warning(
+        "%s: starting from the cached policy in %s (%s)%s; the proxy reloads from the store when it answers",
+        down,
+        policycache.path(home),
+        policycache.describe(cached),
+        f"; --config {settings.config} not applied" if settings.config else "",
+    )
 
 
 def cmd_run(args: argparse.Namespace, home: Home) -> int:
     settings = settings_from_args(args, home)
     logsetup.configure(settings.log_format)
-    home.init()
-    if settings.config:
-        apply_config(home, Path(settings.config))
-    with Connectors(home) as connectors:
-        connectors.policy()  # wrong master key or tampered store: exit 2 now, not in every worker
-        known = {connector_key(home.workspace, n) for n in connectors.names()}
-        unknown = sorted(set(settings.transparent_connectors) - known)
-        if unknown:
-            raise ConfigError(f"--connector: no connector named {', '.join(map(repr, unknown))}")
-    if settings.transparent_grant:
-        check_grant(home, settings.transparent_grant)
+    try:
+        prepare(home, settings)
+    except StoreUnavailable as down:
+        prepare_offline(home, settings, down)
     # Replace this process (same pid, so signals still reach it) with a lean
     # supervisor: it need not hold the CLI's imports while the workers run.
     os.environ["EGRESS_HOME"] = str(home.root)

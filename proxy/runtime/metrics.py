@@ -38,6 +38,12 @@ class Metrics:
         self.blocked = Counter(
             "egress_blocked", "Requests blocked, per reason.", ["reason"], registry=self.registry
         )
+        self.store_dropped = Counter(
+            "egress_store_dropped",
+            "Statistics never written because the store stayed unreachable (kind: request, blocked, event).",
+            ["kind"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "egress_upstream_latency_seconds",
             "Time from request start to upstream response headers, per connector.",

@@ -282,9 +282,17 @@ class Connectors:
 
     def policy(self) -> Policy:
         """All connectors with their secrets opened: what the proxy enforces."""
+        return self.load()[0]
+
+    def load(self) -> tuple[Policy, list[StoredConnector]]:
+        """The policy and the stored rows it was opened from (what a policy cache keeps)."""
         self._key = None  # re-read: `egress keys rotate` may have replaced it
         self.upgrade_payloads()
         stored = self.store.connectors()
+        return self.policy_of(stored), stored
+
+    def policy_of(self, stored: Iterable[StoredConnector]) -> Policy:
+        """A policy from stored rows (the store's, or a cached copy of them)."""
         return Policy((connector_from_spec(s.name, s.spec), self._open(s)) for s in stored)
 
 

@@ -172,6 +172,11 @@ class SqliteStore:
         row = self._db.execute("SELECT value FROM meta WHERE key='generation'").fetchone()
         return int(row[0])
 
+    def wait_for_change(self, timeout: float) -> bool:
+        """SQLite cannot push changes: sleep, then the caller polls the generation."""
+        time.sleep(timeout)
+        return False
+
     def connectors(self) -> list[StoredConnector]:
         try:
             return self._read.connectors()

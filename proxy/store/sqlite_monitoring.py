@@ -6,16 +6,13 @@ capped, so a hostile flood of blocked requests cannot grow the file forever.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import closing
-from dataclasses import replace
 from typing import Any
 
-from proxy.health import Counts, Health, health
-from proxy.nearmiss import NearMiss
+from proxy.health import Health, health
 from proxy.stats import (
     ALERT_MINUTES,
     EVENT_ROW_CAP,
@@ -26,50 +23,29 @@ from proxy.stats import (
     Event,
     printable,
 )
+from proxy.store.rows import (
+    COUNTERS,
+    EVENT_INSERT_COLUMNS,
+    EVENT_SELECT_COLUMNS,
+    NO_TRAFFIC,
+    event_from_row,
+    event_values,
+    window,
+)
 
-# stats_minute's counters, in the order of a Batch count row (proxy.health slots)
-_COUNTERS = ("requests", "errors", "rejected", "client_errors", "server_errors", "transport_failures")
 _INSERT_COUNTS = (
-    f"INSERT INTO stats_minute (connector, minute, {', '.join(_COUNTERS)}) "
-    f"VALUES (?, ?{', ?' * len(_COUNTERS)}) ON CONFLICT (connector, minute) DO UPDATE SET "
-    + ", ".join(f"{c} = {c} + excluded.{c}" for c in _COUNTERS)
+    f"INSERT INTO stats_minute (connector, minute, {', '.join(COUNTERS)}) "
+    f"VALUES (?, ?{', ?' * len(COUNTERS)}) ON CONFLICT (connector, minute) DO UPDATE SET "
+    + ", ".join(f"{c} = {c} + excluded.{c}" for c in COUNTERS)
 )
 # Per connector: every counter summed over 24 hours, then over the last hour.
 _SUM_COUNTS = (
     "SELECT connector, "
-    + ", ".join(f"SUM({c})" for c in _COUNTERS)
+    + ", ".join(f"SUM({c})" for c in COUNTERS)
     + ", "
-    + ", ".join(f"SUM(CASE WHEN minute > :recent THEN {c} ELSE 0 END)" for c in _COUNTERS)
+    + ", ".join(f"SUM(CASE WHEN minute > :recent THEN {c} ELSE 0 END)" for c in COUNTERS)
     + " FROM stats_minute WHERE minute > :since GROUP BY connector"
 )
-
-_NO_TRAFFIC = ((0,) * len(_COUNTERS), (0,) * len(_COUNTERS))
-
-
-def _window(sums: tuple[int, ...]) -> Counts:
-    requests, _errors, rejected, client, server, transport = sums
-    return Counts(requests, rejected, client, server, transport)
-
-
-def _event(row: tuple[Any, ...]) -> Event:
-    """An event row; the near-miss column (last) is parsed only when set."""
-    event = Event(*row[:-1])
-    return replace(event, near_miss=_near_miss(row[-1])) if row[-1] else event
-
-
-def _near_json(near: NearMiss | None) -> str | None:
-    return None if near is None else json.dumps(near.to_dict())
-
-
-def _near_miss(text: str | None) -> NearMiss | None:
-    """A stored near miss; a row this version cannot read is shown without one."""
-    if not text:
-        return None
-    try:
-        doc = json.loads(text)
-        return NearMiss.from_dict(doc) if isinstance(doc, dict) else None
-    except (ValueError, TypeError):
-        return None
 
 
 class SqliteMonitoring:
@@ -96,15 +72,9 @@ class SqliteMonitoring:
                 [(printable(h, 300), r, m, n) for (h, r, m), n in batch.blocked.items()],
             )
             db.executemany(
-                "INSERT INTO events (kind, ts, connector, reason, status, failure, method, host, path, "
-                "request_id, grant_label, workspace, near_miss) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (e.kind, e.ts, e.connector, e.reason, e.status, e.failure, printable(e.method, 32),
-                     printable(e.host, 300), printable(e.path, 2048), e.request_id, e.grant_label,
-                     e.workspace, _near_json(e.near_miss))
-                    for e in batch.events
-                ],
-            )  # fmt: skip
+                f"INSERT INTO events ({EVENT_INSERT_COLUMNS}) VALUES ({', '.join('?' * 13)})",
+                [event_values(e) for e in batch.events],
+            )
             db.execute("DELETE FROM stats_minute WHERE minute <= ?", (horizon,))
             db.execute("DELETE FROM blocked_minute WHERE minute <= ?", (horizon,))
             db.execute("DELETE FROM events WHERE ts <= ?", (horizon * 60,))
@@ -120,7 +90,7 @@ class SqliteMonitoring:
         rows = self._db.execute(
             _SUM_COUNTS, {"since": now_minute - WINDOW_MINUTES, "recent": now_minute - ALERT_MINUTES}
         ).fetchall()
-        n = len(_COUNTERS)
+        n = len(COUNTERS)
         return {r[0]: (tuple(int(v) for v in r[1 : 1 + n]), tuple(int(v) for v in r[1 + n :])) for r in rows}
 
     def health(self, connectors: list[str], only: str | None = None) -> dict[str, Health]:
@@ -129,8 +99,8 @@ class SqliteMonitoring:
         out = {}
         for name in sorted(set(connectors) | set(sums)):
             if only is None or name == only:
-                day, hour = sums.get(name, _NO_TRAFFIC)
-                out[name] = health(_window(hour), _window(day))
+                day, hour = sums.get(name, NO_TRAFFIC)
+                out[name] = health(window(hour), window(day))
         return out
 
     def summary(self, connectors: list[str], only: str | None = None) -> list[ConnectorStats]:
@@ -141,7 +111,7 @@ class SqliteMonitoring:
         for name in sorted(set(connectors) | set(sums)):
             if only is not None and name != only:
                 continue
-            day, hour = sums.get(name, _NO_TRAFFIC)
+            day, hour = sums.get(name, NO_TRAFFIC)
             requests, errors, recent = day[0], day[1], hour[1]
             last = self._db.execute(
                 "SELECT ts, status, failure, method, host, path FROM events "
@@ -150,7 +120,7 @@ class SqliteMonitoring:
             ).fetchone()
             fields = ("ts", "status", "failure", "method", "host", "path")
             last_error = {k: v for k, v in zip(fields, last, strict=True) if v is not None} if last else None
-            state = health(_window(hour), _window(day))
+            state = health(window(hour), window(day))
             out.append(
                 ConnectorStats(
                     name,
@@ -211,13 +181,12 @@ class SqliteMonitoring:
         order = "DESC" if newest_first else "ASC"
         with closing(
             self._db.execute(
-                "SELECT kind, ts, method, host, path, request_id, connector, reason, status, failure, "
-                f"grant_label, workspace, id, near_miss FROM events WHERE {' AND '.join(clauses)} "
+                f"SELECT {EVENT_SELECT_COLUMNS} FROM events WHERE {' AND '.join(clauses)} "
                 f"ORDER BY id {order} LIMIT ?",
                 (*args, limit),
             )
         ) as cur:
-            return [_event(row) for row in cur]
+            return [event_from_row(row) for row in cur]
 
     def last_id(self) -> int:
         row = self._db.execute("SELECT MAX(id) FROM events").fetchone()

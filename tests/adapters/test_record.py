@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import copy
+import logging
+import time
+
+import pytest
 from mitmproxy.test import taddons, tflow
 from prometheus_client.parser import text_string_to_metric_families
 
+from addons import record
 from addons.inject import Inject
 from addons.record import Recorder, failure_kind
 from addons.source import PolicySource
 from addons.state import Tunnels
+from proxy.errors import StoreUnavailable
 from proxy.health import Counts, State
 from proxy.service.home import Home
 from proxy.service.monitoring import Monitoring
+from proxy.stats import Batch, Event, Tally
 from tests.adapters.helpers import tunnel_flow
 
 
@@ -67,3 +76,99 @@ def test_failure_kinds() -> None:
     assert failure_kind("TLS handshake failed: certificate verify failed") == "tls"
     assert failure_kind("Connection reset by peer") == "reset"
     assert failure_kind("something else") == "other"
+
+
+class FlakyMonitoring:
+    """A store's monitoring that is unreachable for the first ``failures`` flushes."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.written: list[Batch] = []
+
+    def flush(self, batch: Batch) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise StoreUnavailable("store postgresql://u:***@db/egress unavailable: connection refused")
+        self.written.append(copy.deepcopy(batch))
+
+
+class FakeStore:
+    def __init__(self, monitoring: FlakyMonitoring) -> None:
+        self.monitoring = monitoring
+
+    def close(self) -> None:
+        pass
+
+
+def dropped_metric(recorder: Recorder) -> dict[str, float]:
+    return {
+        s.labels["kind"]: s.value
+        for fam in text_string_to_metric_families(recorder.metrics.render().decode())
+        for s in fam.samples
+        if s.name == "egress_store_dropped_total"
+    }
+
+
+def count(recorder: Recorder, n: int) -> None:
+    for i in range(n):
+        recorder.tally.request("c", 500)
+        recorder.tally.error(
+            Event("error", time.time(), "GET", "a.test", "/", f"r{i}", connector="c", status=500)
+        )
+
+
+def test_an_outage_keeps_counts_in_memory_bounded_and_writes_them_when_the_store_returns(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(record, "FLUSH_INTERVAL", 0.01)
+    monkeypatch.setattr(record, "BACKLOG_EVENTS", 3)
+    recorder = Recorder()
+    monitoring = FlakyMonitoring(failures=10**9)  # down until the test brings it back
+    recorder.store = FakeStore(monitoring)  # type: ignore[assignment]
+
+    async def run() -> None:
+        writer = asyncio.create_task(recorder._writer())
+        for _ in range(4):  # traffic keeps coming while the store is down
+            count(recorder, 5)
+            await asyncio.sleep(0.03)
+        assert monitoring.failures < 10**9 - record.MAX_FLUSH_FAILURES  # an outage is not a bad row
+        monitoring.failures = 0  # the store is back
+        for _ in range(500):
+            if monitoring.written:
+                break
+            await asyncio.sleep(0.01)
+        writer.cancel()
+
+    with caplog.at_level(logging.INFO):
+        asyncio.run(run())
+    requests = sum(c[0] for b in monitoring.written for c in b.requests.values())
+    errors = sum(c[1] for b in monitoring.written for c in b.requests.values())
+    assert (requests, errors) == (20, 20)  # every count survived eight failed flushes
+    events = [e for b in monitoring.written for e in b.events]
+    assert [e.request_id for e in events] == ["r2", "r3", "r4"]  # the newest log rows, bounded
+    assert dropped_metric(recorder) == {"event": 17.0}
+    assert "counting in memory" in caplog.text and "statistics dropped" in caplog.text
+    assert "store reachable again" in caplog.text
+
+
+def test_stopping_during_an_outage_says_what_was_not_written(caplog: pytest.LogCaptureFixture) -> None:
+    recorder = Recorder()
+    recorder.store = FakeStore(FlakyMonitoring(failures=1))  # type: ignore[assignment]
+    count(recorder, 3)
+    recorder.done()
+    assert dropped_metric(recorder) == {"request": 3.0, "event": 3.0}
+    assert "3 request(s), 0 blocked, 3 log row(s)" in caplog.text
+
+
+def test_shed_drops_the_oldest_minutes_and_rows_first() -> None:
+    tally = Tally(lambda: 0.0)
+    batch = Batch()
+    for minute in range(5):
+        batch.requests[("c", minute)] = [minute + 1, 0, 0, 0, 0, 0]
+        batch.blocked[("h", "r", minute)] = 1
+    batch.events += [Event("blocked", 0.0, "GET", "h", "/", f"e{i}") for i in range(4)]
+    tally.merge(batch)
+    dropped = tally.shed(max_events=1, max_keys=3)
+    assert (dropped.requests, dropped.blocked, dropped.events) == (1 + 2, 2, 3)
+    left = tally.drain()
+    assert sorted(m for _, m in left.requests) == [2, 3, 4] and [e.request_id for e in left.events] == ["e3"]

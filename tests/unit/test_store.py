@@ -156,7 +156,7 @@ def test_a_failed_write_changes_nothing(tmp_path: Path) -> None:
         store.close()
 
 
-def test_only_sqlite_urls_for_now(tmp_path: Path) -> None:
+def test_unknown_schemes_are_refused_by_name(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="EGRESS_DATABASE_URL=mysql"):
         open_store("mysql://u:p@h/db")
 

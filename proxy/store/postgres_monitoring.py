@@ -1,0 +1,225 @@
+"""Monitoring in PostgreSQL: per-minute ``+=`` upserts from many processes, pruned by one at a time.
+
+Rows of a batch are upserted in key order, so two processes flushing the
+same minutes lock them in the same order and cannot deadlock. Pruning (the
+24-hour roll-off and the event-row cap) is idempotent and runs at most once
+a minute per process, by whichever process wins a try-lock: writers never
+queue behind each other's DELETEs. The cap is therefore enforced once a
+minute, not on every flush as in SQLite.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import Any
+
+import psycopg
+
+from proxy.health import Health, health
+from proxy.stats import (
+    ALERT_MINUTES,
+    EVENT_ROW_CAP,
+    WINDOW_MINUTES,
+    Batch,
+    Clock,
+    ConnectorStats,
+    Event,
+    printable,
+)
+from proxy.store.rows import (
+    COUNTERS,
+    EVENT_INSERT_COLUMNS,
+    EVENT_SELECT_COLUMNS,
+    NO_TRAFFIC,
+    event_from_row,
+    event_values,
+    window,
+)
+
+PRUNE_LOCK = 0x6567_7265_7373_0002
+Connect = Callable[[], AbstractContextManager[psycopg.Connection[Any]]]
+
+_INSERT_COUNTS = (
+    f"INSERT INTO stats_minute (connector, minute, {', '.join(COUNTERS)}) "
+    f"VALUES (%s, %s{', %s' * len(COUNTERS)}) ON CONFLICT (connector, minute) DO UPDATE SET "
+    + ", ".join(f"{c} = stats_minute.{c} + EXCLUDED.{c}" for c in COUNTERS)
+)
+_INSERT_BLOCKED = (
+    "INSERT INTO blocked_minute VALUES (%s, %s, %s, %s) ON CONFLICT (host, reason, minute) "
+    "DO UPDATE SET count = blocked_minute.count + EXCLUDED.count"
+)
+_INSERT_EVENT = f"INSERT INTO events ({EVENT_INSERT_COLUMNS}) VALUES ({', '.join(['%s'] * 13)})"
+_SUM_COUNTS = (
+    "SELECT connector, "
+    + ", ".join(f"SUM({c})" for c in COUNTERS)
+    + ", "
+    + ", ".join(f"SUM(CASE WHEN minute > %(recent)s THEN {c} ELSE 0 END)" for c in COUNTERS)
+    + " FROM stats_minute WHERE minute > %(since)s GROUP BY connector"
+)
+_LAST_ERRORS = (
+    "SELECT DISTINCT ON (connector) connector, ts, status, failure, method, host, path FROM events "
+    "WHERE kind = 'error' AND connector IS NOT NULL AND ts > %s ORDER BY connector, id DESC"
+)
+
+
+class PostgresMonitoring:
+    """The monitoring tables, on connections from the store's pool."""
+
+    def __init__(self, connect: Connect, clock: Clock = time.time, row_cap: int = EVENT_ROW_CAP) -> None:
+        self._connect = connect
+        self.clock = clock
+        self.row_cap = row_cap
+        self._pruned_minute: int | None = None
+
+    def flush(self, batch: Batch) -> None:
+        """Add a batch in one transaction; then, once a minute, prune if no other process is."""
+        now_minute = int(self.clock() // 60)
+        counts = sorted((c, m, *n) for (c, m), n in batch.requests.items())
+        blocked = sorted((printable(h, 300), r, m, n) for (h, r, m), n in batch.blocked.items())
+        events = [event_values(e) for e in batch.events]
+        with self._connect() as conn:
+            with conn.transaction(), conn.cursor() as cur:
+                if counts:
+                    cur.executemany(_INSERT_COUNTS, counts)
+                if blocked:
+                    cur.executemany(_INSERT_BLOCKED, blocked)
+                if events:
+                    cur.executemany(_INSERT_EVENT, events)
+            if self._pruned_minute != now_minute:
+                self._prune(conn, now_minute)
+
+    def _prune(self, conn: psycopg.Connection[Any], now_minute: int) -> None:
+        horizon = now_minute - WINDOW_MINUTES
+        with conn.transaction():
+            elected = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (PRUNE_LOCK,)).fetchone()
+            if elected == (True,):
+                conn.execute("DELETE FROM stats_minute WHERE minute <= %s", (horizon,))
+                conn.execute("DELETE FROM blocked_minute WHERE minute <= %s", (horizon,))
+                conn.execute("DELETE FROM events WHERE ts <= %s", (horizon * 60,))
+                conn.execute(
+                    "DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - %s", (self.row_cap,)
+                )
+        self._pruned_minute = now_minute  # someone else pruning counts too: it is idempotent
+
+    def _sums(self) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+        now_minute = int(self.clock() // 60)
+        with self._connect() as conn:
+            rows = conn.execute(
+                _SUM_COUNTS, {"since": now_minute - WINDOW_MINUTES, "recent": now_minute - ALERT_MINUTES}
+            ).fetchall()
+        n = len(COUNTERS)
+        return {r[0]: (tuple(int(v) for v in r[1 : 1 + n]), tuple(int(v) for v in r[1 + n :])) for r in rows}
+
+    def health(self, connectors: list[str], only: str | None = None) -> dict[str, Health]:
+        sums = self._sums()
+        out = {}
+        for name in sorted(set(connectors) | set(sums)):
+            if only is None or name == only:
+                day, hour = sums.get(name, NO_TRAFFIC)
+                out[name] = health(window(hour), window(day))
+        return out
+
+    def summary(self, connectors: list[str], only: str | None = None) -> list[ConnectorStats]:
+        since = int(self.clock() // 60) - WINDOW_MINUTES
+        sums = self._sums()
+        with self._connect() as conn:
+            last_errors = {r[0]: r[1:] for r in conn.execute(_LAST_ERRORS, (since * 60,)).fetchall()}
+        fields = ("ts", "status", "failure", "method", "host", "path")
+        out = []
+        for name in sorted(set(connectors) | set(sums)):
+            if only is not None and name != only:
+                continue
+            day, hour = sums.get(name, NO_TRAFFIC)
+            requests, errors, recent = day[0], day[1], hour[1]
+            last = last_errors.get(name)
+            last_error = {k: v for k, v in zip(fields, last, strict=True) if v is not None} if last else None
+            state = health(window(hour), window(day))
+            out.append(
+                ConnectorStats(
+                    name,
+                    requests,
+                    errors,
+                    round(errors / requests, 4) if requests else 0.0,
+                    recent,
+                    state.alert,
+                    last_error,
+                    state,
+                )
+            )
+        return out
+
+    def blocked_summary(self) -> list[dict[str, Any]]:
+        since = int(self.clock() // 60) - WINDOW_MINUTES
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT host, reason, SUM(count) FROM blocked_minute WHERE minute > %s "
+                "GROUP BY host, reason ORDER BY SUM(count) DESC, host",
+                (since,),
+            ).fetchall()
+        return [{"host": h, "reason": r, "count": int(n)} for h, r, n in rows]
+
+    def hourly(self, connector: str, hours: int = 24) -> list[tuple[int, int, int]]:
+        """Requests and errors per clock hour (``minute / 60``), for a chart; one grouped query."""
+        current = int(self.clock() // 3600)
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT minute / 60 AS hour, SUM(requests), SUM(errors) FROM stats_minute "
+                "WHERE connector = %s AND minute >= %s GROUP BY hour ORDER BY hour",
+                (connector, (current - hours + 1) * 60),
+            ).fetchall()
+        return [(int(h) * 3600, int(r), int(e)) for h, r, e in rows]
+
+    def events(
+        self,
+        *,
+        kind: str | None = None,
+        since: float | None = None,
+        connector: str | None = None,
+        grant_label: str | None = None,
+        workspace: str | None = None,
+        after_id: int = 0,
+        limit: int = 1000,
+        newest_first: bool = True,
+    ) -> list[Event]:
+        clauses = ["id > %s", "ts > %s"]
+        args: list[Any] = [after_id, max(since or 0, self.clock() - WINDOW_MINUTES * 60)]
+        filters = (
+            ("kind", kind),
+            ("connector", connector),
+            ("grant_label", grant_label),
+            ("workspace", workspace),
+        )
+        for column, value in filters:
+            if value is not None:
+                clauses.append(f"{column} = %s")
+                args.append(value)
+        order = "DESC" if newest_first else "ASC"
+        with self._connect() as conn:
+            rows = conn.execute(
+                f"SELECT {EVENT_SELECT_COLUMNS} FROM events WHERE {' AND '.join(clauses)} "
+                f"ORDER BY id {order} LIMIT %s",
+                (*args, limit),
+            ).fetchall()
+        return [event_from_row(row) for row in rows]
+
+    def last_id(self) -> int:
+        with self._connect() as conn:
+            row = conn.execute("SELECT MAX(id) FROM events").fetchone()
+        return int(row[0] or 0) if row else 0
+
+    def follow(self, after_id: int, poll: float = 0.5, **filters: Any) -> Iterator[Event]:
+        """Rows newer than ``after_id`` as they arrive, oldest first, forever.
+
+        Ids come from a sequence, so a row whose transaction commits after a
+        later id's may be skipped by a follower that already moved past it.
+        """
+        last = after_id
+        while True:
+            rows = self.events(after_id=last, newest_first=False, **filters)
+            yield from rows
+            if rows:
+                last = rows[-1].id or last
+            else:
+                time.sleep(poll)
