@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import threading
 import time
+from collections.abc import Mapping
 
 from mitmproxy import connection, ctx, exceptions, http, tls
 from mitmproxy.addonmanager import Loader
@@ -79,11 +82,16 @@ def described(flow: http.HTTPFlow, s: FlowState) -> tuple[str, str, str]:
     return printable(req.method, 32), printable(host, 300), printable(path, 2048)
 
 
+def node_name(env: Mapping[str, str]) -> str:
+    """Who counted: EGRESS_NODE (a pod name, say), else the host name; the workers of one proxy share it."""
+    return printable(env.get("EGRESS_NODE") or socket.gethostname(), 100)
+
+
 class Recorder:
     def __init__(self, clock: Clock = time.time, tunnels: Tunnels | None = None) -> None:
         self.clock = clock
         self.tunnels = tunnels
-        self.tally = Tally(clock)
+        self.tally = Tally(clock, node_name(os.environ))
         self.metrics = Metrics()
         self.store: Store | None = None
         self._task: asyncio.Task[None] | None = None

@@ -43,6 +43,7 @@ class Event:
     workspace: str = DEFAULT_WORKSPACE
     id: int | None = None
     near_miss: NearMiss | None = None  # blocked rows: the connector that came closest
+    node: str | None = None  # the process that saw it (set by the store from its batch)
 
     def to_dict(self) -> dict[str, Any]:
         doc = {k: v for k, v in asdict(self).items() if v is not None}
@@ -57,6 +58,7 @@ class Batch:
     requests: dict[tuple[str, int], list[int]] = field(default_factory=dict)
     blocked: dict[tuple[str, str, int], int] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
+    node: str = ""  # the process that counted it (EGRESS_NODE, else the host name)
 
     def __bool__(self) -> bool:
         return bool(self.requests or self.blocked or self.events)
@@ -65,9 +67,10 @@ class Batch:
 class Tally:
     """In-memory counters for the hot path; ``drain`` hands them to the writer."""
 
-    def __init__(self, clock: Clock = time.time) -> None:
+    def __init__(self, clock: Clock = time.time, node: str = "") -> None:
         self.clock = clock
-        self._batch = Batch()
+        self.node = node
+        self._batch = Batch(node=node)
 
     def request(self, connector: str, status: int | None) -> int | None:
         """Count one forwarded request by its upstream status (``None``: no response at all).
@@ -105,7 +108,7 @@ class Tally:
         self._batch.events[:0] = batch.events
 
     def drain(self) -> Batch:
-        batch, self._batch = self._batch, Batch()
+        batch, self._batch = self._batch, Batch(node=self.node)
         return batch
 
     def shed(self, max_events: int, max_keys: int) -> Counted:

@@ -33,6 +33,8 @@ def alert_text(h: Health) -> str:
 
 
 def cmd_stats(args: argparse.Namespace, home: Home) -> int:
+    if args.by_node:
+        return stats_by_node(args, home)
     with Monitoring(home) as monitoring:
         rows, blocked = monitoring.stats(args.connector)
     if args.json:
@@ -63,6 +65,27 @@ def cmd_stats(args: argparse.Namespace, home: Home) -> int:
             ("BLOCKED HOST", "REASON", "COUNT 24H"),
             [(b["host"], b["reason"], str(b["count"])) for b in blocked],
         )
+    return 0
+
+
+def stats_by_node(args: argparse.Namespace, home: Home) -> int:
+    with Monitoring(home) as monitoring:
+        nodes = monitoring.nodes(args.connector)
+    if args.json:
+        print(json.dumps({"window_hours": 24, "nodes": nodes}, indent=2))
+        return 0
+    if not nodes:
+        print("no traffic counted in the last 24 hours")
+        return 0
+    now = time.time()
+    print_table(
+        ("NODE", "REQUESTS 24H", "ERRORS 24H", "LAST COUNTED", "BUSIEST CONNECTOR"),
+        [
+            (n["node"], str(n["requests_24h"]), str(n["errors_24h"]), format_age(now - n["last_seen"]),
+             max(n["connectors"], key=lambda c: c["requests_24h"])["connector"])
+            for n in nodes
+        ],
+    )  # fmt: skip
     return 0
 
 
@@ -170,6 +193,10 @@ def register(sub: Any, command: Any) -> None:
     sp = command("stats", cmd_stats, "requests, errors and credential health per connector over 24 hours")
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--connector", metavar="NAME")
+    sp.add_argument(
+        "--by-node", action="store_true",
+        help="per process (EGRESS_NODE, else host name): what each counted, for a fleet on one store",
+    )  # fmt: skip
 
     sp = command("logs", cmd_logs, "error and blocked-request log, newest first")
     g = sp.add_mutually_exclusive_group()

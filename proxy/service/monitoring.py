@@ -52,6 +52,25 @@ class Monitoring:
         blocked = self.store.monitoring.blocked_summary() if shared else []
         return rows, blocked
 
+    def nodes(self, connector: str | None = None) -> list[dict[str, Any]]:
+        """The 24-hour figures per process (EGRESS_NODE or host name) that counted this workspace's
+        traffic, busiest first: a fleet's breakdown of what ``stats`` sums."""
+        _, key = self._names(connector)
+        out: dict[str, dict[str, Any]] = {}
+        for node, conn_key, requests, errors, minute in self.store.monitoring.nodes():
+            if not self._mine(conn_key) or key not in (None, conn_key):
+                continue
+            doc = out.setdefault(
+                node, {"node": node, "requests_24h": 0, "errors_24h": 0, "last_seen": 0, "connectors": []}
+            )
+            doc["requests_24h"] += requests
+            doc["errors_24h"] += errors
+            doc["last_seen"] = max(doc["last_seen"], minute * 60)  # the start of its last minute counted
+            doc["connectors"].append(
+                {"connector": split_key(conn_key)[1], "requests_24h": requests, "errors_24h": errors}
+            )
+        return sorted(out.values(), key=lambda d: (-d["requests_24h"], d["node"]))
+
     def health(self, connector: str | None = None) -> dict[str, Health]:
         """State and 1 h / 24 h class counts per connector, by name.
 

@@ -33,8 +33,10 @@ from proxy.store.rows import (
     EVENT_INSERT_COLUMNS,
     EVENT_SELECT_COLUMNS,
     NO_TRAFFIC,
+    NODE_TOTALS,
     event_from_row,
     event_values,
+    node_counts,
     window,
 )
 
@@ -50,7 +52,12 @@ _INSERT_BLOCKED = (
     "INSERT INTO blocked_minute VALUES (%s, %s, %s, %s) ON CONFLICT (host, reason, minute) "
     "DO UPDATE SET count = blocked_minute.count + EXCLUDED.count"
 )
-_INSERT_EVENT = f"INSERT INTO events ({EVENT_INSERT_COLUMNS}) VALUES ({', '.join(['%s'] * 13)})"
+_INSERT_EVENT = f"INSERT INTO events ({EVENT_INSERT_COLUMNS}) VALUES ({', '.join(['%s'] * 14)})"
+_INSERT_NODE = (
+    "INSERT INTO stats_node VALUES (%s, %s, %s, %s, %s) ON CONFLICT (node, connector, minute) "
+    "DO UPDATE SET requests = stats_node.requests + EXCLUDED.requests, "
+    "errors = stats_node.errors + EXCLUDED.errors"
+)
 _SUM_COUNTS = (
     "SELECT connector, "
     + ", ".join(f"SUM({c})" for c in COUNTERS)
@@ -78,7 +85,8 @@ class PostgresMonitoring:
         now_minute = int(self.clock() // 60)
         counts = sorted((c, m, *n) for (c, m), n in batch.requests.items())
         blocked = sorted((printable(h, 300), r, m, n) for (h, r, m), n in batch.blocked.items())
-        events = [event_values(e) for e in batch.events]
+        events = [event_values(e, batch.node) for e in batch.events]
+        nodes = node_counts(batch)
         with self._connect() as conn:
             with conn.transaction(), conn.cursor() as cur:
                 if counts:
@@ -87,6 +95,8 @@ class PostgresMonitoring:
                     cur.executemany(_INSERT_BLOCKED, blocked)
                 if events:
                     cur.executemany(_INSERT_EVENT, events)
+                if nodes:
+                    cur.executemany(_INSERT_NODE, nodes)
             if self._pruned_minute != now_minute:
                 self._prune(conn, now_minute)
 
@@ -97,6 +107,7 @@ class PostgresMonitoring:
             if elected == (True,):
                 conn.execute("DELETE FROM stats_minute WHERE minute <= %s", (horizon,))
                 conn.execute("DELETE FROM blocked_minute WHERE minute <= %s", (horizon,))
+                conn.execute("DELETE FROM stats_node WHERE minute <= %s", (horizon,))
                 conn.execute("DELETE FROM events WHERE ts <= %s", (horizon * 60,))
                 conn.execute(
                     "DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - %s", (self.row_cap,)
@@ -170,6 +181,13 @@ class PostgresMonitoring:
                 (connector, (current - hours + 1) * 60),
             ).fetchall()
         return [(int(h) * 3600, int(r), int(e)) for h, r, e in rows]
+
+    def nodes(self) -> list[tuple[str, str, int, int, int]]:
+        """Per (node, connector) over 24 hours: requests, errors, the last minute counted."""
+        since = int(self.clock() // 60) - WINDOW_MINUTES
+        with self._connect() as conn:
+            rows = conn.execute(NODE_TOTALS, (since,)).fetchall()
+        return [(n, c, int(r), int(e), int(m)) for n, c, r, e, m in rows]
 
     def events(
         self,

@@ -78,5 +78,14 @@ PG_MIGRATIONS: list[str] = [
         revoked_at DOUBLE PRECISION
     );
     """,
+    # 7: fleets: which process (host or pod: EGRESS_NODE) counted what, and saw each log row
+    """
+    CREATE TABLE stats_node (
+        node TEXT NOT NULL, connector TEXT NOT NULL, minute BIGINT NOT NULL,
+        requests BIGINT NOT NULL, errors BIGINT NOT NULL,
+        PRIMARY KEY (node, connector, minute)
+    );
+    ALTER TABLE events ADD COLUMN node TEXT;
+    """,
 ]
 PG_VERSION = len(PG_MIGRATIONS)

@@ -2,8 +2,8 @@
 
 Version 1 held connectors and grants; version 2 adds the monitoring tables
 (stores written by earlier releases already have them, hence IF NOT EXISTS);
-3 and 4 add health classes and workspaces; 5 the admin API's tokens and when
-each credential last changed.
+3 to 5 add health classes, workspaces and near misses; 6 the admin API's
+tokens and when each credential last changed; 7 the per-process breakdown.
 A migration runs inside the transaction that bumps the version, so a store
 is never left half-migrated.
 """
@@ -82,6 +82,15 @@ MIGRATIONS: list[str] = [
         created_at REAL NOT NULL,
         revoked_at REAL
     );
+    """,
+    # 7: fleets: which process (host or pod: EGRESS_NODE) counted what, and saw each log row
+    """
+    CREATE TABLE IF NOT EXISTS stats_node (
+        node TEXT NOT NULL, connector TEXT NOT NULL, minute INTEGER NOT NULL,
+        requests INTEGER NOT NULL, errors INTEGER NOT NULL,
+        PRIMARY KEY (node, connector, minute)
+    );
+    ALTER TABLE events ADD COLUMN node TEXT;
     """,
 ]
 VERSION = len(MIGRATIONS)

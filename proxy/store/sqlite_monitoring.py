@@ -28,8 +28,10 @@ from proxy.store.rows import (
     EVENT_INSERT_COLUMNS,
     EVENT_SELECT_COLUMNS,
     NO_TRAFFIC,
+    NODE_TOTALS,
     event_from_row,
     event_values,
+    node_counts,
     window,
 )
 
@@ -37,6 +39,10 @@ _INSERT_COUNTS = (
     f"INSERT INTO stats_minute (connector, minute, {', '.join(COUNTERS)}) "
     f"VALUES (?, ?{', ?' * len(COUNTERS)}) ON CONFLICT (connector, minute) DO UPDATE SET "
     + ", ".join(f"{c} = {c} + excluded.{c}" for c in COUNTERS)
+)
+_INSERT_NODE = (
+    "INSERT INTO stats_node VALUES (?, ?, ?, ?, ?) ON CONFLICT (node, connector, minute) "
+    "DO UPDATE SET requests = requests + excluded.requests, errors = errors + excluded.errors"
 )
 # Per connector: every counter summed over 24 hours, then over the last hour.
 _SUM_COUNTS = (
@@ -72,11 +78,13 @@ class SqliteMonitoring:
                 [(printable(h, 300), r, m, n) for (h, r, m), n in batch.blocked.items()],
             )
             db.executemany(
-                f"INSERT INTO events ({EVENT_INSERT_COLUMNS}) VALUES ({', '.join('?' * 13)})",
-                [event_values(e) for e in batch.events],
+                f"INSERT INTO events ({EVENT_INSERT_COLUMNS}) VALUES ({', '.join('?' * 14)})",
+                [event_values(e, batch.node) for e in batch.events],
             )
+            db.executemany(_INSERT_NODE, node_counts(batch))
             db.execute("DELETE FROM stats_minute WHERE minute <= ?", (horizon,))
             db.execute("DELETE FROM blocked_minute WHERE minute <= ?", (horizon,))
+            db.execute("DELETE FROM stats_node WHERE minute <= ?", (horizon,))
             db.execute("DELETE FROM events WHERE ts <= ?", (horizon * 60,))
             db.execute("DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?", (self.row_cap,))
             db.execute("COMMIT")
@@ -153,6 +161,11 @@ class SqliteMonitoring:
             (connector, (current - hours + 1) * 60),
         ).fetchall()
         return [(int(h) * 3600, int(r), int(e)) for h, r, e in rows]
+
+    def nodes(self) -> list[tuple[str, str, int, int, int]]:
+        """Per (node, connector) over 24 hours: requests, errors, the last minute counted."""
+        since = int(self.clock() // 60) - WINDOW_MINUTES
+        return [tuple(r) for r in self._db.execute(NODE_TOTALS.replace("%s", "?"), (since,)).fetchall()]
 
     def events(
         self,

@@ -362,6 +362,24 @@ def test_stats_series_and_logs(api: CheckedClient) -> None:
     ]
 
 
+def test_stats_per_node(api: CheckedClient) -> None:
+    assert api.post(f"{D}/connectors", STRIPE).status_code == 201
+    minute = int(time.time() // 60)
+    for node, n in (("pod-a", 4), ("pod-b", 9)):
+        batch = Batch(node=node)
+        batch.requests[("stripe", minute)] = [n, 1, 0, 0, 1, 0]
+        batch.requests[("acme/other", minute)] = [100, 0, 0, 0, 0, 0]  # another workspace's
+        record(api.home, batch)
+    doc = api.get(f"{D}/stats/nodes").json()
+    assert [(n["node"], n["requests_24h"], n["errors_24h"]) for n in doc["nodes"]] == [
+        ("pod-b", 9, 1),
+        ("pod-a", 4, 1),
+    ]
+    assert doc["nodes"][0]["connectors"] == [{"connector": "stripe", "requests_24h": 9, "errors_24h": 1}]
+    assert doc["nodes"][0]["last_seen"] == minute * 60
+    assert api.get(f"{D}/stats/nodes?connector=nosuch").status_code == 404
+
+
 # ---- grants
 
 

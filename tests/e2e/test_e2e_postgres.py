@@ -1,4 +1,4 @@
-"""A fleet on PostgreSQL: two real proxies, one database, changes and counts shared, outages survived."""
+"""A fleet on PostgreSQL: three real proxies, one database, changes and counts shared, outages survived."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ class Fleet:
         return res
 
     def start(self, i: int) -> Proxy:
-        proxy = start_proxy(self.homes[i], *self.ca_args, env=self.env)
+        proxy = start_proxy(self.homes[i], *self.ca_args, env={**self.env, "EGRESS_NODE": f"node-{i}"})
         self.proxies.append(proxy)
         return proxy
 
@@ -70,17 +70,18 @@ class Fleet:
 
 
 def new_fleet(cluster: Cluster, root: Path, pki: tuple[Path, object], upstream: Upstream) -> Fleet:
-    """Two homes on one new database, with one connector; no proxy running yet."""
+    """Three homes on one new database, with one connector; no proxy running yet."""
     if not cluster.running():  # a failed outage test must not take the next tests down
         cluster.start()
     _, key = MasterKey.generate()  # every process of a fleet shares the master key...
     env = {"EGRESS_DATABASE_URL": cluster.new_database(), "EGRESS_MASTER_KEY": key}
-    homes = [root / "a", root / "b"]
+    homes = [root / "a", root / "b", root / "c"]
     fleet = Fleet(env, homes, upstream.port, proxy_args(pki[0]))
     fleet.cli(0, "init")
-    homes[1].mkdir(mode=0o700)
-    shutil.copy(homes[0] / "grant.key", homes[1] / "grant.key")  # ...and the grant key
-    fleet.cli(1, "init")
+    for i in (1, 2):
+        homes[i].mkdir(mode=0o700)
+        shutil.copy(homes[0] / "grant.key", homes[i] / "grant.key")  # ...and the grant key
+        fleet.cli(i, "init")
     fleet.add(0, "stripe", "api.stripe.test")
     return fleet
 
@@ -89,10 +90,10 @@ def new_fleet(cluster: Cluster, root: Path, pki: tuple[Path, object], upstream: 
 def running(
     cluster: Cluster, tmp_path_factory: pytest.TempPathFactory, pki: tuple[Path, object], upstream: Upstream
 ) -> Iterator[Fleet]:
-    """Two proxies running on one database, shared by the tests below (starting proxies is slow)."""
+    """Three proxies running on one database, shared by the tests below (starting proxies is slow)."""
     fleet = new_fleet(cluster, tmp_path_factory.mktemp("fleet"), pki, upstream)
-    fleet.start(0)
-    fleet.start(1)
+    for i in range(3):
+        fleet.start(i)
     yield fleet
     for p in fleet.proxies:
         p.stop()
@@ -137,7 +138,7 @@ def test_a_connector_added_through_one_cli_reaches_every_proxy_within_two_second
 ) -> None:
     fleet, proxies = running, running.proxies
     late = f"https://api.late.test:{fleet.port}/fleet"
-    assert [get(p, late) for p in proxies] == [403, 403]  # no connector covers it yet
+    assert [get(p, late) for p in proxies] == [403] * 3  # no connector covers it yet
     fleet.add(1, "late", "api.late.test")
     latencies = [seconds_until(lambda p=p: get(p, late) == 200, 2.0) for p in proxies]  # type: ignore[misc]
     print(f"connector reached the proxies after {', '.join(f'{s * 1000:.0f} ms' for s in latencies)}")
@@ -151,21 +152,32 @@ def test_a_grant_revoked_through_one_cli_is_refused_by_every_proxy(running: Flee
     fleet, proxies = running, running.proxies
     token = json.loads(fleet.cli(0, "grant", "--json", "--connector", "stripe").stdout)["token"]
     target = f"api.stripe.test:{fleet.port}"
-    assert [connect_status(p, target, token)[0] for p in proxies] == [200, 200]
+    assert [connect_status(p, target, token)[0] for p in proxies] == [200] * 3
     fleet.cli(1, "grant", "revoke", token)
     for p in proxies:
         seconds_until(lambda p=p: connect_status(p, target, token)[0] == 407, 2.0)  # type: ignore[misc]
         assert connect_status(p, target, token)[1]["x-egress-blocked"] == "revoked-grant"
 
 
-def test_counts_from_both_proxies_add_up(running: Fleet) -> None:
-    fleet, (a, b) = running, running.proxies
-    before = settled(fleet)
+def by_node(fleet: Fleet) -> dict[str, int]:
+    doc = json.loads(fleet.cli(2, "stats", "--by-node", "--json").stdout)
+    return {n["node"]: n["requests_24h"] for n in doc["nodes"]}
+
+
+def test_counts_from_every_proxy_add_up_and_each_process_shows_its_share(running: Fleet) -> None:
+    fleet, proxies = running, running.proxies
+    before, nodes_before = settled(fleet), by_node(fleet)
     url = f"https://api.stripe.test:{fleet.port}/v1/count"
-    assert [get(a, url) for _ in range(7)] + [get(b, url) for _ in range(5)] == [200] * 12
-    seconds_until(lambda: fleet.requests_counted() == before + 12, 10.0)
+    sent = {"node-0": 7, "node-1": 5, "node-2": 11}
+    statuses = [get(p, url) for p, n in zip(proxies, sent.values(), strict=True) for _ in range(n)]
+    assert statuses == [200] * 23
+    seconds_until(lambda: fleet.requests_counted() == before + 23, 10.0)
     time.sleep(1.5)  # and no more than that: nothing is counted twice
-    assert fleet.requests_counted() == before + 12
+    assert fleet.requests_counted() == before + 23
+    nodes = by_node(fleet)
+    assert {n: nodes[n] - nodes_before.get(n, 0) for n in sent} == sent
+    table = fleet.cli(0, "stats", "--by-node").stdout
+    assert all(node in table for node in sent), table
 
 
 class Traffic(threading.Thread):
@@ -208,7 +220,7 @@ def test_a_database_outage_loses_no_count_and_changes_flow_again_after_it(
     time.sleep(1.5)
     cluster.stop("fast")
     down_at = len(traffic.statuses)
-    time.sleep(6)  # minutes in production; the bounds are what matter, tested in the unit tests
+    time.sleep(10)  # minutes in production; the bounds are what matter, tested in the unit tests
     during = traffic.statuses[down_at:]
     cluster.start()
     time.sleep(1.5)

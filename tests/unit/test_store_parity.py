@@ -420,3 +420,22 @@ def test_admin_tokens_store_hashes_and_revoke_once(opened: Opener) -> None:
     with pytest.raises(ConfigError), store.write() as tx:
         tx.add_admin_token("t3", "hash-1", None, False, "")  # a hash is unique
     assert [t["id"] for t in other.admin_tokens()] == ["t1", "t2"]
+
+
+def test_each_process_counts_under_its_node_and_log_rows_name_it(opened: Opener) -> None:
+    a, b = opened(), opened()
+    for store, node, n in ((a, "pod-a", 3), (b, "pod-b", 5), (a, "pod-a", 1)):
+        batch = Batch(node=node)
+        batch.requests[("c", MINUTE)] = [n, 1, 0, 0, 1, 0]
+        batch.requests[("acme/d", MINUTE - 5)] = [2, 0, 0, 0, 0, 0]
+        batch.events.append(error(NOW - 1, "c", rid=node))
+        store.monitoring.flush(batch)
+    assert a.monitoring.nodes() == [
+        ("pod-a", "acme/d", 4, 0, MINUTE - 5),
+        ("pod-a", "c", 4, 2, MINUTE),
+        ("pod-b", "acme/d", 2, 0, MINUTE - 5),
+        ("pod-b", "c", 5, 1, MINUTE),
+    ]
+    (total,) = b.monitoring.summary(["c"], "c")
+    assert total.requests_24h == 9  # the fleet's sum is unchanged
+    assert [e.node for e in b.monitoring.events(kind="error")] == ["pod-a", "pod-b", "pod-a"]

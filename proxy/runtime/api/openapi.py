@@ -211,6 +211,34 @@ SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "NodeStats": {
+        "type": "object",
+        "required": ["window_hours", "nodes"],
+        "properties": {
+            "window_hours": _INT,
+            "nodes": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["node", "requests_24h", "errors_24h", "last_seen", "connectors"],
+                    "properties": {
+                        "node": _STR,
+                        "requests_24h": _INT,
+                        "errors_24h": _INT,
+                        "last_seen": _NUM,
+                        "connectors": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["connector", "requests_24h", "errors_24h"],
+                                "properties": {"connector": _STR, "requests_24h": _INT, "errors_24h": _INT},
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
     "Event": {
         "type": "object",
         "description": "An error or blocked request; paths never carry a query string.",
@@ -229,6 +257,7 @@ SCHEMAS: dict[str, Any] = {
             "grant_label": _STR,
             "workspace": _STR,
             "near_miss": _OBJ,
+            "node": _STR,
             "id": _INT,
         },
     },

@@ -162,6 +162,11 @@ def get_stats(call: Call) -> tuple[int, Any]:
     return 200, {"window_hours": 24, "connectors": connectors, "blocked": blocked}
 
 
+def node_stats(call: Call) -> tuple[int, Any]:
+    nodes = Monitoring(call.home, call.store).nodes(call.query.get("connector") or None)
+    return 200, {"window_hours": 24, "nodes": nodes}
+
+
 def error_log(call: Call) -> tuple[int, Any]:
     events = Monitoring(call.home, call.store).events(
         kind="error", connector=call.query.get("connector") or None, since=_since(call.query),
@@ -291,6 +296,14 @@ def operations(openapi: Handler) -> list[Operation]:
         ),
         Operation("GET", f"{C}/series", connector_series, "Requests and errors per hour, 24 hours", "Series"),
         Operation("GET", f"{WS}/stats", get_stats, "24-hour totals and health per connector", "Stats"),
+        Operation(
+            "GET",
+            f"{WS}/stats/nodes",
+            node_stats,
+            "24-hour totals per proxy process (EGRESS_NODE or host name): a fleet's breakdown",
+            "NodeStats",
+            query=(_CONNECTOR,),
+        ),
         Operation(
             "GET",
             f"{WS}/logs/errors",
