@@ -112,6 +112,16 @@ class AdminTokens:
             return None
         return Principal(row["id"], row["workspace"], row["read_only"])
 
+    def active(self, token_id: str) -> Principal | None:
+        """The principal of a token known by its id while it is still valid (unrevoked), or None:
+        a dashboard session, opened with a token, asks again on every request."""
+        if token_id == BOOTSTRAP_ID:
+            return Principal(BOOTSTRAP_ID, None, False) if self.home.env.get(BOOTSTRAP_ENV) else None
+        row = self.store.admin_token(token_id)
+        if row is None or row["revoked_at"] is not None:
+            return None
+        return Principal(row["id"], row["workspace"], row["read_only"])
+
 
 def _public(row: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k != "token_hash"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 import pytest
@@ -12,7 +13,7 @@ from proxy.runtime.api.auth import FailureLimiter
 from proxy.service.connectors import Connectors
 from proxy.service.home import Home
 from proxy.stats import Batch, Event
-from tests.api.conftest import SECRETS, CheckedClient, Tokens
+from tests.api.conftest import CSP, SECRETS, CheckedClient, Tokens
 
 V1 = "/api/v1"
 D = f"{V1}/workspaces/default"
@@ -466,3 +467,19 @@ def test_openapi_validates_and_describes_every_route(api: CheckedClient, raw_cli
     }
     described = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
     assert {r for r in routes if r[1] != "/"} == described
+
+
+def test_the_dashboard_is_served_under_a_strict_csp_and_runs_no_inline_code(api: CheckedClient) -> None:
+    anon = api.as_(None)
+    for path in ("/", "/static/app.js", "/static/app.css"):
+        r = anon.get(path)
+        assert r.status_code == 200, path  # check_response compares the header with CSP
+    policy = dict(d.strip().split(" ", 1) for d in CSP.split(";"))
+    assert policy["default-src"] == policy["script-src"] == policy["style-src"] == "'self'"
+    assert policy["frame-ancestors"] == policy["base-uri"] == "'none'"
+    assert policy["connect-src"] == policy["form-action"] == "'self'"
+    assert "unsafe" not in CSP and "*" not in CSP
+    html = anon.get("/").text
+    assert re.findall(r"<script\b[^>]*>", html) == ['<script type="module" src="/static/app.js">']
+    assert "<style" not in html and " style=" not in html
+    assert re.search(r"\son[a-z]+\s*=", html) is None  # no inline event handler

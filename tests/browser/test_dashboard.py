@@ -6,22 +6,35 @@ import re
 from typing import Any
 
 import pytest
+import requests
 from playwright.sync_api import expect
 
 from tests.browser.conftest import Dash, Watch
+from tests.harness import egress
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
+COOKIE = "egress_session"
 
 
 def assert_no_secret(page: Any, dash: Dash) -> None:
-    """No secret value in the DOM or in the tab's storage (the token is the only thing kept)."""
+    """No secret value in the DOM, in the tab's storage or in a cookie scripts can read."""
     html = page.content()
     storage = page.evaluate(
-        "() => JSON.stringify([Object.entries(sessionStorage), Object.entries(localStorage)])"
+        "() => JSON.stringify([Object.entries(sessionStorage), Object.entries(localStorage), document.cookie])"
     )
-    for secret in dash.secrets:
+    for secret in [*dash.secrets, dash.token]:
         assert secret not in html
         assert secret not in storage
+
+
+def assert_nothing_stored(page: Any) -> None:
+    """No token or anything else in the tab's storage; the session cookie is invisible to scripts."""
+    assert page.evaluate("() => [localStorage.length, sessionStorage.length]") == [0, 0]
+    assert COOKIE not in page.evaluate("() => document.cookie")
+
+
+def session_cookie(page: Any) -> dict[str, Any] | None:
+    return next((c for c in page.context.cookies() if c["name"] == COOKIE), None)
 
 
 def login(page: Any, dash: Dash, token: str | None = None) -> None:
@@ -41,18 +54,61 @@ def test_login_refuses_a_bad_token_then_lists_connectors(page: Any, dash: Dash) 
     page.get_by_label("Admin token").fill("not-a-valid-token")
     page.get_by_role("button", name="Log in").click()
     expect(page.locator("#login-message")).to_contain_text("did not accept the token")
-    assert page.evaluate("() => sessionStorage.length") == 0  # a refused token is not kept
+    assert_nothing_stored(page)  # a refused token is not kept
+    assert session_cookie(page) is None
 
     page.get_by_label("Admin token").fill(dash.token)
     page.get_by_role("button", name="Log in").click()
     expect(page.locator("#connectors-table")).to_contain_text("flaky")
-    assert page.evaluate("() => Object.keys(sessionStorage)") == ["egress.adminToken"]
-    assert page.evaluate("() => localStorage.length") == 0
+    assert_nothing_stored(page)
 
     page.get_by_role("button", name="Log out").click()
     expect(page.get_by_label("Admin token")).to_be_visible()
-    assert page.evaluate("() => sessionStorage.length") == 0
+    expect(page.locator("#login-message")).to_have_text("Logged out.")
+    assert session_cookie(page) is None
+    assert_nothing_stored(page)
     assert_no_secret(page, dash)
+
+
+def test_the_session_lives_in_an_httponly_cookie_and_nothing_in_storage(page: Any, dash: Dash) -> None:
+    login(page, dash)
+    assert_nothing_stored(page)
+    cookie = session_cookie(page)
+    assert cookie is not None
+    assert cookie["httpOnly"] is True and cookie["sameSite"] == "Strict" and cookie["path"] == "/"
+    assert cookie["secure"] is False and cookie["expires"] == -1  # plain http here; a browser-session cookie
+    assert dash.token not in cookie["value"]
+    assert_no_secret(page, dash)
+
+    # A reload keeps the session (the cookie) without the token: the page asks for its CSRF token again.
+    page.reload()
+    expect(page.locator("#connectors-table")).to_contain_text("flaky")
+    assert_nothing_stored(page)
+    # The browser sends the cookie by itself, but a change without the CSRF token is refused.
+    status = page.evaluate(
+        "() => fetch('/api/v1/workspaces/default/connectors/flaky', {method: 'DELETE'}).then(r => r.status)"
+    )
+    assert status == 403
+    assert dash.api("GET", "/workspaces/default/connectors/flaky").status_code == 200
+
+    # Logging out ends the session on the server: the same cookie, sent again, is refused.
+    page.get_by_role("button", name="Log out").click()
+    expect(page.get_by_label("Admin token")).to_be_visible()
+    res = requests.get(f"{dash.url}/api/v1/whoami", cookies={COOKIE: cookie["value"]}, timeout=10)
+    assert res.status_code == 401
+    page.reload()
+    expect(page.get_by_label("Admin token")).to_be_visible()
+
+
+def test_revoking_the_token_ends_the_dashboard_session(page: Any, dash: Dash) -> None:
+    token = dash.admin_token("--label", "revoked-in-browser")
+    login(page, dash, token)
+    res = egress(dash.proxy.home, "admin", "token", "revoke", token.split("_")[2])
+    assert res.returncode == 0, res.stderr
+    page.get_by_role("button", name="Refresh").click()
+    expect(page.get_by_label("Admin token")).to_be_visible()
+    expect(page.locator("#login-message")).to_contain_text("The session has ended")
+    assert session_cookie(page) is None  # the refusal cleared it
 
 
 def test_add_a_connector_from_the_stripe_preset(page: Any, dash: Dash) -> None:

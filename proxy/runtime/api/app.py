@@ -1,7 +1,8 @@
 """The admin listener as one Starlette app: /healthz, /metrics, the JSON API and the dashboard.
 
 Every API request opens the store once (in a worker thread: SQLite blocks),
-authenticates, checks the workspace and write access, runs one operation of
+authenticates (a Bearer admin token, or the dashboard's session cookie:
+``sessions.py``), checks the workspace and write access, runs one operation of
 ``routes.operations`` and closes the store. Errors are one JSON shape; every
 response carries the security headers.
 """
@@ -28,7 +29,17 @@ from proxy.connectors import check_workspace
 from proxy.errors import ConfigError, Conflict, EgressError, NotFound
 from proxy.runtime.api import openapi
 from proxy.runtime.api.auth import FailureLimiter, bearer
-from proxy.runtime.api.routes import Call, Operation, operations
+from proxy.runtime.api.routes import API, Call, Operation, operations
+from proxy.runtime.api.sessions import (
+    COOKIE,
+    CSRF_HEADER,
+    IDLE_SECONDS,
+    READS,
+    Session,
+    Sessions,
+    cookie_header,
+    cross_site,
+)
 from proxy.service.admin_tokens import AdminTokens, Principal
 from proxy.service.home import Home
 
@@ -39,6 +50,7 @@ CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
+NO_CSRF = "a change made with the dashboard session needs its CSRF token (X-CSRF-Token)"
 SECURITY_HEADERS = [
     (b"content-security-policy", CSP.encode()),
     (b"x-content-type-options", b"nosniff"),
@@ -95,10 +107,23 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
+def _secure(request: Request) -> bool:
+    return request.url.scheme == "https"
+
+
+def _session_ended(request: Request, detail: str) -> _Refusal:
+    refusal = _unauthorized(detail)
+    refusal.headers["Set-Cookie"] = cookie_header("", _secure(request), clear=True)
+    return refusal
+
+
 class AdminApp:
-    def __init__(self, config: AdminConfig, limiter: FailureLimiter | None = None) -> None:
+    def __init__(
+        self, config: AdminConfig, limiter: FailureLimiter | None = None, sessions: Sessions | None = None
+    ) -> None:
         self.config = config
         self.limiter = limiter or FailureLimiter()
+        self.sessions = Sessions() if sessions is None else sessions
         self.operations = operations(self._openapi)
         self.document = openapi.document(self.operations)
 
@@ -110,12 +135,20 @@ class AdminApp:
     def _client(self, request: Request) -> str:
         return request.client.host if request.client else "unknown"
 
-    async def _principal(self, request: Request) -> Principal:
-        client = self._client(request)
-        wait = self.limiter.retry_after(client)
+    def _not_limited(self, request: Request) -> None:
+        wait = self.limiter.retry_after(self._client(request))
         if wait is not None:
             raise _Refusal(429, "too_many_requests", "too many failed logins", {"Retry-After": str(wait)})
-        token = bearer(request.headers.get("authorization"))
+
+    async def _principal(self, request: Request) -> Principal:
+        """Who asks: the Bearer token if there is an Authorization header, else the session cookie."""
+        self._not_limited(request)
+        header = request.headers.get("authorization")
+        sid = request.cookies.get(COOKIE)
+        if header is None and sid is not None:
+            return (await self._from_session(request, sid))[0]
+        client = self._client(request)
+        token = bearer(header)
         if token is None:
             raise _unauthorized("an admin token is required: Authorization: Bearer TOKEN")
         principal = await run_in_threadpool(self._authenticate, token)
@@ -130,6 +163,90 @@ class AdminApp:
     def _authenticate(self, token: str) -> Principal | None:
         with AdminTokens(self.config.home) as tokens:
             return tokens.authenticate(token)
+
+    def _active(self, token_id: str) -> Principal | None:
+        with AdminTokens(self.config.home) as tokens:
+            return tokens.active(token_id)
+
+    async def _from_session(self, request: Request, sid: str) -> tuple[Principal, Session]:
+        """The principal of a live session, its token still valid, asked from the dashboard's
+        origin, with the CSRF token if it changes anything. A revoked token ends its sessions."""
+        session = self.sessions.get(sid)
+        if session is None:
+            raise _session_ended(request, "the dashboard session has ended (logged out or expired): log in")
+        token_id = session.principal.token_id
+        principal = await run_in_threadpool(self._active, token_id)
+        if principal is None:
+            self.sessions.close_token(token_id)
+            raise _session_ended(request, "the admin token of this session was revoked: log in again")
+        self._same_origin(request, session)
+        return principal, session
+
+    def _same_origin(self, request: Request, session: Session | None) -> None:
+        """Refuse (403) a session request from another origin, or a change without the CSRF token."""
+        headers = request.headers
+        why = cross_site(headers.get("host"), headers.get("origin"), headers.get("sec-fetch-site"))
+        if why is None and session is not None and request.method not in READS:
+            why = None if session.csrf_matches(headers.get(CSRF_HEADER)) else NO_CSRF
+        if why is not None:
+            logger.warning(
+                "admin API: refused a session request from %s (%s %s): %s",
+                self._client(request), request.method, request.url.path, why,
+            )  # fmt: skip
+            raise _Refusal(403, "forbidden", why)
+
+    # ---- the dashboard's session: log in, describe, log out
+
+    def _session_doc(self, principal: Principal, session: Session) -> dict[str, Any]:
+        return {
+            "workspace": principal.workspace,
+            "read_only": principal.read_only,
+            "csrf_token": session.csrf,
+            "expires_at": session.expires_at,
+            "idle_timeout": IDLE_SECONDS,
+        }
+
+    async def login(self, request: Request) -> Response:
+        """An admin token (Bearer, never a cookie) for a session cookie and its CSRF token."""
+        try:
+            self._same_origin(request, None)
+            if request.headers.get("authorization") is None:
+                self._not_limited(request)
+                raise _unauthorized("log in with an admin token: Authorization: Bearer TOKEN")
+            principal = await self._principal(request)
+        except _Refusal as r:
+            return error(r.status, r.error, r.detail, **r.headers)
+        previous = request.cookies.get(COOKIE)
+        if previous is not None:
+            self.sessions.close(previous)
+        session = self.sessions.open(principal)
+        cookie = cookie_header(session.id, _secure(request))
+        return JSONResponse(self._session_doc(principal, session), 201, headers={"Set-Cookie": cookie})
+
+    async def current_session(self, request: Request) -> Response:
+        """The session the cookie names (whatever the Authorization header says)."""
+        try:
+            self._not_limited(request)
+            sid = request.cookies.get(COOKIE)
+            if sid is None:
+                raise _unauthorized("no dashboard session: log in with POST /api/v1/session")
+            principal, session = await self._from_session(request, sid)
+        except _Refusal as r:
+            return error(r.status, r.error, r.detail, **r.headers)
+        return JSONResponse(self._session_doc(principal, session))
+
+    async def logout(self, request: Request) -> Response:
+        """End the session the cookie names (from its origin, with its CSRF token) and clear the cookie."""
+        sid = request.cookies.get(COOKIE)
+        session = self.sessions.get(sid, touch=False) if sid is not None else None
+        if session is not None:
+            try:
+                self._same_origin(request, session)
+            except _Refusal as r:
+                return error(r.status, r.error, r.detail, **r.headers)
+            self.sessions.close(session.id)
+        cleared = cookie_header("", _secure(request), clear=True)
+        return Response(status_code=204, headers={"Set-Cookie": cleared})
 
     # ---- dispatch
 
@@ -206,6 +323,11 @@ class AdminApp:
         routes: list[BaseRoute] = [
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/metrics", self.metrics, methods=["GET"]),
+            Route(
+                f"{API}/session",
+                _by_method({"POST": self.login, "GET": self.current_session, "DELETE": self.logout}),
+                methods=["POST", "GET", "DELETE"],
+            ),
         ]
         by_path: dict[str, dict[str, Callable[[Request], Awaitable[Response]]]] = {}
         for op in self.operations:
@@ -238,8 +360,10 @@ def _by_method(
     return dispatch
 
 
-def create_app(config: AdminConfig, limiter: FailureLimiter | None = None) -> ASGIApp:
-    admin = AdminApp(config, limiter)
+def create_app(
+    config: AdminConfig, limiter: FailureLimiter | None = None, sessions: Sessions | None = None
+) -> ASGIApp:
+    admin = AdminApp(config, limiter, sessions)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

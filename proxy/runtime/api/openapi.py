@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from proxy import __version__
-from proxy.runtime.api.routes import Operation
+from proxy.runtime.api.routes import API, Operation
+from proxy.runtime.api.sessions import COOKIE, IDLE_SECONDS, MAX_AGE_SECONDS
 
 _STR = {"type": "string"}
 _INT = {"type": "integer"}
@@ -49,6 +50,19 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"workspace": _nullable(_STR), "read_only": _BOOL},
     },
     "OpenAPI": {"type": "object"},
+    "Session": {
+        "type": "object",
+        "description": "A dashboard session: the token's scope and access, and the CSRF token that every "
+        "change made with the session cookie sends as X-CSRF-Token.",
+        "required": ["workspace", "read_only", "csrf_token", "expires_at", "idle_timeout"],
+        "properties": {
+            "workspace": _nullable(_STR),
+            "read_only": _BOOL,
+            "csrf_token": _STR,
+            "expires_at": {**_NUM, "description": "The latest it ends (login + 12 hours), epoch seconds."},
+            "idle_timeout": {**_NUM, "description": "Seconds without a request after which it ends."},
+        },
+    },
     "Preset": {
         "type": "object",
         "required": ["name", "patterns", "inject", "fields", "strip_headers", "placeholders"],
@@ -314,7 +328,8 @@ SCHEMAS: dict[str, Any] = {
 _ERRORS = {
     400: "Invalid input: `field` names it",
     401: "No token, or not a valid one",
-    403: "A read-only token on a write",
+    403: "A read-only token on a write; with the session cookie, a request from another origin "
+    "or a change without X-CSRF-Token",
     404: "Unknown, or in a workspace this token cannot see",
     409: "The name exists",
     429: "Too many failed logins from this address: see Retry-After",
@@ -354,17 +369,62 @@ def _operation(op: Operation) -> dict[str, Any]:
     ok: dict[str, Any] = {"description": "Done" if op.response is None else "OK"}
     if op.response is not None:
         ok["content"] = {"application/json": {"schema": _ref(op.response)}}
-    codes = [401, 429]
+    codes = [401, 403, 429]
     if op.body or op.query or params:
         codes.append(400)
-    if op.write:
-        codes.append(403)
     if params:
         codes.append(404)
     if op.conflict:
         codes.append(409)
     doc["responses"] = {str(op.status): ok, **{str(c): _error(c) for c in sorted(codes)}}
     return doc
+
+
+def _session_paths() -> dict[str, Any]:
+    """The dashboard's login, session and logout (served by app.py: they set the cookie)."""
+    session = {"application/json": {"schema": _ref("Session")}}
+    cookie = {
+        "Set-Cookie": {
+            "description": f"{COOKIE}=...; Path=/; HttpOnly; SameSite=Strict (Secure over https)",
+            "schema": _STR,
+        }
+    }
+    refused = {
+        "description": "From another origin (Origin, Sec-Fetch-Site), or without the session's X-CSRF-Token",
+        "content": {"application/json": {"schema": _ref("Error")}},
+    }
+    return {
+        f"{API}/session": {
+            "post": {
+                "operationId": "login",
+                "summary": "Log in: an admin token (Bearer) for a session cookie and its CSRF token",
+                "security": [{"bearer": []}],
+                "responses": {
+                    "201": {"description": "Logged in", "headers": cookie, "content": session},
+                    "401": _error(401),
+                    "403": refused,
+                    "429": _error(429),
+                },
+            },
+            "get": {
+                "operationId": "get_session",
+                "summary": "The session the cookie names (the dashboard asks on load)",
+                "security": [{"session": []}],
+                "responses": {
+                    "200": {"description": "OK", "content": session},
+                    "401": _error(401),
+                    "403": refused,
+                    "429": _error(429),
+                },
+            },
+            "delete": {
+                "operationId": "logout",
+                "summary": "Log out: the session ends on the server and the cookie is cleared",
+                "security": [{"session": []}, {}],
+                "responses": {"204": {"description": "Logged out", "headers": cookie}, "403": refused},
+            },
+        }
+    }
 
 
 def document(operations: list[Operation]) -> dict[str, Any]:
@@ -387,7 +447,7 @@ def document(operations: list[Operation]) -> dict[str, Any]:
             "get": {
                 "operationId": "metrics",
                 "summary": "Prometheus metrics summed over workers (a token only with --admin-metrics-token)",
-                "security": [{"bearer": []}, {}],
+                "security": [{"bearer": []}, {"session": []}, {}],
                 "responses": {
                     "200": {"description": "metrics", "content": {"text/plain": {"schema": _STR}}},
                     "401": _error(401),
@@ -409,8 +469,8 @@ def document(operations: list[Operation]) -> dict[str, Any]:
             "Secrets are accepted, never returned.",
         },
         "servers": [{"url": "/"}],
-        "security": [{"bearer": []}],
-        "paths": {**paths, **open_paths},
+        "security": [{"bearer": []}, {"session": []}],
+        "paths": {**_session_paths(), **paths, **open_paths},
         "components": {
             "schemas": SCHEMAS,
             "securitySchemes": {
@@ -418,7 +478,16 @@ def document(operations: list[Operation]) -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "An admin token from `egress admin token create` (or EGRESS_ADMIN_TOKEN).",
-                }
+                },
+                "session": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": COOKIE,
+                    "description": "The dashboard's session, from POST /api/v1/session: it ends on logout, "
+                    f"after {IDLE_SECONDS / 3600:g} h without a request, {MAX_AGE_SECONDS / 3600:g} h after "
+                    "login, or when its admin token is revoked. Only from the dashboard's origin; a change "
+                    "(not GET) also sends the session's csrf_token as X-CSRF-Token.",
+                },
             },
         },
     }

@@ -4,8 +4,11 @@
 // requests that sandboxed code made. The DOM is therefore built with createElement and
 // textContent only (never innerHTML), and the page runs under a CSP without inline code.
 // Secrets only ever travel from a password input to the API; nothing reads them back.
+//
+// The admin token is sent once, to log in (POST /api/v1/session); the server answers with an
+// HttpOnly session cookie this script cannot read and a CSRF token kept in memory here, sent
+// with every change. Nothing is written to localStorage or sessionStorage.
 
-const TOKEN_KEY = "egress.adminToken";
 const API = "/api/v1";
 const SVG_NS = "http://www.w3.org/2000/svg";
 const MAX_PATTERNS = 20;
@@ -31,7 +34,7 @@ const STATES = {
 };
 
 const main = document.getElementById("main");
-const session = { whoami: null, workspaces: [], presets: null, flash: null };
+const session = { whoami: null, csrf: null, workspaces: [], presets: null, flash: null };
 let renderSeq = 0;
 
 // ---------------------------------------------------------------- DOM helpers
@@ -98,10 +101,11 @@ class ApiError extends Error {
   }
 }
 
-async function api(method, path, body) {
+/** One API call with the session cookie (and the CSRF token on a change); `token` only to log in. */
+async function api(method, path, body, token) {
   const headers = { Accept: "application/json" };
-  const token = sessionStorage.getItem(TOKEN_KEY);
   if (token) headers.Authorization = `Bearer ${token}`;
+  else if (method !== "GET" && session.csrf) headers["X-CSRF-Token"] = session.csrf;
   if (body !== undefined) headers["Content-Type"] = "application/json";
   let res;
   try {
@@ -109,7 +113,7 @@ async function api(method, path, body) {
       method,
       headers,
       body: body === undefined ? undefined : JSON.stringify(body),
-      credentials: "omit",
+      credentials: "same-origin",
       cache: "no-store",
     });
   } catch {
@@ -124,8 +128,8 @@ async function api(method, path, body) {
   }
   if (!res.ok) {
     const err = new ApiError(res.status, data, res.headers.get("Retry-After"));
-    if (res.status === 401) {
-      logout("The admin API did not accept the token (401). Paste a valid admin token.");
+    if (res.status === 401 && session.whoami) {
+      endSession("The session has ended (logged out, idle for an hour, 12 hours old, or its token was revoked). Log in again.");
     }
     throw err;
   }
@@ -146,13 +150,17 @@ function describeError(err) {
 
 // ---------------------------------------------------------------- session, login
 
-function logout(message) {
-  sessionStorage.removeItem(TOKEN_KEY);
+function forget() {
   session.whoami = null;
+  session.csrf = null;
   session.workspaces = [];
   session.presets = null;
+}
+
+function endSession(message, isError = true) {
+  forget();
   renderSeq++; // a view still loading must not draw over the login form
-  showLogin(message);
+  showLogin(message, isError);
 }
 
 function showLogin(message, isError = true) {
@@ -177,7 +185,7 @@ function showLogin(message, isError = true) {
     h(
       "p",
       { id: "token-hint", class: "hint" },
-      "Paste a token from `egress admin token create`. It stays in this tab (session storage) and is sent only to this server.",
+      "Paste a token from `egress admin token create`. It is sent once, to this server, which answers with a session cookie this page cannot read; the token is not kept.",
     ),
     h("button", { type: "submit" }, "Log in"),
     msg,
@@ -190,24 +198,28 @@ async function login(event, input, msg) {
   event.preventDefault();
   const token = input.value.trim();
   if (!token) return;
-  sessionStorage.setItem(TOKEN_KEY, token);
   input.value = "";
   msg.className = "note";
   msg.textContent = "Checking…";
   try {
-    await loadSession();
+    await startSession(await api("POST", "/session", undefined, token));
   } catch (err) {
-    if (err instanceof ApiError && err.status === 401) return; // api() already showed the login again
-    sessionStorage.removeItem(TOKEN_KEY);
+    forget();
     msg.className = "error";
-    msg.textContent = describeError(err);
+    msg.textContent =
+      err instanceof ApiError && err.status === 401
+        ? "The admin API did not accept the token (401). Paste a valid admin token."
+        : describeError(err);
+    input.focus();
     return;
   }
   render(); // on the page the hash names: a deep link opened before logging in survives
 }
 
-async function loadSession() {
-  const who = await api("GET", "/whoami");
+/** Keep what the session endpoint said (scope, access, the CSRF token) and the workspaces it sees. */
+async function startSession(doc) {
+  session.csrf = doc.csrf_token;
+  const who = { workspace: doc.workspace, read_only: doc.read_only };
   let workspaces;
   if (who.workspace) workspaces = [who.workspace];
   else workspaces = (await api("GET", "/workspaces")).map((w) => w.name);
@@ -267,14 +279,15 @@ function parseHash() {
 
 async function render() {
   const seq = ++renderSeq;
-  if (!sessionStorage.getItem(TOKEN_KEY)) return showLogin("");
   if (!session.whoami) {
+    // A reload or a new tab: the cookie (if any) names a session; its CSRF token is asked again.
     main.replaceChildren(h("p", { class: "note" }, "Loading…"));
     try {
-      await loadSession();
+      await startSession(await api("GET", "/session"));
     } catch (err) {
-      if (err instanceof ApiError && err.status === 401) return;
-      return showLogin(describeError(err));
+      forget();
+      if (seq !== renderSeq) return;
+      return showLogin(err instanceof ApiError && err.status === 401 ? "" : describeError(err));
     }
     if (seq !== renderSeq) return;
   }
@@ -947,11 +960,17 @@ async function secretView(ws, name) {
 
 // ---------------------------------------------------------------- start
 
-document.getElementById("logout").addEventListener("click", () => {
-  logout("");
-  showLogin("Logged out.", false);
+document.getElementById("logout").addEventListener("click", async () => {
+  try {
+    await api("DELETE", "/session"); // ends it on the server and clears the cookie
+  } catch (err) {
+    if (!(err instanceof ApiError && err.status === 401)) {
+      return endSession(`Logged out here, but the server was not told (${describeError(err)}): the session ends after an hour idle.`);
+    }
+  }
+  endSession("Logged out.", false);
 });
 window.addEventListener("hashchange", () => {
-  if (sessionStorage.getItem(TOKEN_KEY)) render();
+  if (session.whoami) render();
 });
 render();
