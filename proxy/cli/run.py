@@ -16,7 +16,7 @@ from proxy.hosts import is_loopback, parse_listen
 from proxy.netguard import NetGuard
 from proxy.reasons import Reason, help_of
 from proxy.runtime import logsetup
-from proxy.runtime.adminserver import check_available
+from proxy.runtime.adminserver import check_available, login_limit
 from proxy.runtime.settings import SETTINGS_ENV, RunSettings
 from proxy.service import policycache
 from proxy.service.admin_tokens import check_bootstrap
@@ -54,6 +54,7 @@ def settings_from_args(args: argparse.Namespace, home: Home) -> RunSettings:
         parse_listen(args.admin, "--admin")
         check_available()
         check_bootstrap(home.env)
+        login_limit(home.env)
     elif args.admin_metrics_token:
         raise ConfigError("--admin-metrics-token needs --admin HOST:PORT")
     if args.upstream_ca and not Path(args.upstream_ca).is_file():

@@ -13,7 +13,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,21 @@ def check_available(flag: str = "--admin") -> None:
         raise ConfigError(f"{flag} needs {' and '.join(missing)}: {INSTALL_HINT}")
 
 
+LOGIN_LIMIT_ENV = "EGRESS_ADMIN_LOGIN_LIMIT"
+
+
+def login_limit(env: Mapping[str, str]) -> int:
+    """Failed logins allowed per client address and minute (EGRESS_ADMIN_LOGIN_LIMIT, default 10)."""
+    from proxy.runtime.api.auth import MAX_FAILURES
+
+    text = env.get(LOGIN_LIMIT_ENV, "").strip()
+    if not text:
+        return MAX_FAILURES
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"{LOGIN_LIMIT_ENV}={text!r}: want a whole number of failed logins, 1 or more")
+    return int(text)
+
+
 class AdminServer:
     """Serve the admin app at ``address`` until ``stop``."""
 
@@ -50,6 +65,7 @@ class AdminServer:
         import uvicorn
 
         from proxy.runtime.api import AdminConfig, create_app
+        from proxy.runtime.api.auth import FailureLimiter
 
         host, port = parse_listen(address, "--admin")
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -62,7 +78,8 @@ class AdminServer:
             raise ConfigError(f"--admin {address}: cannot listen ({e.strerror})") from None
         self._sock.listen(128)
         kwargs: dict[str, Any] = {} if static_dir is None else {"static_dir": static_dir}
-        app = create_app(AdminConfig(home, metrics, healthy, metrics_token, **kwargs))
+        limiter = FailureLimiter(limit=login_limit(home.env))
+        app = create_app(AdminConfig(home, metrics, healthy, metrics_token, **kwargs), limiter)
         config = uvicorn.Config(
             app,
             log_config=None,  # the process's logging, not uvicorn's own handlers

@@ -9,6 +9,7 @@ import time
 import pytest
 from openapi_spec_validator import validate
 
+from proxy.errors import ConfigError
 from proxy.runtime.api.auth import FailureLimiter
 from proxy.service.connectors import Connectors
 from proxy.service.home import Home
@@ -483,3 +484,13 @@ def test_the_dashboard_is_served_under_a_strict_csp_and_runs_no_inline_code(api:
     assert re.findall(r"<script\b[^>]*>", html) == ['<script type="module" src="/static/app.js">']
     assert "<style" not in html and " style=" not in html
     assert re.search(r"\son[a-z]+\s*=", html) is None  # no inline event handler
+
+
+def test_the_login_limit_comes_from_the_environment() -> None:
+    from proxy.runtime.adminserver import login_limit
+
+    assert login_limit({}) == 10
+    assert login_limit({"EGRESS_ADMIN_LOGIN_LIMIT": "250"}) == 250
+    for bad in ("0", "-1", "ten"):
+        with pytest.raises(ConfigError, match="EGRESS_ADMIN_LOGIN_LIMIT"):
+            login_limit({"EGRESS_ADMIN_LOGIN_LIMIT": bad})

@@ -201,8 +201,14 @@ def watch() -> Watch:
     return Watch()
 
 
+def screenshot_dir(config: pytest.Config) -> Path:
+    """Where each test leaves a screenshot of its last page: EGRESS_TEST_OUTPUT or ./test-output."""
+    root = Path(os.environ.get("EGRESS_TEST_OUTPUT") or config.rootpath / "test-output")
+    return root / "screenshots"
+
+
 @pytest.fixture
-def page(browser: Any, dash: Dash, watch: Watch) -> Iterator[Any]:
+def page(browser: Any, dash: Dash, watch: Watch, request: pytest.FixtureRequest) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1280, "height": 900}, service_workers="block")
     # Loopback only: anything but the admin address is refused, so a page cannot reach out.
     context.route(
@@ -218,6 +224,9 @@ def page(browser: Any, dash: Dash, watch: Watch) -> Iterator[Any]:
     )
     p.on("pageerror", lambda e: watch.errors.append(str(e)))
     yield p
+    shots = screenshot_dir(request.config)
+    shots.mkdir(parents=True, exist_ok=True)
+    p.screenshot(path=str(shots / f"{request.node.name}.png"), full_page=True)
     context.close()
     assert not watch.csp, watch.csp
     assert not watch.errors, watch.errors

@@ -23,7 +23,7 @@ const PRESET_LABELS = {
   atlassian: "Atlassian",
 };
 const STATES = {
-  ok: ["ok", "badge-ok", "Requests get normal answers."],
+  ok: ["ok", "badge-ok", "No failure pattern in the last hour (a state needs 5 or more requests, half of them failing)."],
   unused: ["unused", "badge-muted", "No requests in the last 24 hours."],
   failing: ["failing", "badge-failing", "Most requests in the last hour got a 5xx or no answer: the upstream is failing."],
   "credential-rejected": [
