@@ -12,11 +12,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
-from proxy.connectors import Connector
+from proxy.connectors import Connector, split_key, workspace_of
 from proxy.credentials import Rendered
 from proxy.hosts import format_authority, is_ip_literal, normalize_host, split_authority
 from proxy.nearmiss import NearMiss, Neighbours, Request, ambiguous
-from proxy.patterns import ENCODED_SEPARATOR, Pattern, PatternIndex, path_problem
+from proxy.patterns import ENCODED_SEPARATOR, Hit, Pattern, PatternIndex, path_problem
 from proxy.reasons import REASONS, Reason
 from proxy.scrub import Needles, SecretIndex, needles_for
 
@@ -146,7 +146,7 @@ class Policy:
             granted = [h for h in hits if h.owner in allowed]
             if hits and not granted:
                 return self._blocked(
-                    Reason.NOT_GRANTED, f"{hits[0].owner} is not granted", target, path, allowed, method
+                    Reason.NOT_GRANTED, _not_granted(hits, allowed), target, path, allowed, method
                 )
             hits = granted
         if method is not None and hits:
@@ -214,6 +214,14 @@ class Policy:
             return self.plain_http(host, port, parts.path or "/", allowed, method)
         target = Target(host, port)
         return self.connect(target, allowed) or self.route(target, parts.path or "/", allowed, method)
+
+
+def _not_granted(hits: Iterable[Hit[str]], allowed: frozenset[str]) -> str:
+    """Which connector would serve it: one of the grant's workspace, never another's (a tenant
+    learns no other tenant's connector names from a 403)."""
+    workspace = workspace_of(allowed)
+    own = next((h.owner for h in hits if split_key(h.owner)[0] == workspace), None)
+    return f"{own} is not granted" if own else "only another workspace's connectors allow this URL"
 
 
 def header_key(name: str) -> str:

@@ -207,3 +207,104 @@ def test_suggestion_without_a_near_miss() -> None:
         text
         == "no connector is near https://new.example.com/api/x: add one with pattern https://new.example.com/api/*"
     )
+
+
+# -- another workspace's connector: named to the operator, only the word to the client ------
+
+WS = Policy(
+    [
+        (
+            make_connector(
+                "stripe", patterns=["https://api.stripe.com/v1/*"], inject=HEADER, workspace="acme"
+            ),
+            None,
+        ),
+        (make_connector("billing", patterns=["https://billing.example.org/*"], inject=HEADER), None),
+        (make_connector("v1", patterns=["https://api.shared.test/v1/*"], inject=HEADER), None),
+        (
+            make_connector("v2", patterns=["https://api.shared.test/v2/*"], inject=HEADER, workspace="acme"),
+            None,
+        ),
+    ]
+)
+DEFAULT_GRANT = frozenset({"billing"})  # grants of the default workspace
+SHARED_GRANT = frozenset({"v1"})
+
+
+def test_other_workspace_at_connect_and_in_a_tunnel() -> None:
+    decision = WS.explain("https://api.stripe.com/v1/charges", DEFAULT_GRANT, "GET")
+    assert isinstance(decision, Block) and decision.reason is Reason.NOT_GRANTED  # at CONNECT
+    n = decision.near_miss
+    assert n is not None and (n.connector, n.differs, n.also) == ("acme/stripe", "other-workspace", ())
+    assert n.detail == "connector acme/stripe is in workspace acme; the grant reaches only workspace default"
+    assert "acme" not in decision.detail
+    # In a tunnel the grant opened (v1 covers the host): the 403's own detail names no connector.
+    decision = WS.explain("https://api.shared.test/v2/x", SHARED_GRANT, "GET")
+    assert isinstance(decision, Block) and decision.reason is Reason.NOT_GRANTED
+    assert decision.detail == "only another workspace's connectors allow this URL"
+    assert decision.near_miss is not None
+    assert (decision.near_miss.connector, decision.near_miss.differs) == ("acme/v2", "other-workspace")
+
+
+def test_other_workspace_comes_first_and_the_rest_follows_in_also() -> None:
+    n = WS.explain("https://api.shared.test/v2/x", SHARED_GRANT, "DELETE").near_miss  # type: ignore[union-attr]
+    assert n is not None and (n.connector, n.differs, n.also) == ("acme/v2", "other-workspace", ())
+    n = WS.near_miss(Request("api.stripe.com", 443, "/v2/x", "GET", DEFAULT_GRANT))
+    assert n is not None and (n.differs, n.also) == ("other-workspace", ("path",))
+    assert "not-granted" not in n.also  # implied: a grant never spans workspaces
+
+
+def test_on_a_tie_the_connector_that_matches_the_url_wins_then_the_grants_workspace() -> None:
+    # /v3 matches nothing: v1 (path) beats acme/v2 (other-workspace and path).
+    n = WS.explain("https://api.shared.test/v3/x", SHARED_GRANT).near_miss  # type: ignore[union-attr]
+    assert n is not None and (n.connector, n.differs) == ("v1", "path")
+    # /v2 is acme/v2's URL: it beats v1, whose path differs (both one word away).
+    n = WS.explain("https://api.shared.test/v2/x", SHARED_GRANT).near_miss  # type: ignore[union-attr]
+    assert n is not None and (n.connector, n.differs) == ("acme/v2", "other-workspace")
+    # An acme grant: acme/v2 not granted beats v1 of another workspace, both matching their URL.
+    both = Policy(
+        [
+            (make_connector("v1", patterns=["https://api.shared.test/*"], inject=HEADER), None),
+            (
+                make_connector("v2", patterns=["https://api.shared.test/*"], inject=HEADER, workspace="acme"),
+                None,
+            ),
+            (
+                make_connector(
+                    "s", patterns=["https://api.shared.test/s/*"], inject=HEADER, workspace="acme"
+                ),
+                None,
+            ),
+        ]
+    )
+    n = both.near_miss(Request("api.shared.test", 443, "/x", "GET", frozenset({"acme/s"})))
+    assert n is not None and (n.connector, n.differs) == ("acme/v2", "not-granted")
+
+
+def test_without_a_grant_there_is_no_other_workspace() -> None:
+    n = WS.explain("https://api.stripe.com/v2/x", None, "GET").near_miss  # type: ignore[union-attr]
+    assert n is not None and (n.connector, n.differs, n.also) == ("acme/stripe", "path", ())
+
+
+def test_the_client_learns_only_the_word() -> None:
+    n = WS.near_miss(Request("api.stripe.com", 443, "/v2/x", "GET", DEFAULT_GRANT))
+    assert n is not None
+    body = n.body()
+    assert body["differs"] == "other-workspace" and set(body) == {"differs", "detail"}
+    assert "stripe" not in json.dumps(body) and "acme" not in json.dumps(body)
+    _, _, raw = blocked_answer(Reason.NOT_GRANTED, "d", "rid", near_miss=body)
+    assert json.loads(raw)["near_miss"] == body
+    hidden = n.concealed()
+    assert hidden.to_dict() == body and NearMiss.from_dict(hidden.to_dict()) == hidden
+    assert NearMiss.from_dict(json.loads(json.dumps(n.to_dict()))) == n  # the log keeps it all
+    plain = near("https://api.stripe.com/v2/x")
+    assert plain.concealed() is plain and "connector" in plain.body()
+
+
+def test_suggestion_for_another_workspace() -> None:
+    n = WS.explain("https://api.stripe.com/v1/x", DEFAULT_GRANT).near_miss  # type: ignore[union-attr]
+    assert n is not None
+    assert "egress grant --workspace acme --connector stripe" in suggestion(
+        n, "GET", "api.stripe.com", "/v1/x"
+    )
+    assert "another workspace" in suggestion(n.concealed(), "GET", "api.stripe.com", "/v1/x")
