@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.clients import session
@@ -115,8 +116,13 @@ def test_other_workspace_named_to_the_operator_only_the_word_to_the_client(
         res = egress(home, "connector", "add", name, "--workspace", ws, "--pattern", pattern,
                      "--header", "Authorization", "--secret-stdin", stdin=SECRET)  # fmt: skip
         assert res.returncode == 0, res.stderr
+    tokens = {}
+    for scope in ((), ("--workspace", "default")):
+        made = egress(home, "admin", "token", "create", *scope, "--label", f"t{len(tokens)}")
+        assert made.returncode == 0, made.stderr
+        tokens[scope] = made.stdout.strip()
     seen_before = len(upstream.records)
-    proxy = start_proxy(home, *network_args(pki[0]))  # loopback: blocks explained
+    proxy = start_proxy(home, *network_args(pki[0]), "--admin", "127.0.0.1:0")  # loopback: explained
     try:
         res = egress(
             home, "grant", "--json", "--proxy", proxy.addr, "--connector", "weather", "--label", "ws"
@@ -141,6 +147,12 @@ def test_other_workspace_named_to_the_operator_only_the_word_to_the_client(
         assert r.json()["near_miss"]["differs"] == "path"
         rows = blocked_rows(home, 3)
         check = egress(home, "check", "--grant", grant["token"], f"https://api.stripe.test:{port}/v1/charges")
+        admin = f"http://{(home / 'run' / 'admin.addr').read_text().strip()}"
+        api = {
+            scope: httpx.get(f"{admin}/api/v1/workspaces/default/logs/blocked",
+                             headers={"Authorization": f"Bearer {token}"}, timeout=10).json()
+            for scope, token in tokens.items()
+        }  # fmt: skip
     finally:
         assert proxy.stop(signal.SIGTERM) == 0
     assert len(upstream.records) == seen_before
@@ -159,3 +171,12 @@ def test_other_workspace_named_to_the_operator_only_the_word_to_the_client(
     assert "egress grant --workspace acme --connector weather2" in suggest
     assert check.returncode == 1
     assert "near miss: connector acme/stripe, other-workspace" in check.stdout
+    # The admin API: every row with its near miss; a token of the grant's workspace alone
+    # (default) is told only the word for acme's connectors, an all-workspace token all of it.
+    everyone, default_only = api[()], api[("--workspace", "default")]
+    assert {r["path"]: r["near_miss"] for r in everyone} == near
+    told = {r["path"]: r["near_miss"] for r in default_only}
+    assert told["/v3/x"] == near["/v3/x"]
+    for path in ("/v1/charges", "/v2/x"):
+        assert set(told[path]) == {"differs", "detail"} and told[path]["differs"] == "other-workspace"
+    assert "acme" not in json.dumps(default_only)
