@@ -23,7 +23,7 @@ from proxy.credentials.query import with_query_item
 from proxy.credentials.signing import Unsignable
 from proxy.policy import Block, header_key
 from proxy.reasons import Reason, help_of
-from proxy.scrub import SecretFound, SecretIndex, StreamGuard
+from proxy.scrub import Guard, SecretFound, StreamGuard
 
 # Never forwarded: the sandbox's cookies, its proxy credentials, hop-by-hop headers
 # (compared as ``header_key`` folds them: lowercase, "_" as "-").
@@ -66,7 +66,7 @@ class Inject:
             target=req.data.path,
             fields=req.headers.fields,
         )
-        guard = self.source.rules.policy.guard
+        guard = self.source.guard
         if guard:
             found = head_secret(guard, req)
             if found is not None:
@@ -125,7 +125,7 @@ class Inject:
         s = peek(flow)
         if req.stream or flow.response or s is None or s.route is None:
             return
-        guard = self.source.rules.policy.guard
+        guard = self.source.guard
         if guard and req.raw_content:
             owner = guard.find(req.raw_content)
             if owner is not None:
@@ -137,7 +137,7 @@ class Inject:
             block(flow, TRAILERS)
 
 
-def head_secret(guard: SecretIndex, req: http.Request) -> tuple[str, str] | None:
+def head_secret(guard: Guard, req: http.Request) -> tuple[str, str] | None:
     """(connector, where) if the client's request line or headers carry a secret.
 
     Read before anything is injected, so the proxy's own credential never counts.
@@ -152,7 +152,7 @@ def head_secret(guard: SecretIndex, req: http.Request) -> tuple[str, str] | None
     return owner, "request line" if line else "a header"
 
 
-def refuse_exfiltration(flow: http.HTTPFlow, guard: SecretIndex, owner: str, where: str) -> None:
+def refuse_exfiltration(flow: http.HTTPFlow, guard: Guard, owner: str, where: str) -> None:
     """403 ``secret-exfiltration``; the flow is starred out first, so no log shows the value."""
     conceal(flow, guard)
     logger.warning(
@@ -161,7 +161,7 @@ def refuse_exfiltration(flow: http.HTTPFlow, guard: SecretIndex, owner: str, whe
     block(flow, EXFILTRATION)
 
 
-def conceal(flow: http.HTTPFlow, guard: SecretIndex) -> None:
+def conceal(flow: http.HTTPFlow, guard: Guard) -> None:
     """Star out every guarded spelling in what the logs read off this flow."""
     req = flow.request
     req.path = guard.text(req.path)
@@ -173,7 +173,7 @@ def conceal(flow: http.HTTPFlow, guard: SecretIndex) -> None:
         s.host = guard.text(s.host)
 
 
-def guarded_stream(flow: http.HTTPFlow, guard: SecretIndex) -> Callable[[bytes], bytes | list[bytes]]:
+def guarded_stream(flow: http.HTTPFlow, guard: Guard) -> Callable[[bytes], bytes | list[bytes]]:
     """A streamed body, scanned before each chunk leaves (with a held-back overlap).
 
     On a match the flow is killed (``addons.patches``): the head and the chunks

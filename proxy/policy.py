@@ -45,6 +45,9 @@ class Allow:
     # lowercase with "_" as "-", so X_Api_Key cannot ride beside X-Api-Key.
     strip: frozenset[str] = frozenset()
     methods: frozenset[str] | None = None  # None: every method
+    # OAuth2 connectors sharing a host with this one: their live tokens are masked in its
+    # responses too (known only at request time, so the OAuth2 adapter adds them).
+    oauth_peers: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,12 +75,15 @@ class Policy:
         entries: list[tuple[Pattern, str]] = []
         rendered: dict[str, Rendered] = {}
         by_host: dict[tuple[str, int], set[str]] = {}  # secrets of every connector on a host
+        oauth_on: dict[tuple[str, int], set[str]] = {}  # the OAuth2 connectors on a host
         items = list(connectors)
         for connector, fields in items:
             r = Rendered() if fields is None else connector.inject.render(fields)
             rendered[connector.key] = r
             for p in connector.patterns:
                 by_host.setdefault((p.host, p.port), set()).update(r.secrets)
+                if r.oauth2 is not None:
+                    oauth_on.setdefault((p.host, p.port), set()).add(connector.key)
             entries.extend((p, connector.key) for p in connector.patterns)
         for connector, fields in items:
             r = rendered[connector.key]
@@ -88,7 +94,12 @@ class Policy:
                 # upstream shared by two connectors must not echo one's secret to the other.
                 shared = set(r.secrets).union(*(by_host[(p.host, p.port)] for p in connector.patterns))
                 names = frozenset(header_key(n) for n in (*r.header_names(), *connector.strip_headers))
-                route = Allow(connector.key, connector.inject.where, r, needles_for(sorted(shared)), names)
+                peers = set().union(*(oauth_on.get((p.host, p.port), ()) for p in connector.patterns))
+                peers.discard(connector.key)
+                route = Allow(
+                    connector.key, connector.inject.where, r, needles_for(sorted(shared)), names,
+                    oauth_peers=frozenset(peers),
+                )  # fmt: skip
             self.routes[connector.key] = replace(route, methods=connector.methods)
         self.index: PatternIndex[str] = PatternIndex(entries)
         # Every secret the proxy holds, to refuse a request that carries one (the sandbox never

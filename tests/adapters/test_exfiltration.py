@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import logging
 
 import pytest
 
+from addons.gate import Gate
+from addons.inject import Inject
+from addons.oauth import OAuth
 from addons.record import described
+from addons.source import PolicySource
+from addons.state import Tunnels
 from proxy.connectors import make_connector
-from proxy.policy import Policy
+from proxy.policy import Policy, Target
 from proxy.scrub import SecretFound
 from tests.adapters.helpers import SECRET, tunnel_flow, wired
+
+OAUTH_API = Target("api.oauth.test", 443)
 
 OTHER = "wx-other-connector-secret-2f2f"
 
@@ -96,3 +105,94 @@ def test_a_large_streamed_body_is_scanned_chunk_by_chunk() -> None:
         stream(OTHER[10:].encode())
     s = f.metadata["egress"]
     assert s.blocked is not None and str(s.blocked.reason) == "secret-exfiltration"
+
+
+# -- OAuth2 access tokens the proxy fetched: guarded like secrets -------------------------
+
+TOKEN = "at-fetched-by-the-proxy-4a4a4a"
+OAUTH = {
+    "oauth2": {
+        "token_url": "https://auth.oauth.test/token",
+        "grant": "client_credentials",
+        "client_id": "cid",
+        "client_secret": "{{client_secret}}",
+    }
+}
+
+
+class FakeBroker:
+    """The broker's two calls the adapter makes, with a token already fetched."""
+
+    async def token(self, connector: str, request: object) -> str:
+        return TOKEN
+
+    def secrets(self, connector: str) -> tuple[str, ...]:
+        return (TOKEN,) if connector == "oauth" else ()
+
+    def close(self) -> None:
+        pass
+
+
+def oauth_world() -> tuple[PolicySource, Tunnels, Inject, OAuth]:
+    header = {"header": "Authorization"}
+    policy = Policy(
+        [
+            (make_connector("stripe", patterns=["https://api.stripe.test/v1/*"], inject=header),
+             {"secret": SECRET}),
+            (make_connector("oauth", patterns=["https://api.oauth.test/api/*"], inject=OAUTH),
+             {"client_secret": "client-secret-of-oauth-9f9f"}),
+            (make_connector("peer", patterns=["https://api.oauth.test/peer/*"], inject=header),
+             {"secret": "peer-static-secret-8e8e"}),
+        ]
+    )  # fmt: skip
+    source, tunnels, inject = wired(policy)
+    oauth = OAuth(source, Gate(source, tunnels))
+    oauth.broker = FakeBroker()  # type: ignore[assignment]
+    return source, tunnels, inject, oauth
+
+
+def through(inject: Inject, oauth: OAuth, f: object) -> None:
+    inject.requestheaders(f)  # type: ignore[arg-type]
+    asyncio.run(oauth.requestheaders(f))  # type: ignore[arg-type]
+
+
+def test_a_fetched_access_token_is_refused_in_any_request_and_spelling() -> None:
+    source, tunnels, inject, oauth = oauth_world()
+    f = tunnel_flow(tunnels, OAUTH_API, path="/api/x")
+    through(inject, oauth, f)
+    assert f.response is None and f.request.headers["authorization"] == f"Bearer {TOKEN}"
+    inject.request(f)  # the injected token itself is no leak
+    assert f.response is None
+    for edit in (
+        lambda g: g.request.headers.__setitem__("x-note", TOKEN),
+        lambda g: g.request.headers.__setitem__("x-b64", base64.b64encode(TOKEN.encode()).decode()),
+        lambda g: setattr(g.request, "path", f"/v1/charges?t={TOKEN.upper()}"),
+    ):
+        g = tunnel_flow(tunnels)  # another connector's tunnel
+        edit(g)
+        inject.requestheaders(g)
+        assert g.response is not None and json.loads(g.response.content)["reason"] == "secret-exfiltration"
+    g = tunnel_flow(tunnels)  # in a body read whole
+    g.request.content = json.dumps({"k": TOKEN.encode().hex()}).encode()
+    inject.requestheaders(g)
+    inject.request(g)
+    assert g.response is not None and json.loads(g.response.content)["reason"] == "secret-exfiltration"
+    g = tunnel_flow(tunnels, OAUTH_API, path="/api/y")  # to its own connector, in another header
+    g.request.headers["x-note"] = TOKEN
+    inject.requestheaders(g)
+    assert g.response is not None and TOKEN not in g.response.text
+    assert source.live.guard(source.rules.policy.guard).find(TOKEN.encode()) == "oauth"
+
+
+def test_a_fetched_token_is_masked_in_responses_of_connectors_on_its_hosts() -> None:
+    _, tunnels, inject, oauth = oauth_world()
+    f = tunnel_flow(tunnels, OAUTH_API, path="/peer/x")  # peer: static, on the oauth host
+    through(inject, oauth, f)
+    s = f.metadata["egress"]
+    assert s.route.connector == "peer" and s.route.oauth_peers == frozenset({"oauth"})
+    assert TOKEN.encode() not in s.route.scrub.mask(b"echo " + TOKEN.encode())
+    assert b"peer-static-secret-8e8e" not in s.route.scrub.mask(b"peer-static-secret-8e8e")
+    g = tunnel_flow(tunnels)  # stripe shares no host with oauth: its needles stay as they were
+    through(inject, oauth, g)
+    assert g.metadata["egress"].route.oauth_peers == frozenset()
+    assert TOKEN.encode() in g.metadata["egress"].route.scrub.mask(TOKEN.encode())

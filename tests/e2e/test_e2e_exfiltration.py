@@ -15,7 +15,7 @@ import requests
 
 from tests.clients import session
 from tests.conftest import proxy_args
-from tests.harness import Upstream, egress, start_proxy
+from tests.harness import Upstream, egress, oauth_connector_yaml, start_proxy
 
 pytestmark = pytest.mark.e2e
 STRIPE = "sk_exfil_e2e_stripe_3d3d3d"
@@ -82,3 +82,50 @@ def test_another_connectors_secret_is_refused_everywhere(
         for f in home.rglob("*"):
             if f.is_file():
                 assert secret.encode() not in f.read_bytes()
+
+
+def test_an_oauth2_token_the_proxy_fetched_is_refused_like_a_secret(
+    tmp_path: Path, pki: tuple[Path, object], upstream: Upstream
+) -> None:
+    home = tmp_path / "home"
+    port = upstream.port
+    yaml = home / "connectors.yaml"
+    home.mkdir()
+    yaml.write_text(
+        f"""connectors:
+  - name: stripe
+    patterns: ["https://api.stripe.test:{port}/v1/*"]
+    secret: {{env: STRIPE_KEY}}
+    inject: {{header: Authorization}}
+"""
+        + oauth_connector_yaml(port, "exfil-e2e")
+    )
+    res = egress(home, "apply", "-f", str(yaml), STRIPE_KEY=STRIPE, OAUTH_SECRET="cs-exfil-e2e-oauth-1c1c")
+    assert res.returncode == 0, res.stderr
+    proxy = start_proxy(home, *proxy_args(pki[0]))
+    tag = f"o{time.monotonic_ns()}"
+    try:
+        s = session(proxy.url, proxy.ca)
+        assert s.get(f"https://api.oauth.test:{port}/oauth-api/first?t={tag}").status_code == 200
+        (first,) = upstream.find(tag)
+        token = first.header("authorization")[0].split()[1]  # the sandbox never saw it
+        seen = len(upstream.records)
+        base = f"https://api.stripe.test:{port}/v1"
+        answers = [
+            s.get(f"{base}/a", headers={"X-Note": token}),
+            s.get(f"{base}/b", params={"q": token.upper()}),
+            s.post(f"{base}/c", data=base64.b64encode(token.encode())),
+            s.get(f"{base}/d", headers={"X-Hex": token.encode().hex()}),
+            s.get(f"https://api.oauth.test:{port}/oauth-api/e", headers={"X-Copy": token}),  # its own too
+        ]
+        for r in answers:
+            assert r.status_code == 403, r.text
+            assert r.json()["reason"] == "secret-exfiltration"
+            assert token not in r.text
+        assert len(upstream.records) == seen  # none reached an upstream (nor the token endpoint)
+        assert s.get(f"https://api.oauth.test:{port}/oauth-api/again?t={tag}").status_code == 200
+        log_text = proxy.log_text()
+    finally:
+        assert proxy.stop(signal.SIGTERM) == 0
+    assert "secret-exfiltration" in log_text and "connector oauth" in log_text
+    assert token not in log_text and token not in egress(home, "logs", "--blocked", "--json").stdout
