@@ -15,7 +15,8 @@ from collections.abc import Callable
 
 from mitmproxy import http
 
-from addons.respond import block, fail_closed
+from addons import patches
+from addons.respond import block, fail_closed, where_failed
 from addons.source import PolicySource
 from addons.state import Tunnels, peek, state
 from proxy.admission import RequestFacts, admit
@@ -35,6 +36,10 @@ EXFILTRATION = Block(Reason.SECRET_EXFILTRATION, help_of(Reason.SECRET_EXFILTRAT
 STREAM_EXFILTRATION = Block(
     Reason.SECRET_EXFILTRATION,
     "the streamed request body carries a credential value this proxy holds; cut off",
+)
+WEBSOCKET_EXFILTRATION = Block(
+    Reason.SECRET_EXFILTRATION,
+    "a WebSocket message from the client carries a credential value this proxy holds; closed",
 )
 BODY_WINDOW = 64 * 1024  # bodies announced up to this size are read whole and scanned before sending
 logger = logging.getLogger(__name__)
@@ -135,6 +140,46 @@ class Inject:
             req.headers["content-length"] = str(len(req.raw_content))
         if req.trailers:
             block(flow, TRAILERS)
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        """A client's WebSocket message carrying a secret is dropped and the connection closed.
+
+        Each message is scanned with the tail of the previous one, so a secret split across
+        two messages never arrives whole: the second one is not relayed.
+        """
+        try:
+            assert flow.websocket is not None
+            message = flow.websocket.messages[-1]
+            guard = self.source.guard
+            if not message.from_client or not guard:
+                return
+            s = state(flow)
+            if s.blocked is not None:  # closing already: nothing more goes upstream
+                message.drop()
+                return
+            data = s.ws_carry + message.content
+            owner = guard.find(data)
+            if owner is None:
+                s.ws_carry = data[-guard.keep :] if guard.keep else b""
+                return
+            message.drop()
+            message.content = b""
+            s.ws_carry = b""
+            conceal(flow, guard)
+            s.blocked = WEBSOCKET_EXFILTRATION
+            s.note("blocked", str(Reason.SECRET_EXFILTRATION))
+            logger.warning(
+                "secret-exfiltration: a secret of connector %s in a WebSocket message from the "
+                "client; closed %s",
+                owner,
+                flow.id,
+            )
+            patches.close_client(flow.client_conn)
+        except Exception as e:
+            logger.error("websocket check failed (%s); message dropped", where_failed(e))
+            if flow.websocket is not None and flow.websocket.messages:
+                flow.websocket.messages[-1].drop()
+            patches.close_client(flow.client_conn)
 
 
 def head_secret(guard: Guard, req: http.Request) -> tuple[str, str] | None:

@@ -184,6 +184,11 @@ class Recorder:
         if ctx.options.egress_access_log:
             self._access(flow, s, "failed", None)
 
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        s = peek(flow)
+        if s is not None and s.blocked is not None:
+            self._blocked(flow, s)  # closed by a check (a secret in a client's message)
+
     def _count(self, connector: str, status: int | None) -> bool:
         """Count a forwarded request (``None``: no upstream response); True if it failed."""
         slot = self.tally.request(connector, status)

@@ -8,6 +8,9 @@ import json
 import logging
 
 import pytest
+from mitmproxy.test import tflow
+from mitmproxy.websocket import WebSocketMessage
+from wsproto.frame_protocol import Opcode
 
 from addons.gate import Gate
 from addons.inject import Inject
@@ -16,9 +19,11 @@ from addons.record import described
 from addons.source import PolicySource
 from addons.state import Tunnels
 from proxy.connectors import make_connector
+from proxy.context import Tunnel
 from proxy.policy import Policy, Target
 from proxy.scrub import SecretFound
 from tests.adapters.helpers import SECRET, tunnel_flow, wired
+from tests.adapters.helpers import STRIPE as STRIPE_TARGET
 
 OAUTH_API = Target("api.oauth.test", 443)
 
@@ -196,3 +201,42 @@ def test_a_fetched_token_is_masked_in_responses_of_connectors_on_its_hosts() -> 
     through(inject, oauth, g)
     assert g.metadata["egress"].route.oauth_peers == frozenset()
     assert TOKEN.encode() in g.metadata["egress"].route.scrub.mask(TOKEN.encode())
+
+
+# -- WebSocket messages from the client ---------------------------------------------------
+
+
+def ws_flow(tunnels: Tunnels) -> object:
+    f = tflow.twebsocketflow()
+    tunnels.open(f.client_conn, Tunnel(STRIPE_TARGET, "127.0.0.1"))
+    return f
+
+
+def say(inject: Inject, f: object, content: bytes, from_client: bool = True) -> object:
+    message = WebSocketMessage(Opcode.TEXT, from_client, content)
+    f.websocket.messages.append(message)  # type: ignore[attr-defined]
+    inject.websocket_message(f)  # type: ignore[arg-type]
+    return message
+
+
+def test_a_client_websocket_message_with_a_secret_is_dropped_and_the_flow_blocked(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _, tunnels, inject = wired(two_connectors())
+    f = ws_flow(tunnels)
+    assert not say(inject, f, b"clean message").dropped  # type: ignore[attr-defined]
+    assert not say(inject, f, OTHER.encode(), from_client=False).dropped  # type: ignore[attr-defined]
+    with caplog.at_level(logging.INFO):
+        m = say(inject, f, b"k=" + base64.b64encode(OTHER.encode()))
+    assert m.dropped and m.content == b""  # type: ignore[attr-defined]
+    s = f.metadata["egress"]  # type: ignore[attr-defined]
+    assert s.blocked is not None and str(s.blocked.reason) == "secret-exfiltration"
+    assert "connector other" in caplog.text and OTHER not in caplog.text
+    assert say(inject, f, b"anything after").dropped  # type: ignore[attr-defined]
+
+
+def test_a_secret_split_across_two_websocket_messages_stops_the_second() -> None:
+    _, tunnels, inject = wired(two_connectors())
+    f = ws_flow(tunnels)
+    assert not say(inject, f, b"x" * 5000 + OTHER[:10].encode()).dropped  # type: ignore[attr-defined]
+    assert say(inject, f, OTHER[10:].encode()).dropped  # type: ignore[attr-defined]

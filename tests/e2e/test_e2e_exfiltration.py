@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import signal
+import socket
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +18,7 @@ import requests
 
 from tests.clients import session
 from tests.conftest import proxy_args
-from tests.harness import Upstream, egress, oauth_connector_yaml, start_proxy
+from tests.harness import Proxy, Upstream, egress, oauth_connector_yaml, start_proxy, ws_frame
 
 pytestmark = pytest.mark.e2e
 STRIPE = "sk_exfil_e2e_stripe_3d3d3d"
@@ -82,6 +85,87 @@ def test_another_connectors_secret_is_refused_everywhere(
         for f in home.rglob("*"):
             if f.is_file():
                 assert secret.encode() not in f.read_bytes()
+
+
+def ws_connect(proxy: Proxy, host: str, port: int, path: str) -> ssl.SSLSocket:
+    """A WebSocket through the proxy, after its 101 and the upstream's "hello"."""
+    raw = socket.create_connection((proxy.host, proxy.port), timeout=10)
+    raw.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+    assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+    ctx = ssl.create_default_context(cafile=proxy.ca)
+    ctx.set_alpn_protocols(["http/1.1"])
+    tls = ctx.wrap_socket(raw, server_hostname=host)
+    key = base64.b64encode(os.urandom(16)).decode()
+    tls.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    data = b""
+    while b"hello" not in data:
+        chunk = tls.recv(4096)
+        assert chunk, data
+        data += chunk
+    assert data.startswith(b"HTTP/1.1 101"), data[:200]
+    return tls
+
+
+def closed(tls: ssl.SSLSocket) -> bool:
+    """Does the proxy close this connection (EOF or reset; a close frame at most before it)?"""
+    tls.settimeout(10)
+    try:
+        while chunk := tls.recv(4096):
+            if not chunk.startswith(b"\x88"):
+                return False
+    except TimeoutError:
+        return False
+    except (ssl.SSLError, OSError):
+        pass
+    return True
+
+
+def test_a_websocket_message_carrying_a_secret_closes_the_connection(
+    tmp_path: Path, pki: tuple[Path, object], upstream: Upstream
+) -> None:
+    home = tmp_path / "home"
+    port = upstream.port
+    for name, pattern, secret in (
+        ("stripe", f"https://api.stripe.test:{port}/v1/*", STRIPE),
+        ("weather", f"https://api.weather.test:{port}/*", OTHER),
+    ):
+        res = egress(home, "connector", "add", name, "--pattern", pattern, "--header", "Authorization",
+                     "--secret-stdin", stdin=secret)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+    proxy = start_proxy(home, *proxy_args(pki[0]))
+    tag = f"ws{time.monotonic_ns()}".encode()
+    try:
+        cases = [
+            [b"clean " + tag, b"note: " + base64.b64encode(OTHER.encode()) + tag],  # one message
+            [b"clean2 " + tag, OTHER[:9].encode(), OTHER[9:].encode() + tag],  # split across two
+            [b"clean3 " + tag, quote(OTHER, safe="").encode()],
+        ]
+        for messages in cases:
+            tls = ws_connect(proxy, "api.stripe.test", port, "/v1/ws-sink")
+            for m in messages:
+                tls.sendall(ws_frame(m))
+            assert closed(tls)
+            tls.close()
+        deadline = time.monotonic() + 10
+        while len([m for m in upstream.ws_messages if tag in m]) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        rows = []
+        while len(rows) < 3 and time.monotonic() < deadline:
+            rows = [json.loads(x) for x in egress(home, "logs", "--blocked", "--json").stdout.splitlines()]
+            time.sleep(0.2)
+        log_text = proxy.log_text()
+    finally:
+        assert proxy.stop(signal.SIGTERM) == 0
+    got = [m for m in upstream.ws_messages if tag in m or OTHER[:9].encode() in m]
+    # What came before the secret was relayed; the message that completes it never was.
+    assert sorted(got) == sorted([b"clean " + tag, b"clean2 " + tag, OTHER[:9].encode(), b"clean3 " + tag])
+    assert len(rows) == 3 and {r["reason"] for r in rows} == {"secret-exfiltration"}
+    assert {r["path"] for r in rows} == {"/v1/ws-sink"}
+    assert "WebSocket message" in log_text and "connector weather" in log_text
+    assert OTHER not in log_text and base64.b64encode(OTHER.encode()).decode() not in log_text
 
 
 def test_an_oauth2_token_the_proxy_fetched_is_refused_like_a_secret(
