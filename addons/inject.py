@@ -12,10 +12,12 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from mitmproxy import http
 
 from addons import patches
+from addons.decoding import Unscrubbable, decode_whole
 from addons.respond import block, fail_closed, where_failed
 from addons.source import PolicySource
 from addons.state import Tunnels, peek, state
@@ -42,6 +44,13 @@ WEBSOCKET_EXFILTRATION = Block(
     "a WebSocket message from the client carries a credential value this proxy holds; closed",
 )
 BODY_WINDOW = 64 * 1024  # bodies announced up to this size are read whole and scanned before sending
+DECODED_LIMIT = 1 << 20  # a compressed body in the window is decoded for the scan up to this size
+UNCHECKABLE = Block(
+    Reason.BAD_REQUEST,
+    f"a compressed request body is forwarded only with a Content-Length of at most {BODY_WINDOW // 1024} KiB "
+    f"(it is checked for secrets decoded, up to {DECODED_LIMIT // 1024} KiB); send it uncompressed",
+    override=415,
+)
 logger = logging.getLogger(__name__)
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
@@ -121,6 +130,8 @@ class Inject:
         if guard and not _no_body(req):
             if _announced(headers) <= BODY_WINDOW:
                 req.stream = False  # read whole and scanned in request(): a match sends nothing
+            elif content_codings(headers):
+                block(flow, UNCHECKABLE)  # could not be decoded whole before it leaves
             elif req.stream:
                 req.stream = guarded_stream(flow, guard)
 
@@ -133,6 +144,13 @@ class Inject:
         guard = self.source.guard
         if guard and req.raw_content:
             owner = guard.find(req.raw_content)
+            codings = content_codings(req.headers)
+            if owner is None and codings:
+                try:
+                    owner = guard.find(decode_whole(req.raw_content, codings, DECODED_LIMIT))
+                except Unscrubbable as e:
+                    block(flow, replace(UNCHECKABLE, detail=f"{e}; {UNCHECKABLE.detail}"))
+                    return
             if owner is not None:
                 refuse_exfiltration(flow, guard, owner, "body")
                 return
@@ -244,6 +262,12 @@ def guarded_stream(flow: http.HTTPFlow, guard: Guard) -> Callable[[bytes], bytes
         return out if out else []  # never b"": an empty chunk ends a chunked body
 
     return stream
+
+
+def content_codings(headers: http.Headers) -> list[str]:
+    """The body's content codings in the order applied, ``identity`` left out."""
+    codings = (c.strip().lower() for v in headers.get_all("content-encoding") for c in v.split(","))
+    return [c for c in codings if c and c != "identity"]
 
 
 def _announced(headers: http.Headers) -> int:

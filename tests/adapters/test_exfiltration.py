@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import json
 import logging
+import zlib
 
+import brotli  # type: ignore[import-untyped]
 import pytest
 from mitmproxy.test import tflow
 from mitmproxy.websocket import WebSocketMessage
@@ -24,6 +27,11 @@ from proxy.policy import Policy, Target
 from proxy.scrub import SecretFound
 from tests.adapters.helpers import SECRET, tunnel_flow, wired
 from tests.adapters.helpers import STRIPE as STRIPE_TARGET
+
+try:
+    from compression.zstd import compress as zstd_compress  # type: ignore[import-not-found]
+except ImportError:
+    from backports.zstd import compress as zstd_compress
 
 OAUTH_API = Target("api.oauth.test", 443)
 
@@ -240,3 +248,65 @@ def test_a_secret_split_across_two_websocket_messages_stops_the_second() -> None
     f = ws_flow(tunnels)
     assert not say(inject, f, b"x" * 5000 + OTHER[:10].encode()).dropped  # type: ignore[attr-defined]
     assert say(inject, f, OTHER[10:].encode()).dropped  # type: ignore[attr-defined]
+
+
+# -- compressed request bodies --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br", "zstd", "gzip, br"])
+def test_a_compressed_body_is_decoded_for_the_scan_and_sent_as_it_came(coding: str) -> None:
+    _, tunnels, inject = wired(two_connectors())
+    for secret, refused_ in ((OTHER, True), ("nothing secret in here at all", False)):
+        body = compress(json.dumps({"k": secret}).encode(), coding)
+        f = tunnel_flow(tunnels)
+        f.request.headers["content-encoding"] = coding
+        f.request.raw_content = body
+        inject.requestheaders(f)
+        inject.request(f)
+        if refused_:
+            refused(f)
+        else:
+            assert f.response is None and f.request.raw_content == body
+
+
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        ({"content-length": str(1 << 20)}, None),  # too large to be read whole
+        ({"transfer-encoding": "chunked"}, None),  # not announced
+        ({}, b"\x1f\x8b corrupt"),
+        ({}, gzip.compress(b"a" * (2 << 20))),  # decodes past 1 MiB
+    ],
+)
+def test_a_compressed_body_that_cannot_be_checked_is_refused_415(
+    headers: dict[str, str], body: bytes | None
+) -> None:
+    _, tunnels, inject = wired(two_connectors())
+    f = tunnel_flow(tunnels)
+    f.request.headers["content-encoding"] = "gzip"
+    if body is not None:
+        f.request.raw_content = body
+    for k, v in headers.items():
+        f.request.headers[k] = v
+    inject.requestheaders(f)
+    if f.response is None:
+        inject.request(f)
+    assert f.response is not None and f.response.status_code == 415
+    assert json.loads(f.response.content)["reason"] == "bad-request"
+    f = tunnel_flow(tunnels)  # an unknown coding too
+    f.request.headers["content-encoding"] = "compress"
+    f.request.raw_content = b"whatever"
+    inject.requestheaders(f)
+    inject.request(f)
+    assert f.response is not None and f.response.status_code == 415
+
+
+def compress(data: bytes, coding: str) -> bytes:
+    for c in (c.strip() for c in coding.split(",")):
+        data = {
+            "gzip": gzip.compress,
+            "deflate": zlib.compress,
+            "br": brotli.compress,
+            "zstd": zstd_compress,
+        }[c](data)
+    return data

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import base64
+import gzip
+import hashlib
 import json
 import os
 import signal
 import socket
 import ssl
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
+import brotli  # type: ignore[import-untyped]
 import pytest
 import requests
 
@@ -213,3 +217,45 @@ def test_an_oauth2_token_the_proxy_fetched_is_refused_like_a_secret(
         assert proxy.stop(signal.SIGTERM) == 0
     assert "secret-exfiltration" in log_text and "connector oauth" in log_text
     assert token not in log_text and token not in egress(home, "logs", "--blocked", "--json").stdout
+
+
+def test_compressed_request_bodies_are_decoded_for_the_scan_or_refused(
+    tmp_path: Path, pki: tuple[Path, object], upstream: Upstream
+) -> None:
+    home = tmp_path / "home"
+    port = upstream.port
+    for name, pattern, secret in (
+        ("stripe", f"https://api.stripe.test:{port}/v1/*", STRIPE),
+        ("weather", f"https://api.weather.test:{port}/*", OTHER),
+    ):
+        res = egress(home, "connector", "add", name, "--pattern", pattern, "--header", "Authorization",
+                     "--secret-stdin", stdin=secret)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+    proxy = start_proxy(home, *proxy_args(pki[0]))
+    base = f"https://api.stripe.test:{port}/v1"
+    tag = f"z{time.monotonic_ns()}"
+    try:
+        s = session(proxy.url, proxy.ca)
+        clean = gzip.compress(json.dumps({"note": "nothing secret here"}).encode())
+        r = s.post(f"{base}/clean?t={tag}", data=clean, headers={"Content-Encoding": "gzip"})
+        assert r.status_code == 200, r.text
+        (rec,) = upstream.find(tag)
+        assert rec.body_sha256 == hashlib.sha256(clean).hexdigest()  # forwarded as it came
+        seen = len(upstream.records)
+        for coding, body in (
+            ("gzip", gzip.compress(json.dumps({"k": OTHER}).encode())),
+            ("deflate", zlib.compress(OTHER.encode())),
+            ("br", brotli.compress(base64.b64encode(OTHER.encode()))),
+        ):
+            r = s.post(f"{base}/{coding}", data=body, headers={"Content-Encoding": coding})
+            assert r.status_code == 403 and r.json()["reason"] == "secret-exfiltration", (coding, r.text)
+
+        def chunks() -> Iterator[bytes]:  # not announced: cannot be decoded whole before it leaves
+            yield gzip.compress(b"anything")
+
+        for data in (chunks(), gzip.compress(os.urandom(200_000))):
+            r = s.post(f"{base}/big", data=data, headers={"Content-Encoding": "gzip"})
+            assert r.status_code == 415 and r.json()["reason"] == "bad-request", r.text
+        assert len(upstream.records) == seen
+    finally:
+        assert proxy.stop(signal.SIGTERM) == 0
