@@ -125,6 +125,17 @@ class Policy:
             )
         return Block(Reason.NO_CONNECTOR, f"no connector allows {target.authority}", near_miss=near)
 
+    def refused_request(
+        self, block: Block, target: Target, path: str, method: str | None, allowed: frozenset[str] | None
+    ) -> Block:
+        """A refusal at CONNECT, told for one request inside it: the near miss weighs the path
+        and method too (at CONNECT they were unknown), so its words say all that differs."""
+        if block.reason not in (Reason.NO_CONNECTOR, Reason.NOT_GRANTED):
+            return block
+        return replace(
+            block, near_miss=self.near_miss(Request(target.host, target.port, path, method, allowed))
+        )
+
     def near_miss(self, request: Request) -> NearMiss | None:
         """The connector closest to a blocked request (only ever called on a block)."""
         if self._neighbours is None:
@@ -224,7 +235,11 @@ class Policy:
         if parts.scheme == "http":
             return self.plain_http(host, port, parts.path or "/", allowed, method)
         target = Target(host, port)
-        return self.connect(target, allowed) or self.route(target, parts.path or "/", allowed, method)
+        path = parts.path or "/"
+        refused = self.connect(target, allowed)
+        if refused is not None:
+            return self.refused_request(refused, target, path, method, allowed)
+        return self.route(target, path, allowed, method)
 
 
 def _not_granted(hits: Iterable[Hit[str]], allowed: frozenset[str]) -> str:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from proxy.connectors import make_connector
+from proxy.connectors import make_connector, split_key
 from proxy.nearmiss import NearMiss, Request, suggestion
+from proxy.patterns import parse_pattern
 from proxy.policy import Allow, Block, Policy, Target
 from proxy.reasons import Reason, blocked_answer
 
@@ -308,3 +311,91 @@ def test_suggestion_for_another_workspace() -> None:
         n, "GET", "api.stripe.com", "/v1/x"
     )
     assert "another workspace" in suggestion(n.concealed(), "GET", "api.stripe.com", "/v1/x")
+
+
+# -- property: one word means that one change would let the named connector's pattern match ----
+
+CONNECTOR_HOSTS = ["api.x.test", "files.x.test", "x.test", "*.x.test", "v2.api.x.test"]
+REQUEST_HOSTS = ["api.x.test", "files.x.test", "x.test", "a.x.test", "v2.api.x.test", "b.api.x.test"]
+PATHS = ["/v1/*", "/v2/*", "/v1", "/*"]
+
+
+@st.composite
+def world(draw: st.DrawFn) -> tuple[Policy, list[tuple[str, str, frozenset[str] | None]]]:
+    """Up to six connectors in two workspaces: (policy, [(key, workspace, methods)])."""
+    items, meta = [], []
+    for i in range(draw(st.integers(1, 6))):
+        ws = draw(st.sampled_from(["default", "acme"]))
+        host = draw(st.sampled_from(CONNECTOR_HOSTS))
+        port = draw(st.sampled_from(["", ":8443"]))
+        path = draw(st.sampled_from(PATHS))
+        methods = draw(st.sampled_from([None, ["GET"], ["GET", "POST"]]))
+        c = make_connector(f"c{i}", patterns=[f"https://{host}{port}{path}"], inject=HEADER, methods=methods,
+                           workspace=ws)  # fmt: skip
+        items.append((c, None))
+        meta.append((c.key, ws, frozenset(methods) if methods else None))
+    return Policy(items), meta
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    w=world(),
+    host=st.sampled_from(REQUEST_HOSTS),
+    port=st.sampled_from([443, 8443]),
+    path=st.sampled_from(["/v1/a", "/v2/b", "/v1", "/v3/c", "/"]),
+    method=st.sampled_from(["GET", "POST", "DELETE"]),
+    grant=st.one_of(st.none(), st.sets(st.integers(0, 5), max_size=3)),
+)
+def test_property_a_single_word_names_the_one_change_that_lets_the_connector_match(
+    w: tuple[Policy, list[tuple[str, str, frozenset[str] | None]]],
+    host: str,
+    port: int,
+    path: str,
+    method: str,
+    grant: set[int] | None,
+) -> None:
+    policy, meta = w
+    keys = [k for k, _, _ in meta]
+    allowed: frozenset[str] | None = None
+    if grant is not None:  # a grant lists connectors of one workspace
+        picked = [keys[i] for i in grant if i < len(keys)]
+        ws = meta[min(grant)][1] if picked and min(grant) < len(keys) else "default"
+        allowed = frozenset(k for k in picked if dict((k, w) for k, w, _ in meta)[k] == ws) or None
+    decision = policy.explain(f"https://{host}:{port}{path}", allowed, method)
+    if not isinstance(decision, Block) or decision.near_miss is None:
+        return
+    n = decision.near_miss
+    if n.differs == "ambiguous-with" or n.also:
+        return
+    p = parse_pattern(n.pattern)
+    methods = policy.routes[n.connector].methods
+    fixed_host, fixed_port, fixed_path, fixed_method, fixed_allowed = host, port, path, method, allowed
+    if n.differs == "host":
+        fixed_host = f"a.{p.host}" if p.wildcard_host else p.host
+    elif n.differs == "port":
+        fixed_port = p.port
+    elif n.differs == "path":
+        fixed_path = p.path.replace("*", "x")
+    elif n.differs == "method":
+        assert methods is not None and method not in methods
+        fixed_method = sorted(methods)[0]
+    elif n.differs == "not-granted":
+        assert allowed is not None and n.connector not in allowed
+        fixed_allowed = allowed | {n.connector}
+    elif n.differs == "other-workspace":
+        assert allowed is not None
+        assert split_key(n.connector)[0] != split_key(next(iter(allowed)))[0]
+        fixed_allowed = frozenset({n.connector})
+    else:
+        raise AssertionError(f"unexpected word {n.differs}")
+    # Everything else already matched: changing that one dimension lets the pattern serve it.
+    assert p.matches(fixed_host, fixed_port, fixed_path), n
+    assert methods is None or fixed_method in methods, n
+    assert fixed_allowed is None or n.connector in fixed_allowed, n
+
+
+def test_check_of_a_url_refused_at_connect_weighs_its_path_and_method() -> None:
+    n = near("https://api.stripe.com:8443/v2/x", method="GET")
+    assert (n.connector, n.differs, n.also) == ("stripe", "port", ("path",))
+    n = near("https://ro.example.com:9443/x", method="DELETE")
+    assert (n.connector, n.differs, n.also) == ("ro", "port", ("method",))
