@@ -264,10 +264,15 @@ def guarded_stream(flow: http.HTTPFlow, guard: Guard) -> Callable[[bytes], bytes
     return stream
 
 
+# Codings that hide nothing from a scan of the bytes as sent: none, and AWS's chunk framing
+# (signed S3 uploads: the data itself stays as it is, between chunk headers).
+NOT_COMPRESSED = frozenset({"identity", "aws-chunked"})
+
+
 def content_codings(headers: http.Headers) -> list[str]:
-    """The body's content codings in the order applied, ``identity`` left out."""
+    """The body's content codings in the order applied, those in ``NOT_COMPRESSED`` left out."""
     codings = (c.strip().lower() for v in headers.get_all("content-encoding") for c in v.split(","))
-    return [c for c in codings if c and c != "identity"]
+    return [c for c in codings if c and c not in NOT_COMPRESSED]
 
 
 def _announced(headers: http.Headers) -> int:

@@ -301,6 +301,21 @@ def test_a_compressed_body_that_cannot_be_checked_is_refused_415(
     assert f.response is not None and f.response.status_code == 415
 
 
+def test_aws_chunked_framing_is_scanned_as_sent_not_refused() -> None:
+    _, tunnels, inject = wired(two_connectors())
+    for secret, refused_ in ((OTHER, True), ("hello from the sandbox", False)):
+        body = f"{len(secret):x};chunk-signature=abc\r\n{secret}\r\n0;chunk-signature=def\r\n\r\n".encode()
+        f = tunnel_flow(tunnels)
+        f.request.headers["content-encoding"] = "aws-chunked"
+        f.request.raw_content = body
+        inject.requestheaders(f)
+        inject.request(f)
+        if refused_:
+            refused(f)
+        else:
+            assert f.response is None and f.request.raw_content == body
+
+
 def compress(data: bytes, coding: str) -> bytes:
     for c in (c.strip() for c in coding.split(",")):
         data = {
