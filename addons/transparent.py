@@ -107,6 +107,7 @@ class TransparentGate:
         try:
             identity = self._identity()
             grant, scope = (None, None) if isinstance(identity, Block) else identity
+            host = self.gate.source.guard.text(host)  # a secret in the SNI is never stored
             self.on_refused(client, host, decision, grant, scope)
         except Exception as e:  # the connection is refused whatever the log does
             logger.error("logging a refused intercepted connection failed (%s)", where_failed(e))

@@ -53,8 +53,8 @@ def intercepted(data: bytes) -> FakeNextLayer:
     return FakeNextLayer(ctx, data)
 
 
-def decide(data: bytes, scope: list[str]) -> tuple[FakeNextLayer, Recorder]:
-    source, tunnels, _ = wired(stripe_policy())
+def decide(data: bytes, scope: list[str], secret: str = "sk_test_addon") -> tuple[FakeNextLayer, Recorder]:
+    source, tunnels, _ = wired(stripe_policy(secret))
     recorder = Recorder(tunnels=tunnels)
     plain = Gate(source, tunnels)
     gate = TransparentGate(plain, recorder.connection_refused)
@@ -107,3 +107,11 @@ def test_a_covered_sni_writes_no_row() -> None:
     nl, recorder = decide(client_hello("api.stripe.test"), ["stripe"])
     assert not isinstance(nl.layer, Refuse)
     assert not recorder.tally.drain().events
+
+
+def test_a_secret_in_the_sni_never_reaches_the_log() -> None:
+    secret = "dnssafesecretvalue0123"
+    nl, recorder = decide(client_hello(f"{secret}.evil.test"), ["stripe"], secret)
+    assert isinstance(nl.layer, Refuse)
+    (row,) = recorder.tally.drain().events
+    assert secret not in row.host and row.host.endswith(".evil.test")
