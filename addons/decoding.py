@@ -1,4 +1,5 @@
-"""Streaming, bounded decoders for response bodies an upstream compressed anyway.
+"""Streaming, bounded decoders for response bodies an upstream compressed anyway (and for
+small compressed request bodies, decoded whole for the exfiltration scan).
 
 A compressed echo cannot be masked, so the return path decodes it. Output is
 produced in bounded pieces and checked against a budget (a first megabyte,
@@ -10,7 +11,7 @@ input, ``Unscrubbable`` is raised and the flow is killed.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import brotli  # type: ignore[import-untyped]
 
@@ -108,3 +109,20 @@ STEPS: dict[str, Callable[[Budget], Transform]] = {
 def step_for(coding: str) -> Transform | None:
     make = STEPS.get(coding)
     return make(Budget()) if make else None
+
+
+def decode_whole(body: bytes, codings: Sequence[str], limit: int) -> bytes:
+    """A whole body decoded (``codings`` in the order they were applied), for a scan.
+
+    Unscrubbable on an unknown coding, corrupt input, a decompression bomb (the
+    same budget as responses) or more than ``limit`` bytes decoded.
+    """
+    data = body
+    for coding in reversed(codings):
+        step = step_for(coding)
+        if step is None:
+            raise Unscrubbable(f"content coding {coding} cannot be checked")
+        data = step(data) + step(b"")
+        if len(data) > limit:
+            raise Unscrubbable(f"the body decodes to more than {limit // 1024} KiB")
+    return data

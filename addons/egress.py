@@ -41,7 +41,7 @@ def make_addons() -> list[Any]:
     return [
         source,
         gate,
-        TransparentGate(gate),
+        TransparentGate(gate, recorder.connection_refused),
         Inject(source, tunnels),
         OAuth(source, gate),
         Limits(),

@@ -111,7 +111,7 @@ class Gate:
         if isinstance(target, Block):
             block(flow, target)
             return
-        guard = rules.policy.guard
+        guard = self.source.guard
         if guard and guard.find(target.host.encode()) is not None:
             flow.request.host = guard.text(flow.request.host)  # what the logs show
             logger.warning("secret-exfiltration: a secret in the CONNECT host; refused %s", flow.id)

@@ -12,10 +12,13 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from mitmproxy import http
 
-from addons.respond import block, fail_closed
+from addons import patches
+from addons.decoding import Unscrubbable, decode_whole
+from addons.respond import block, fail_closed, where_failed
 from addons.source import PolicySource
 from addons.state import Tunnels, peek, state
 from proxy.admission import RequestFacts, admit
@@ -23,7 +26,7 @@ from proxy.credentials.query import with_query_item
 from proxy.credentials.signing import Unsignable
 from proxy.policy import Block, header_key
 from proxy.reasons import Reason, help_of
-from proxy.scrub import SecretFound, SecretIndex, StreamGuard
+from proxy.scrub import Guard, SecretFound, StreamGuard
 
 # Never forwarded: the sandbox's cookies, its proxy credentials, hop-by-hop headers
 # (compared as ``header_key`` folds them: lowercase, "_" as "-").
@@ -36,7 +39,18 @@ STREAM_EXFILTRATION = Block(
     Reason.SECRET_EXFILTRATION,
     "the streamed request body carries a credential value this proxy holds; cut off",
 )
+WEBSOCKET_EXFILTRATION = Block(
+    Reason.SECRET_EXFILTRATION,
+    "a WebSocket message from the client carries a credential value this proxy holds; closed",
+)
 BODY_WINDOW = 64 * 1024  # bodies announced up to this size are read whole and scanned before sending
+DECODED_LIMIT = 1 << 20  # a compressed body in the window is decoded for the scan up to this size
+UNCHECKABLE = Block(
+    Reason.BAD_REQUEST,
+    f"a compressed request body is forwarded only with a Content-Length of at most {BODY_WINDOW // 1024} KiB "
+    f"(it is checked for secrets decoded, up to {DECODED_LIMIT // 1024} KiB); send it uncompressed",
+    override=415,
+)
 logger = logging.getLogger(__name__)
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
@@ -66,7 +80,7 @@ class Inject:
             target=req.data.path,
             fields=req.headers.fields,
         )
-        guard = self.source.rules.policy.guard
+        guard = self.source.guard
         if guard:
             found = head_secret(guard, req)
             if found is not None:
@@ -116,6 +130,8 @@ class Inject:
         if guard and not _no_body(req):
             if _announced(headers) <= BODY_WINDOW:
                 req.stream = False  # read whole and scanned in request(): a match sends nothing
+            elif content_codings(headers):
+                block(flow, UNCHECKABLE)  # could not be decoded whole before it leaves
             elif req.stream:
                 req.stream = guarded_stream(flow, guard)
 
@@ -125,9 +141,16 @@ class Inject:
         s = peek(flow)
         if req.stream or flow.response or s is None or s.route is None:
             return
-        guard = self.source.rules.policy.guard
+        guard = self.source.guard
         if guard and req.raw_content:
             owner = guard.find(req.raw_content)
+            codings = content_codings(req.headers)
+            if owner is None and codings:
+                try:
+                    owner = guard.find(decode_whole(req.raw_content, codings, DECODED_LIMIT))
+                except Unscrubbable as e:
+                    block(flow, replace(UNCHECKABLE, detail=f"{e}; {UNCHECKABLE.detail}"))
+                    return
             if owner is not None:
                 refuse_exfiltration(flow, guard, owner, "body")
                 return
@@ -136,8 +159,48 @@ class Inject:
         if req.trailers:
             block(flow, TRAILERS)
 
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        """A client's WebSocket message carrying a secret is dropped and the connection closed.
 
-def head_secret(guard: SecretIndex, req: http.Request) -> tuple[str, str] | None:
+        Each message is scanned with the tail of the previous one, so a secret split across
+        two messages never arrives whole: the second one is not relayed.
+        """
+        try:
+            assert flow.websocket is not None
+            message = flow.websocket.messages[-1]
+            guard = self.source.guard
+            if not message.from_client or not guard:
+                return
+            s = state(flow)
+            if s.blocked is not None:  # closing already: nothing more goes upstream
+                message.drop()
+                return
+            data = s.ws_carry + message.content
+            owner = guard.find(data)
+            if owner is None:
+                s.ws_carry = data[-guard.keep :] if guard.keep else b""
+                return
+            message.drop()
+            message.content = b""
+            s.ws_carry = b""
+            conceal(flow, guard)
+            s.blocked = WEBSOCKET_EXFILTRATION
+            s.note("blocked", str(Reason.SECRET_EXFILTRATION))
+            logger.warning(
+                "secret-exfiltration: a secret of connector %s in a WebSocket message from the "
+                "client; closed %s",
+                owner,
+                flow.id,
+            )
+            patches.close_client(flow.client_conn)
+        except Exception as e:
+            logger.error("websocket check failed (%s); message dropped", where_failed(e))
+            if flow.websocket is not None and flow.websocket.messages:
+                flow.websocket.messages[-1].drop()
+            patches.close_client(flow.client_conn)
+
+
+def head_secret(guard: Guard, req: http.Request) -> tuple[str, str] | None:
     """(connector, where) if the client's request line or headers carry a secret.
 
     Read before anything is injected, so the proxy's own credential never counts.
@@ -152,7 +215,7 @@ def head_secret(guard: SecretIndex, req: http.Request) -> tuple[str, str] | None
     return owner, "request line" if line else "a header"
 
 
-def refuse_exfiltration(flow: http.HTTPFlow, guard: SecretIndex, owner: str, where: str) -> None:
+def refuse_exfiltration(flow: http.HTTPFlow, guard: Guard, owner: str, where: str) -> None:
     """403 ``secret-exfiltration``; the flow is starred out first, so no log shows the value."""
     conceal(flow, guard)
     logger.warning(
@@ -161,7 +224,7 @@ def refuse_exfiltration(flow: http.HTTPFlow, guard: SecretIndex, owner: str, whe
     block(flow, EXFILTRATION)
 
 
-def conceal(flow: http.HTTPFlow, guard: SecretIndex) -> None:
+def conceal(flow: http.HTTPFlow, guard: Guard) -> None:
     """Star out every guarded spelling in what the logs read off this flow."""
     req = flow.request
     req.path = guard.text(req.path)
@@ -173,7 +236,7 @@ def conceal(flow: http.HTTPFlow, guard: SecretIndex) -> None:
         s.host = guard.text(s.host)
 
 
-def guarded_stream(flow: http.HTTPFlow, guard: SecretIndex) -> Callable[[bytes], bytes | list[bytes]]:
+def guarded_stream(flow: http.HTTPFlow, guard: Guard) -> Callable[[bytes], bytes | list[bytes]]:
     """A streamed body, scanned before each chunk leaves (with a held-back overlap).
 
     On a match the flow is killed (``addons.patches``): the head and the chunks
@@ -199,6 +262,17 @@ def guarded_stream(flow: http.HTTPFlow, guard: SecretIndex) -> Callable[[bytes],
         return out if out else []  # never b"": an empty chunk ends a chunked body
 
     return stream
+
+
+# Codings that hide nothing from a scan of the bytes as sent: none, and AWS's chunk framing
+# (signed S3 uploads: the data itself stays as it is, between chunk headers).
+NOT_COMPRESSED = frozenset({"identity", "aws-chunked"})
+
+
+def content_codings(headers: http.Headers) -> list[str]:
+    """The body's content codings in the order applied, those in ``NOT_COMPRESSED`` left out."""
+    codings = (c.strip().lower() for v in headers.get_all("content-encoding") for c in v.split(","))
+    return [c for c in codings if c and c not in NOT_COMPRESSED]
 
 
 def _announced(headers: http.Headers) -> int:

@@ -370,7 +370,7 @@ class OAuth:
     def __init__(self, source: PolicySource, gate: Gate) -> None:
         self.source = source
         self.broker = TokenBroker(vetted_resolver(gate), client_context(), on_rotated=self._rotated)
-        self._needles: dict[tuple[str, tuple[str, ...]], Needles] = {}
+        self._needles: dict[str, tuple[Needles, tuple[str, ...], Needles]] = {}  # by connector
 
     def configure(self, updated: set[str]) -> None:
         if "ssl_verify_upstream_trusted_ca" in updated:
@@ -382,26 +382,32 @@ class OAuth:
         s = peek(flow)
         if s is None or s.route is None or flow.response is not None:
             return
-        request = s.route.rendered.oauth2
-        if request is None:
+        route = s.route
+        request = route.rendered.oauth2
+        if request is None and not route.oauth_peers:
             return
-        name = s.route.connector
-        try:
-            token = await self.broker.token(name, request)
-        except CredentialUnavailable as e:
-            block(flow, Block(Reason.CREDENTIAL_UNAVAILABLE, e.detail))
+        name = route.connector
+        if request is not None:
+            try:
+                token = await self.broker.token(name, request)
+            except CredentialUnavailable as e:
+                block(flow, Block(Reason.CREDENTIAL_UNAVAILABLE, e.detail))
+                return
+            flow.request.headers["Authorization"] = f"Bearer {token}"
+            s.access_token = token
+            # A client's request carrying a live token is refused like one carrying a secret
+            # (the check ran before this injection, so the proxy's own header never counts).
+            self.source.live.update(name, self.broker.secrets(name))
+        # Echoes of the live tokens (this connector's, and those of OAuth2 connectors on its
+        # hosts: one upstream) are masked like any other secret of the route.
+        live = tuple(v for c in (name, *sorted(route.oauth_peers)) for v in self.broker.secrets(c))
+        if not live:
             return
-        flow.request.headers["Authorization"] = f"Bearer {token}"
-        s.access_token = token
-        # Echoes of the live tokens are masked like any other secret of the route.
-        live = self.broker.secrets(name)
-        key = (name, live)
-        needles = self._needles.get(key)
-        if needles is None:
-            if len(self._needles) > 256:
-                self._needles.clear()
-            needles = self._needles[key] = s.route.scrub.extended(live)
-        s.route = replace(s.route, scrub=needles)
+        cached = self._needles.get(name)
+        if cached is None or cached[0] is not route.scrub or cached[1] != live:
+            # (the route's own needles are part of the key: a reload may have changed them)
+            cached = self._needles[name] = (route.scrub, live, route.scrub.extended(live))
+        s.route = replace(route, scrub=cached[2])
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         s = peek(flow)

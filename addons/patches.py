@@ -23,6 +23,10 @@ Guards (always, also under ``mitmdump -s``), closing gaps no hook can reach:
   tunnel (a silent socket, a trickled CONNECT head or ClientHello): past
   ``LIMITS.handshake_timeout`` it is closed.
 
+One reach without a patch: ``close_client`` closes a client connection from a
+hook (``flow.kill()`` does nothing to a WebSocket in progress), the way
+mitmproxy's idle timeout does, for a WebSocket message that carries a secret.
+
 Speedups (only in the product's own workers):
 
 - listeners bind with SO_REUSEPORT so workers share one port;
@@ -49,7 +53,7 @@ import h2.errors
 import h2.events
 import h11
 import wsproto.events
-from mitmproxy import connection, flow, http
+from mitmproxy import connection, ctx, flow, http
 from mitmproxy import version as mitmproxy_version
 from mitmproxy.net.http import status_codes
 from mitmproxy.proxy import commands, events, layers, mode_servers, server
@@ -250,6 +254,22 @@ def _ws_send(self: Any, event: wsproto.events.Event) -> commands.SendData:
         elif isinstance(event, wsproto.events.CloseConnection) and event.reason:
             event = wsproto.events.CloseConnection(code=event.code, reason="")
     return _original_ws_send(self, event)
+
+
+def close_client(client: connection.Client) -> bool:
+    """Close a live client connection now, as mitmproxy's idle timeout does (its reader task is
+    cancelled; the connection handler then closes the upstream connection too). False when no
+    connection handler of this process holds it (nothing to close)."""
+    try:
+        proxyserver = ctx.master.addons.get("proxyserver")
+        handler = proxyserver.connections.get(client.id) if proxyserver else None
+        io = handler.transports.get(handler.client) if handler is not None else None
+    except AttributeError:  # no master (adapter tests): the caller's drop stands alone
+        return False
+    if io is None or io.handler is None:
+        return False
+    io.handler.cancel("closed by egress-proxy")
+    return True
 
 
 async def _listen_reuse_port(

@@ -26,9 +26,10 @@ from addons.state import Tunnels, peek, state
 from proxy.connectors import split_key, workspace_of
 from proxy.context import FlowState, Tunnel
 from proxy.errors import EgressError, StoreUnavailable
+from proxy.grants import Grant
 from proxy.health import CLASS_NAMES
 from proxy.hosts import format_authority
-from proxy.policy import parse_target
+from proxy.policy import Block, parse_target
 from proxy.reasons import Reason
 from proxy.runtime.metrics import Metrics
 from proxy.secrets import DEFAULT_WORKSPACE
@@ -69,7 +70,8 @@ def workspace(tunnel: Tunnel | None, s: FlowState | None = None) -> str:
     """Whose event this is: the connector's workspace, else the grant's, else the default one."""
     if s is not None and s.route is not None:
         return split_key(s.route.connector)[0]
-    return workspace_of(tunnel.grant.connectors) if tunnel and tunnel.grant else DEFAULT_WORKSPACE
+    allowed = tunnel.allowed if tunnel else None  # a grant's, or a transparent listener's scope
+    return workspace_of(allowed) if allowed else DEFAULT_WORKSPACE
 
 
 def described(flow: http.HTTPFlow, s: FlowState) -> tuple[str, str, str]:
@@ -232,6 +234,11 @@ class Recorder:
         if ctx.options.egress_access_log:
             self._access(flow, s, "failed", None)
 
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        s = peek(flow)
+        if s is not None and s.blocked is not None:
+            self._blocked(flow, s)  # closed by a check (a secret in a client's message)
+
     def _count(self, connector: str, status: int | None) -> bool:
         """Count a forwarded request (``None``: no upstream response); True if it failed."""
         slot = self.tally.request(connector, status)
@@ -346,6 +353,33 @@ class Recorder:
                 reason=str(Reason.CLIENT_TLS),
                 grant_label=tunnel.grant.label if tunnel and tunnel.grant else None,
                 workspace=workspace(tunnel),
+            )
+        )
+
+    def connection_refused(
+        self,
+        client: connection.Client,
+        host: str,
+        decision: Block,
+        grant: Grant | None,
+        scope: frozenset[str] | None,
+    ) -> None:
+        """An intercepted connection refused at its ClientHello (transparent mode): no request
+        was made, so the row has method ``TLS`` and no path, like a client-tls one."""
+        reason = str(decision.reason)
+        self.metrics.blocked.labels(reason).inc()
+        self.tally.blocked(
+            Event(
+                "blocked",
+                self.clock(),
+                "TLS",
+                printable(host, 300),
+                "",
+                client.id,
+                reason=reason,
+                grant_label=grant.label if grant else None,
+                workspace=workspace_of(grant.connectors if grant else scope or ()),
+                near_miss=decision.near_miss,
             )
         )
 

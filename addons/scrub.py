@@ -19,8 +19,9 @@ from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 from mitmproxy.net.http import status_codes
 
+from addons import patches
 from addons.decoding import Unscrubbable, step_for
-from addons.respond import fail_closed
+from addons.respond import fail_closed, where_failed
 from addons.state import peek
 from proxy.context import FlowState
 from proxy.scrub import Needles, StreamScrubber
@@ -105,8 +106,12 @@ class Scrub:
             if needles is not None and not message.from_client:
                 message.content = needles.mask(message.content)
             del flow.websocket.messages[:-1]  # relayed already: keeping them grows without bound
-        except Exception:
-            flow.kill()
+        except Exception as e:
+            # flow.kill() does nothing to a WebSocket in progress: drop the message, close.
+            logger.error("websocket scrub failed (%s); message dropped, connection closed", where_failed(e))
+            if flow.websocket is not None and flow.websocket.messages:
+                flow.websocket.messages[-1].drop()
+            patches.close_client(flow.client_conn)
 
 
 def mask_fields(fields: tuple[tuple[bytes, bytes], ...], needles: Needles) -> tuple[tuple[bytes, bytes], ...]:

@@ -14,6 +14,7 @@ from proxy.credentials.templates import template_field
 from proxy.errors import ConfigError, EgressError, StoreUnavailable
 from proxy.grants import GrantKey
 from proxy.policy import Policy
+from proxy.scrub import Guard, LiveSecrets
 from proxy.service import policycache
 from proxy.service.connectors import Connectors
 from proxy.service.home import Home
@@ -44,6 +45,8 @@ class PolicySource:
 
     def __init__(self) -> None:
         self.rules = Rules(Policy())
+        self.live = LiveSecrets()  # secrets obtained while running (OAuth2 tokens), guarded too
+        self._live_for = self.rules.policy
         self._connectors: Connectors | None = None
         self._generation = -1
         self._task: asyncio.Task[None] | None = None
@@ -92,6 +95,19 @@ class PolicySource:
             policycache.path(home),
             policycache.describe(cached),
         )
+
+    @property
+    def guard(self) -> Guard:
+        """Every secret a client's request must not carry: the policy's and the live ones.
+
+        Read on the event loop only (reloads run in a thread): live values of connectors a
+        new policy dropped are forgotten here.
+        """
+        policy = self.rules.policy
+        if policy is not self._live_for:
+            self.live.retain(policy.routes)
+            self._live_for = policy
+        return self.live.guard(policy.guard)
 
     def reload(self) -> bool:
         """Rebuild the rules if the store changed; True if it did."""

@@ -15,10 +15,10 @@ from __future__ import annotations
 import base64
 import logging
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
-from mitmproxy import ctx, exceptions
+from mitmproxy import connection, ctx, exceptions
 from mitmproxy.addonmanager import Loader
 from mitmproxy.net.tls import starts_like_tls_record
 from mitmproxy.proxy import commands, events, layer
@@ -30,6 +30,7 @@ from addons.respond import where_failed
 from proxy.admission import identify
 from proxy.context import Tunnel
 from proxy.grants import GRANT_USER, Grant
+from proxy.hosts import format_authority
 from proxy.policy import Block, parse_target
 from proxy.reasons import Reason
 
@@ -45,9 +46,13 @@ class Refuse(layer.Layer):
             yield commands.CloseConnection(self.context.client)
 
 
+Refused = Callable[[connection.Client, str, Block, Grant | None, frozenset[str] | None], None]
+
+
 class TransparentGate:
-    def __init__(self, gate: Gate) -> None:
+    def __init__(self, gate: Gate, on_refused: Refused | None = None) -> None:
         self.gate = gate
+        self.on_refused = on_refused  # writes the blocked-log row (``Recorder.connection_refused``)
 
     def load(self, loader: Loader) -> None:
         loader.add_option("egress_transparent_grant", str, "", "Grant token that scopes intercepted traffic.")
@@ -76,8 +81,10 @@ class TransparentGate:
             or context.client in self.gate.tunnels
         ):
             return  # not an intercepted connection, or already decided
+        port = context.client.sockname[1]
+        host = format_authority(str(context.client.sockname[0]), port)  # until an SNI names one
         try:
-            decision = await self._decide(nextlayer)
+            decision, host = await self._decide(nextlayer, host)
         except Exception as e:
             logger.error("transparent gate failed (%s); connection closed", where_failed(e))
             decision = Block(Reason.INTERNAL, "transparent gate failed")
@@ -91,36 +98,51 @@ class TransparentGate:
                 decision.detail,
             )
             nextlayer.layer = Refuse(context)
+            self._refused(context.client, host, decision)
 
-    async def _decide(self, nextlayer: layer.NextLayer) -> object:
+    def _refused(self, client: connection.Client, host: str, decision: Block) -> None:
+        """The blocked-log row, with the near miss the policy found (blocked path only)."""
+        if self.on_refused is None:
+            return
+        try:
+            identity = self._identity()
+            grant, scope = (None, None) if isinstance(identity, Block) else identity
+            host = self.gate.source.guard.text(host)  # a secret in the SNI is never stored
+            self.on_refused(client, host, decision, grant, scope)
+        except Exception as e:  # the connection is refused whatever the log does
+            logger.error("logging a refused intercepted connection failed (%s)", where_failed(e))
+
+    async def _decide(self, nextlayer: layer.NextLayer, host: str) -> tuple[object, str]:
+        """The decision, and the host the connection is known by (the SNI once read)."""
         data = nextlayer.data_client()
         if len(data) < 5:
-            return NEEDS_MORE
+            return NEEDS_MORE, host
         if not starts_like_tls_record(data):
-            return Block(Reason.PLAIN_HTTP, "not TLS (plain HTTP or other bytes)")
+            return Block(Reason.PLAIN_HTTP, "not TLS (plain HTTP or other bytes)"), host
         try:
             hello = parse_client_hello(data)
         except ValueError:
-            return Block(Reason.BAD_REQUEST, "malformed ClientHello")
+            return Block(Reason.BAD_REQUEST, "malformed ClientHello"), host
         if hello is None:
-            return NEEDS_MORE
+            return NEEDS_MORE, host
         if not hello.sni:
-            return Block(Reason.BAD_HOST, "no TLS server name (SNI)")
+            return Block(Reason.BAD_HOST, "no TLS server name (SNI)"), host
         context = nextlayer.context
         port = context.client.sockname[1]
         target = parse_target(hello.sni, port)
         if isinstance(target, Block):
-            return target
+            return target, format_authority(hello.sni, port)
+        host = target.authority
         identity = self._identity()
         if isinstance(identity, Block):
-            return identity
+            return identity, host
         grant, scope = identity
         allowed = grant.connectors if grant else scope
-        refused = self.gate.source.rules.policy.connect(target, allowed)
+        refused = self.gate.source.rules.policy.connect(target, allowed)  # with its near miss
         if refused:
-            return refused
+            return refused, host
         address = await self.gate.resolve(target)
         if isinstance(address, Block):
-            return address
+            return address, host
         self.gate.tunnels.open(context.client, Tunnel(target, address, grant, scope, transparent=True))
-        return None
+        return None, host

@@ -83,8 +83,11 @@ def admit(tunnel: Tunnel | None, request: RequestFacts, rules: Rules, now: float
     """The decision for one request inside a tunnel."""
     if tunnel is None:
         return _not_tunnelled(request, rules)
-    if tunnel.refused is not None:
-        return tunnel.refused
+    if tunnel.refused is not None:  # explained: told with this request's path and method
+        method = request.method.decode("ascii", "replace")
+        return rules.policy.refused_request(
+            tunnel.refused, tunnel.target, request.path, method, tunnel.allowed
+        )
     if request.port != tunnel.target.port or (not tunnel.transparent and request.host != tunnel.address):
         return OUTSIDE_TUNNEL  # e.g. an HTTP/2 stream beside a CONNECT stream
     problem = check_request_line(request) or check_tunnel_request(tunnel.target, request)

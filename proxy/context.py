@@ -43,6 +43,9 @@ class FlowState:
     host: str | None = None  # the authority the request was for, as logged
     bytes_out: int = 0  # response body bytes sent to the client
     access_token: str | None = field(default=None, repr=False)  # an OAuth2 token injected here
+    # The tail of the client's last WebSocket message, scanned with the next one (a secret split
+    # across two messages is seen whole before the second is relayed).
+    ws_carry: bytes = field(default=b"", repr=False)
     trace: list[tuple[str, str]] = field(default_factory=list)
 
     def note(self, stage: str, decision: str) -> None:

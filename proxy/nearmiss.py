@@ -7,6 +7,10 @@ touches only index buckets near the request's host (never every pattern), so
 a flood of blocked requests stays cheap. What differed is one fixed word
 (``Differs``); readers keep words they do not know, so a word can be added
 without a schema change.
+
+A connector of another workspace is a tenant boundary: the operator's views
+(``egress check``, the blocked log) name it, the blocked client is told only
+the word ``other-workspace`` (``NearMiss.body``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from proxy.connectors import split_key, workspace_of
 from proxy.errors import ConfigError
 from proxy.hosts import format_authority, is_ip_literal, split_authority
 from proxy.patterns import Pattern, parse_pattern
@@ -31,12 +36,22 @@ class Differs(StrEnum):
     PATH = "path"
     METHOD = "method"
     NOT_GRANTED = "not-granted"
+    OTHER_WORKSPACE = "other-workspace"  # the connector is another workspace's than the grant's
     AMBIGUOUS_WITH = "ambiguous-with"
 
 
-ORDER = (Differs.SCHEME, Differs.HOST, Differs.PORT, Differs.PATH, Differs.METHOD, Differs.NOT_GRANTED)
+# Another workspace comes first: nothing else is worth fixing on a connector the grant can never reach.
+ORDER = (
+    Differs.OTHER_WORKSPACE, Differs.SCHEME, Differs.HOST, Differs.PORT, Differs.PATH, Differs.METHOD,
+    Differs.NOT_GRANTED,
+)  # fmt: skip
+GRANT_WORDS = frozenset({Differs.NOT_GRANTED, Differs.OTHER_WORKSPACE})
 BUCKET_CAP = 32  # host neighbours looked at per index bucket: bounded work per blocked request
 DETAIL_LIMIT = 400
+OTHER_WORKSPACE_BODY = {
+    "differs": str(Differs.OTHER_WORKSPACE),
+    "detail": "a connector of another workspace would match; a grant reaches only its own workspace's connectors",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,13 +66,29 @@ class NearMiss:
     depth: int = 0  # for ``host``: labels the pattern wants more (+1) or fewer (-1) than the request
     others: tuple[str, ...] = ()  # for ``ambiguous-with``: the connectors tied with ``connector``
 
+    @property
+    def foreign(self) -> bool:
+        """Is the connector another workspace's than the blocked client's?"""
+        return Differs.OTHER_WORKSPACE in (self.differs, *self.also)
+
     def body(self) -> dict[str, str]:
-        """The small form a blocked client is told."""
+        """The small form a blocked client is told: for another workspace's connector only the
+        word, never its name, pattern or what else differs (that workspace's business)."""
+        if self.foreign:
+            return dict(OTHER_WORKSPACE_BODY)
         return {"connector": self.connector, "differs": self.differs, "detail": self.detail}
+
+    def concealed(self) -> NearMiss:
+        """``body``'s form as a value, for views scoped to one workspace (the admin API)."""
+        if not self.foreign:
+            return self
+        return NearMiss("", OTHER_WORKSPACE_BODY["differs"], OTHER_WORKSPACE_BODY["detail"])
 
     def to_dict(self) -> dict[str, Any]:
         """The full form, for log rows and ``--json``."""
-        doc: dict[str, Any] = self.body()
+        doc: dict[str, Any] = {"connector": self.connector, "differs": self.differs, "detail": self.detail}
+        if not self.connector:
+            del doc["connector"]
         if self.pattern:
             doc["pattern"] = self.pattern
         if self.also:
@@ -91,6 +122,10 @@ class Request:
     method: str | None = None
     allowed: frozenset[str] | None = None  # the grant's connectors (None: every one)
     scheme: str = "https"
+    workspace: str | None = field(init=False, compare=False)  # the grant's (None: no grant)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "workspace", workspace_of(self.allowed) if self.allowed else None)
 
     @property
     def authority(self) -> str:
@@ -159,7 +194,8 @@ class Neighbours:
             yield from ((p, o, depth) for p, o in bucket[:BUCKET_CAP] if depth or p.host != host)
 
     def nearest(self, request: Request) -> NearMiss | None:
-        """The closest pattern: fewest differing words, then same host, then most specific."""
+        """The closest pattern: fewest differing words, then one only the grant kept out, then same
+        host, then most specific."""
         best: tuple[tuple[Any, ...], Pattern, str, int | None, list[Differs]] | None = None
         for pattern, owner, depth in self._around(request.host):
             words = self._differences(request, pattern, owner, depth)
@@ -167,6 +203,10 @@ class Neighbours:
                 continue  # it matches: the block is about something else (ambiguity)
             key = (
                 len(words),
+                # On a tie, one that matches the URL (only the grant kept it out) names what would
+                # have served the request; of those, one in the grant's own workspace.
+                not GRANT_WORDS.issuperset(words),
+                Differs.OTHER_WORKSPACE in words,
                 Differs.HOST in words,
                 Differs.PORT in words,
                 _negated(pattern.specificity),
@@ -187,6 +227,9 @@ class Neighbours:
         self, request: Request, pattern: Pattern, owner: str, depth: int | None
     ) -> list[Differs]:
         words = []
+        foreign = request.workspace is not None and split_key(owner)[0] != request.workspace
+        if foreign:
+            words.append(Differs.OTHER_WORKSPACE)
         if request.scheme != "https":
             words.append(Differs.SCHEME)
         if depth is not None:
@@ -198,8 +241,8 @@ class Neighbours:
         methods = self.methods.get(owner)
         if request.method is not None and methods is not None and request.method not in methods:
             words.append(Differs.METHOD)
-        if request.allowed is not None and owner not in request.allowed:
-            words.append(Differs.NOT_GRANTED)
+        if request.allowed is not None and owner not in request.allowed and not foreign:
+            words.append(Differs.NOT_GRANTED)  # (another workspace's connector never is: implied)
         return words
 
 
@@ -241,6 +284,8 @@ def _detail(
         return path_gap(p, r.path)
     if word is Differs.METHOD:
         return f"{owner} allows {', '.join(sorted(methods or ()))}; the request used {r.method}"
+    if word is Differs.OTHER_WORKSPACE:
+        return f"connector {owner} is in workspace {split_key(owner)[0]}; the grant reaches only workspace {r.workspace}"
     return f"the grant does not name {owner}"
 
 
@@ -274,6 +319,14 @@ def path_gap(p: Pattern, path: str) -> str:
 def suggestion(miss: NearMiss | None, method: str, authority: str, path: str) -> str:
     """The smallest change that would allow this request, in words; never applied."""
     url = f"https://{authority}{path}"
+    if miss is not None and miss.differs == Differs.OTHER_WORKSPACE:
+        if not miss.connector:  # concealed: the connector is not this viewer's to know
+            return "a connector of another workspace would match: add one to the grant's workspace"
+        ws, name = split_key(miss.connector)
+        return (
+            f"connector {miss.connector} is in workspace {ws}: mint the grant there "
+            f"(`egress grant --workspace {ws} --connector {name}`), or add a connector to the grant's workspace"
+        )
     if miss is None or not miss.connector:
         first = next((s for s in path.split("/") if s), "")
         return f"no connector is near {url}: add one with pattern https://{authority}/{first + '/' if first else ''}*"

@@ -12,11 +12,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
-from proxy.connectors import Connector
+from proxy.connectors import Connector, split_key, workspace_of
 from proxy.credentials import Rendered
 from proxy.hosts import format_authority, is_ip_literal, normalize_host, split_authority
 from proxy.nearmiss import NearMiss, Neighbours, Request, ambiguous
-from proxy.patterns import ENCODED_SEPARATOR, Pattern, PatternIndex, path_problem
+from proxy.patterns import ENCODED_SEPARATOR, Hit, Pattern, PatternIndex, path_problem
 from proxy.reasons import REASONS, Reason
 from proxy.scrub import Needles, SecretIndex, needles_for
 
@@ -45,6 +45,9 @@ class Allow:
     # lowercase with "_" as "-", so X_Api_Key cannot ride beside X-Api-Key.
     strip: frozenset[str] = frozenset()
     methods: frozenset[str] | None = None  # None: every method
+    # OAuth2 connectors sharing a host with this one: their live tokens are masked in its
+    # responses too (known only at request time, so the OAuth2 adapter adds them).
+    oauth_peers: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,12 +75,15 @@ class Policy:
         entries: list[tuple[Pattern, str]] = []
         rendered: dict[str, Rendered] = {}
         by_host: dict[tuple[str, int], set[str]] = {}  # secrets of every connector on a host
+        oauth_on: dict[tuple[str, int], set[str]] = {}  # the OAuth2 connectors on a host
         items = list(connectors)
         for connector, fields in items:
             r = Rendered() if fields is None else connector.inject.render(fields)
             rendered[connector.key] = r
             for p in connector.patterns:
                 by_host.setdefault((p.host, p.port), set()).update(r.secrets)
+                if r.oauth2 is not None:
+                    oauth_on.setdefault((p.host, p.port), set()).add(connector.key)
             entries.extend((p, connector.key) for p in connector.patterns)
         for connector, fields in items:
             r = rendered[connector.key]
@@ -88,7 +94,12 @@ class Policy:
                 # upstream shared by two connectors must not echo one's secret to the other.
                 shared = set(r.secrets).union(*(by_host[(p.host, p.port)] for p in connector.patterns))
                 names = frozenset(header_key(n) for n in (*r.header_names(), *connector.strip_headers))
-                route = Allow(connector.key, connector.inject.where, r, needles_for(sorted(shared)), names)
+                peers = set().union(*(oauth_on.get((p.host, p.port), ()) for p in connector.patterns))
+                peers.discard(connector.key)
+                route = Allow(
+                    connector.key, connector.inject.where, r, needles_for(sorted(shared)), names,
+                    oauth_peers=frozenset(peers),
+                )  # fmt: skip
             self.routes[connector.key] = replace(route, methods=connector.methods)
         self.index: PatternIndex[str] = PatternIndex(entries)
         # Every secret the proxy holds, to refuse a request that carries one (the sandbox never
@@ -113,6 +124,17 @@ class Policy:
                 Reason.NOT_GRANTED, f"{target.authority} is not among this grant's connectors", near_miss=near
             )
         return Block(Reason.NO_CONNECTOR, f"no connector allows {target.authority}", near_miss=near)
+
+    def refused_request(
+        self, block: Block, target: Target, path: str, method: str | None, allowed: frozenset[str] | None
+    ) -> Block:
+        """A refusal at CONNECT, told for one request inside it: the near miss weighs the path
+        and method too (at CONNECT they were unknown), so its words say all that differs."""
+        if block.reason not in (Reason.NO_CONNECTOR, Reason.NOT_GRANTED):
+            return block
+        return replace(
+            block, near_miss=self.near_miss(Request(target.host, target.port, path, method, allowed))
+        )
 
     def near_miss(self, request: Request) -> NearMiss | None:
         """The connector closest to a blocked request (only ever called on a block)."""
@@ -146,7 +168,7 @@ class Policy:
             granted = [h for h in hits if h.owner in allowed]
             if hits and not granted:
                 return self._blocked(
-                    Reason.NOT_GRANTED, f"{hits[0].owner} is not granted", target, path, allowed, method
+                    Reason.NOT_GRANTED, _not_granted(hits, allowed), target, path, allowed, method
                 )
             hits = granted
         if method is not None and hits:
@@ -213,7 +235,19 @@ class Policy:
         if parts.scheme == "http":
             return self.plain_http(host, port, parts.path or "/", allowed, method)
         target = Target(host, port)
-        return self.connect(target, allowed) or self.route(target, parts.path or "/", allowed, method)
+        path = parts.path or "/"
+        refused = self.connect(target, allowed)
+        if refused is not None:
+            return self.refused_request(refused, target, path, method, allowed)
+        return self.route(target, path, allowed, method)
+
+
+def _not_granted(hits: Iterable[Hit[str]], allowed: frozenset[str]) -> str:
+    """Which connector would serve it: one of the grant's workspace, never another's (a tenant
+    learns no other tenant's connector names from a 403)."""
+    workspace = workspace_of(allowed)
+    own = next((h.owner for h in hits if split_key(h.owner)[0] == workspace), None)
+    return f"{own} is not granted" if own else "only another workspace's connectors allow this URL"
 
 
 def header_key(name: str) -> str:

@@ -84,8 +84,9 @@ REASONS: dict[Reason, ReasonInfo] = {
     ),
     Reason.SECRET_EXFILTRATION: ReasonInfo(
         403,
-        "the request line, a header or the body carries a secret the proxy holds (raw, base64, "
-        "base64url, percent-encoded, hex, any case); a streamed body is cut off where it appears",
+        "the request line, a header, the body (decoded if compressed) or a client's WebSocket message "
+        "carries a secret the proxy holds, an OAuth2 token it fetched included (raw, base64, base64url, "
+        "percent-encoded, hex, any case); a streamed body is cut off where it appears, a WebSocket closed",
         "the request carries a credential value this proxy holds; it was not forwarded",
     ),
     Reason.CREDENTIAL_UNAVAILABLE: ReasonInfo(
@@ -93,7 +94,8 @@ REASONS: dict[Reason, ReasonInfo] = {
     ),
     Reason.BAD_REQUEST: ReasonInfo(
         400,
-        "malformed or unsupported request (request trailers, a second tunnel; 431 for a head over 64 KiB)",
+        "malformed or unsupported request (request trailers, a second tunnel; 431 for a head over 64 KiB; "
+        "415 for a compressed body over 64 KiB or not announced, or that cannot be decoded to be checked)",
     ),
     Reason.OVER_CAPACITY: ReasonInfo(
         503, "the connector already has `--max-connector-requests` requests in flight (per worker)"

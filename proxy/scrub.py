@@ -16,6 +16,7 @@ import functools
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 _UNRESERVED = re.compile(rb"[A-Za-z0-9_.-]+")  # never escaped by any encoder seen (~ is, by some)
 _HTML = {b"&": [b"&amp;", b"&#38;", b"&#x26;"], b"<": [b"&lt;"], b">": [b"&gt;"],
@@ -433,13 +434,110 @@ class SecretIndex:
         return value if masked == raw else masked.decode("utf-8", "surrogateescape")
 
 
+class Guard(Protocol):
+    """What the request checks read: one ``SecretIndex``, or several searched as one."""
+
+    @property
+    def keep(self) -> int: ...  # a stream's overlap: the longest guarded spelling minus one
+
+    def __bool__(self) -> bool: ...
+
+    def find(self, data: bytes) -> str | None: ...
+
+    def mask(self, data: bytes) -> bytes: ...
+
+    def text(self, value: str) -> str: ...
+
+
+class Guards:
+    """Several indexes searched as one: the policy's and the live secrets' (``LiveSecrets``)."""
+
+    __slots__ = ("_indexes", "keep")
+
+    def __init__(self, *indexes: SecretIndex) -> None:
+        self._indexes = tuple(i for i in indexes if i)
+        self.keep = max((i.keep for i in self._indexes), default=0)
+
+    def __bool__(self) -> bool:
+        return bool(self._indexes)
+
+    def find(self, data: bytes) -> str | None:
+        for index in self._indexes:
+            owner = index.find(data)
+            if owner is not None:
+                return owner
+        return None
+
+    def mask(self, data: bytes) -> bytes:
+        for index in self._indexes:
+            data = index.mask(data)
+        return data
+
+    def text(self, value: str) -> str:
+        for index in self._indexes:
+            value = index.text(value)
+        return value
+
+
+class LiveSecrets:
+    """Secrets the proxy obtains while it runs (OAuth2 access tokens, rotated refresh tokens),
+    guarded like the policy's.
+
+    They get a small index of their own, so a fetched token never rebuilds the policy's
+    (thousands of secrets); it is rebuilt only when a value changed, and only when next read,
+    so a burst of fetches costs one build. A replaced value stays guarded a while (``KEEP``
+    per connector): an access token outlives the fetch of its successor.
+    """
+
+    KEEP = 6
+
+    __slots__ = ("_combined", "_index", "_values")
+
+    def __init__(self) -> None:
+        self._values: dict[str, tuple[str, ...]] = {}
+        self._index: SecretIndex | None = SecretIndex()
+        self._combined: tuple[SecretIndex, SecretIndex, Guards] | None = None
+
+    def update(self, owner: str, values: Iterable[str]) -> None:
+        """``owner``'s current values (known ones cost a tuple scan, nothing more)."""
+        known = self._values.get(owner, ())
+        new = tuple(v for v in dict.fromkeys(values) if v and v not in known)
+        if new:
+            self._values[owner] = (*known, *new)[-self.KEEP :]
+            self._index = None
+
+    def retain(self, owners: Iterable[str]) -> None:
+        """Forget the values of connectors no longer in the policy."""
+        keep = set(owners)
+        gone = [o for o in self._values if o not in keep]
+        for owner in gone:
+            del self._values[owner]
+        if gone:
+            self._index = None
+
+    def index(self) -> SecretIndex:
+        if self._index is None:
+            self._index = SecretIndex((o, v) for o, values in self._values.items() for v in values)
+        return self._index
+
+    def guard(self, base: SecretIndex) -> Guard:
+        """``base`` (the policy's index) with the live values; ``base`` itself when there are none."""
+        live = self.index()
+        if not live:
+            return base
+        combined = self._combined
+        if combined is None or combined[0] is not base or combined[1] is not live:
+            combined = self._combined = (base, live, Guards(base, live))
+        return combined[2]
+
+
 class StreamGuard:
     """A request ``stream`` transform: scans before forwarding, holding back ``keep`` bytes
     so no byte of a secret split across chunks leaves before the whole is seen."""
 
     __slots__ = ("_carry", "_index")
 
-    def __init__(self, index: SecretIndex) -> None:
+    def __init__(self, index: Guard) -> None:
         self._index = index
         self._carry = b""
 

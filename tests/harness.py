@@ -126,7 +126,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.record(rec)
         url = urlsplit(self.path)
         if self.headers.get("upgrade", "").lower() == "websocket":
-            self._websocket()
+            self._websocket(sink=url.path.endswith("/ws-sink"))
             return
         if url.path.endswith("/info/refs") and self.server.git_repo:
             self._git_advertisement()
@@ -206,8 +206,9 @@ class _Handler(BaseHTTPRequestHandler):
         answer["expires_in"] = server.token_lifetime  # type: ignore[assignment]
         self._reply(200, json.dumps(answer).encode())
 
-    def _websocket(self) -> None:
-        """Accept the handshake, send one text frame ("hello"), close."""
+    def _websocket(self, sink: bool = False) -> None:
+        """Accept the handshake, send one text frame ("hello"), close; or, for a sink, record
+        every message the client sends (``ws_messages``) until it closes or goes away."""
         key = self.headers["sec-websocket-key"].encode()
         accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
         self.send_response(101)
@@ -215,9 +216,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Connection", "Upgrade")
         self.send_header("Sec-WebSocket-Accept", accept.decode())
         self.end_headers()
-        self.wfile.write(b"\x81\x05hello" + b"\x88\x00")
+        self.wfile.write(b"\x81\x05hello" + (b"" if sink else b"\x88\x00"))
         self.wfile.flush()
         self.close_connection = True
+        while sink:
+            frame = read_ws_frame(self.rfile)
+            if frame is None or frame[0] == 8:
+                break
+            self.server.record_ws(frame[1])
 
     def _git_advertisement(self) -> None:
         """Smart-HTTP ref advertisement, enough for `git ls-remote`."""
@@ -236,6 +242,28 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
+
+
+def read_ws_frame(stream: Any) -> tuple[int, bytes] | None:
+    """(opcode, payload) of one WebSocket frame, unmasked; None at EOF."""
+    head = stream.read(2)
+    if len(head) < 2:
+        return None
+    size = head[1] & 0x7F
+    if size in (126, 127):
+        ext = stream.read(2 if size == 126 else 8)
+        size = int.from_bytes(ext, "big")
+    mask = stream.read(4) if head[1] & 0x80 else b"\0\0\0\0"
+    payload = stream.read(size)
+    return head[0] & 0x0F, bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def ws_frame(payload: bytes, opcode: int = 1) -> bytes:
+    """One masked client frame."""
+    mask = os.urandom(4)
+    size = len(payload)
+    length = bytes([0x80 | size]) if size < 126 else bytes([0x80 | 126]) + size.to_bytes(2, "big")
+    return bytes([0x80 | opcode]) + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 def pattern_bytes(n: int) -> bytes:
@@ -263,6 +291,7 @@ class Upstream(ThreadingHTTPServer):
         self.token_delay = 0.0
         self.token_lifetime = 3600
         self.rejected: set[str] = set()
+        self.ws_messages: list[bytes] = []  # what clients sent to a /ws-sink WebSocket
 
     @property
     def port(self) -> int:
@@ -286,6 +315,10 @@ class Upstream(ThreadingHTTPServer):
     def record(self, rec: Record) -> None:
         with self._lock:
             self.records.append(rec)
+
+    def record_ws(self, payload: bytes) -> None:
+        with self._lock:
+            self.ws_messages.append(payload)
 
     def find(self, fragment: str) -> list[Record]:
         with self._lock:

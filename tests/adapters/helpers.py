@@ -34,14 +34,18 @@ def wired(rules: Rules | Policy) -> tuple[PolicySource, Tunnels, Inject]:
 
 
 def tunnel_flow(
-    tunnels: Tunnels, target: Target = STRIPE, address: str = "127.0.0.1", grant: Grant | None = None
+    tunnels: Tunnels,
+    target: Target = STRIPE,
+    address: str = "127.0.0.1",
+    grant: Grant | None = None,
+    path: str = "/v1/charges",
 ) -> Any:
     """A request flow inside an open tunnel to ``target``, pinned to ``address``."""
     f = tflow.tflow()
     f.request.scheme = "https"
     f.request.host = address
     f.request.port = target.port
-    f.request.path = "/v1/charges"
+    f.request.path = path
     f.request.headers["host"] = target.authority
     f.client_conn.sni = target.host
     f.client_conn.timestamp_tls_setup = 1.0

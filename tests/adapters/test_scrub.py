@@ -10,6 +10,7 @@ from mitmproxy.test import tflow
 from wsproto.frame_protocol import Opcode
 
 from addons.scrub import Scrub
+from proxy.scrub import Needles
 from tests.adapters.helpers import SECRET, stripe_policy, tunnel_flow, wired
 
 
@@ -137,6 +138,19 @@ def test_websocket_messages_from_the_upstream_are_masked_and_not_kept() -> None:
     scrub.websocket_message(f)
     assert f.websocket.messages[-1].content == f"mine={SECRET}".encode()  # the sandbox's own
     assert len(f.websocket.messages) == 1  # relayed messages are not kept
+
+
+def test_a_websocket_message_that_fails_to_scrub_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    f = admitted_flow()
+    f.websocket = websocket.WebSocketData()
+    f.websocket.messages.append(websocket.WebSocketMessage(Opcode.TEXT, False, f"token={SECRET}".encode()))
+
+    def broken(self: object, data: bytes) -> bytes:
+        raise RuntimeError("scrubber bug")
+
+    monkeypatch.setattr(Needles, "mask", broken)
+    Scrub().websocket_message(f)
+    assert f.websocket.messages[-1].dropped  # never relayed unmasked
 
 
 def test_decompression_bomb_is_refused_within_its_budget() -> None:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
 
 import pytest
+from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
 
 from proxy.errors import ConfigError
+from proxy.nearmiss import NearMiss
 from proxy.runtime.api.auth import FailureLimiter
 from proxy.service.connectors import Connectors
 from proxy.service.home import Home
@@ -380,6 +385,45 @@ def test_stats_per_node(api: CheckedClient) -> None:
     assert doc["nodes"][0]["connectors"] == [{"connector": "stripe", "requests_24h": 9, "errors_24h": 1}]
     assert doc["nodes"][0]["last_seen"] == minute * 60
     assert api.get(f"{D}/stats/nodes?connector=nosuch").status_code == 404
+
+
+def test_blocked_rows_carry_their_near_miss_as_the_schema_says(api: CheckedClient, tokens: Tokens) -> None:
+    now = time.time()
+    batch = Batch()
+    own = NearMiss("acme/gh", "path", "pattern wants /v1/*, request has /v2/...", "https://gh.test/v1/*")
+    foreign = NearMiss("stripe", "other-workspace", "connector stripe is in workspace default; ...",
+                       "https://api.stripe.com/v1/*", also=("path",))  # fmt: skip
+    batch.events += [
+        Event("blocked", now - 2, "GET", "gh.test", "/v2/x", "r1", reason="no-connector",
+              workspace="acme", near_miss=own),
+        Event("blocked", now - 1, "GET", "api.stripe.com", "/v2/x", "r2", reason="not-granted",
+              workspace="acme", near_miss=foreign),
+        Event("blocked", now, "GET", "nothing.test", "/", "r3", reason="no-connector", workspace="acme"),
+    ]  # fmt: skip
+    record(api.home, batch)
+    doc = api.get(f"{V1}/openapi.json").json()
+    registry: Registry = Registry().with_resource("urn:api", Resource.from_contents(doc, DRAFT202012))
+    event = Draft202012Validator({"$ref": "urn:api#/components/schemas/Event"}, registry=registry)
+
+    # An all-workspace token sees every near miss whole.
+    rows = api.get(f"{ACME}/logs/blocked").json()
+    for row in rows:
+        event.validate(row)
+    by_id = {r["request_id"]: r for r in rows}
+    assert by_id["r1"]["near_miss"] == own.to_dict()
+    assert by_id["r2"]["near_miss"] == foreign.to_dict()
+    assert "near_miss" not in by_id["r3"]
+    # The workspace's own token: its own near miss whole, another workspace's only as the word.
+    for token in (tokens.acme, tokens.acme_reader):
+        rows = api.as_(token).get(f"{ACME}/logs/blocked").json()
+        for row in rows:
+            event.validate(row)
+        by_id = {r["request_id"]: r for r in rows}
+        assert by_id["r1"]["near_miss"] == own.to_dict()
+        concealed = by_id["r2"]["near_miss"]
+        assert concealed["differs"] == "other-workspace"
+        assert set(concealed) == {"differs", "detail"}
+        assert "stripe" not in json.dumps(by_id["r2"]["near_miss"])
 
 
 # ---- grants

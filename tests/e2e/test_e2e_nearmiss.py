@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.clients import session
@@ -100,3 +101,82 @@ def test_near_miss_in_body_log_check_and_suggest(
     assert check.returncode == 0, check.stdout
     for text in (*outputs, table, res.stdout, check.stdout):
         assert SECRET not in text
+
+
+def test_other_workspace_named_to_the_operator_only_the_word_to_the_client(
+    tmp_path: Path, pki: tuple[Path, object], upstream: Upstream
+) -> None:
+    home = tmp_path / "home"
+    port = upstream.port
+    for ws, name, pattern in (
+        ("acme", "stripe", f"https://api.stripe.test:{port}/v1/*"),
+        ("default", "weather", f"https://api.weather.test:{port}/v1/*"),
+        ("acme", "weather2", f"https://api.weather.test:{port}/v2/*"),
+    ):
+        res = egress(home, "connector", "add", name, "--workspace", ws, "--pattern", pattern,
+                     "--header", "Authorization", "--secret-stdin", stdin=SECRET)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+    tokens = {}
+    for scope in ((), ("--workspace", "default")):
+        made = egress(home, "admin", "token", "create", *scope, "--label", f"t{len(tokens)}")
+        assert made.returncode == 0, made.stderr
+        tokens[scope] = made.stdout.strip()
+    seen_before = len(upstream.records)
+    proxy = start_proxy(home, *network_args(pki[0]), "--admin", "127.0.0.1:0")  # loopback: explained
+    try:
+        res = egress(
+            home, "grant", "--json", "--proxy", proxy.addr, "--connector", "weather", "--label", "ws"
+        )
+        assert res.returncode == 0, res.stderr
+        grant = json.loads(res.stdout)
+        s = session(grant["proxy_url"], proxy.ca)
+        word_only = {"differs": "other-workspace"}
+        r = s.get(f"https://api.stripe.test:{port}/v1/charges")  # only acme covers the host: at CONNECT
+        assert r.status_code == 403 and r.json()["reason"] == "not-granted"
+        assert set(r.json()["near_miss"]) == {"differs", "detail"}
+        assert r.json()["near_miss"].items() >= word_only.items()
+        assert "acme" not in r.text
+        r = s.get(f"https://api.weather.test:{port}/v2/x")  # the grant's tunnel: acme's path
+        assert r.status_code == 403 and r.json()["reason"] == "not-granted"
+        assert r.json()["detail"] == "only another workspace's connectors allow this URL"
+        assert set(r.json()["near_miss"]) == {"differs", "detail"}
+        assert r.json()["near_miss"].items() >= word_only.items()
+        assert "acme" not in r.text and "weather2" not in r.text
+        r = s.get(f"https://api.weather.test:{port}/v3/x")  # nearest is the grant's own: told whole
+        assert r.status_code == 403 and r.json()["near_miss"]["connector"] == "weather"
+        assert r.json()["near_miss"]["differs"] == "path"
+        rows = blocked_rows(home, 3)
+        check = egress(home, "check", "--grant", grant["token"], f"https://api.stripe.test:{port}/v1/charges")
+        admin = f"http://{(home / 'run' / 'admin.addr').read_text().strip()}"
+        api = {
+            scope: httpx.get(f"{admin}/api/v1/workspaces/default/logs/blocked",
+                             headers={"Authorization": f"Bearer {token}"}, timeout=10).json()
+            for scope, token in tokens.items()
+        }  # fmt: skip
+    finally:
+        assert proxy.stop(signal.SIGTERM) == 0
+    assert len(upstream.records) == seen_before
+
+    near = {r["path"]: r["near_miss"] for r in rows}
+    assert (near["/v1/charges"]["connector"], near["/v1/charges"]["differs"]) == (
+        "acme/stripe",
+        "other-workspace",
+    )
+    assert (near["/v2/x"]["connector"], near["/v2/x"]["differs"]) == ("acme/weather2", "other-workspace")
+    assert near["/v2/x"]["pattern"] == f"https://api.weather.test:{port}/v2/*"
+    assert (near["/v3/x"]["connector"], near["/v3/x"]["differs"]) == ("weather", "path")
+    table = egress(home, "logs", "--blocked").stdout
+    assert "acme/stripe other-workspace: connector acme/stripe is in workspace acme" in table
+    suggest = egress(home, "logs", "--blocked", "--suggest").stdout
+    assert "egress grant --workspace acme --connector weather2" in suggest
+    assert check.returncode == 1
+    assert "near miss: connector acme/stripe, other-workspace" in check.stdout
+    # The admin API: every row with its near miss; a token of the grant's workspace alone
+    # (default) is told only the word for acme's connectors, an all-workspace token all of it.
+    everyone, default_only = api[()], api[("--workspace", "default")]
+    assert {r["path"]: r["near_miss"] for r in everyone} == near
+    told = {r["path"]: r["near_miss"] for r in default_only}
+    assert told["/v3/x"] == near["/v3/x"]
+    for path in ("/v1/charges", "/v2/x"):
+        assert set(told[path]) == {"differs", "detail"} and told[path]["differs"] == "other-workspace"
+    assert "acme" not in json.dumps(default_only)

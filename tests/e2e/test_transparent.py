@@ -9,11 +9,13 @@ the SNI, ignore the address the sandbox dialled, and refuse everything else.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,3 +183,32 @@ def test_udp_and_direct_proxy_connections_are_rejected(sandbox: Sandbox) -> None
     assert udp.returncode != 0
     direct = sandbox.curl(f"https://127.0.0.1:{sandbox.proxy.port}/", "-k")
     assert direct.returncode != 0
+
+
+def test_a_refused_sni_is_logged_blocked_with_its_near_miss(sandbox: Sandbox) -> None:
+    """The blocked log of a transparent listener: a row per refused connection, with the
+    connector that came closest (one label too many here), like a refused CONNECT's."""
+    r = sandbox.curl(
+        f"https://v2.api.stripe.test/v1/x?t={tag()}", "--resolve", "v2.api.stripe.test:443:203.0.113.5"
+    )
+    assert r.returncode != 0, r.stdout
+    home = sandbox.proxy.home
+    deadline = time.monotonic() + 10
+    rows: list[dict[str, object]] = []
+    while not rows and time.monotonic() < deadline:
+        out = egress(home, "logs", "--blocked", "--json").stdout
+        rows = [row for row in map(json.loads, out.splitlines()) if row["host"] == "v2.api.stripe.test"]
+        time.sleep(0.2)
+    assert rows, "no blocked row for the refused SNI"
+    row = rows[0]
+    assert (row["method"], row["path"], row["reason"]) == ("TLS", "", "no-connector")
+    assert row["near_miss"] == {
+        "connector": "stripe",
+        "differs": "host",
+        "detail": "pattern https://api.stripe.test/v1/* wants one label fewer: api.stripe.test, "
+        "request has v2.api.stripe.test",
+        "pattern": "https://api.stripe.test/v1/*",
+        "depth": -1,
+    }
+    table = egress(home, "logs", "--blocked").stdout
+    assert "stripe host: pattern https://api.stripe.test/v1/* wants one label fewer" in table

@@ -146,3 +146,17 @@ def test_request_line_hygiene(overrides: dict[str, object]) -> None:
 def test_tabs_and_obs_text_in_values_are_fine() -> None:
     request = facts(method=b"PATCH", target=b"/v1/x?q=%20", fields=[(b"x-a", b"a\tb \xe9")])
     assert isinstance(admit(Tunnel(TARGET, "198.51.100.1"), request, Rules(POLICY), NOW), Allow)
+
+
+def test_a_request_in_an_explained_tunnel_gets_a_near_miss_that_weighs_its_path() -> None:
+    target = Target("api.example.test", 8443)  # no connector on this port
+    refused = POLICY.connect(target)
+    assert refused is not None and refused.near_miss is not None
+    assert (refused.near_miss.differs, refused.near_miss.also) == ("port", ())  # path unknown at CONNECT
+    tunnel = Tunnel(target, "0.0.0.0", refused=refused)
+    decision = admit(tunnel, facts(port=8443, path="/v2/x"), Rules(POLICY), NOW)
+    assert isinstance(decision, Block) and decision.reason is Reason.NO_CONNECTOR
+    assert decision.near_miss is not None
+    assert (decision.near_miss.differs, decision.near_miss.also) == ("port", ("path",))
+    private = Block(Reason.PRIVATE_ADDRESS, "no")
+    assert admit(Tunnel(target, "0.0.0.0", refused=private), facts(port=8443), Rules(POLICY), NOW) is private

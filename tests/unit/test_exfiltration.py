@@ -13,7 +13,7 @@ import pytest
 
 from proxy.connectors import make_connector
 from proxy.policy import Policy
-from proxy.scrub import MIN_GUARDED, SecretFound, SecretIndex, StreamGuard
+from proxy.scrub import MIN_GUARDED, Guards, LiveSecrets, SecretFound, SecretIndex, StreamGuard
 
 SECRET = "sk_live_Ab3/x+Y=z&Q9_secret"
 INDEX = SecretIndex([("stripe", SECRET), ("other", "other-secret-value-77")])
@@ -123,3 +123,63 @@ def test_thousands_of_secrets_stay_fast() -> None:
     per_kib_us = (time.perf_counter() - started) * 1000
     assert index.find(b"x" + base64.b64encode(secrets[4321][1].encode()) + b"y") == "c4321"
     print(f"5000 secrets: built in {built:.2f} s, {per_kib_us:.1f} us per KiB")
+
+
+# -- secrets learnt while running (OAuth2 tokens): an index of their own -----------------
+
+TOKEN = "at-live-oauth-token-5b5b5b"
+
+
+def test_live_secrets_are_guarded_beside_the_policys_in_every_spelling() -> None:
+    live = LiveSecrets()
+    assert live.guard(INDEX) is INDEX  # nothing learnt yet: the policy's index, as it is
+    live.update("oauth", [TOKEN])
+    guard = live.guard(INDEX)
+    for form, data in spellings(TOKEN).items():
+        assert guard.find(b"x " + data + b" y") == "oauth", form
+    assert guard.find(b"x" + SECRET.encode()) == "stripe"  # the policy's still are
+    assert guard.find(b"nothing to see here at all") is None
+    assert guard.keep >= INDEX.keep
+    assert TOKEN.encode() not in guard.mask(b"a " + TOKEN.encode() + b" " + SECRET.encode())
+    assert SECRET not in guard.text(f"{TOKEN} {SECRET}")
+
+
+def test_live_secrets_rebuild_only_when_a_value_changes() -> None:
+    live = LiveSecrets()
+    live.update("oauth", [TOKEN, "rt-refresh-token-0a0a0a"])
+    first = live.index()
+    combined = live.guard(INDEX)
+    live.update("oauth", [TOKEN, "rt-refresh-token-0a0a0a"])  # every request says the same
+    assert live.index() is first and live.guard(INDEX) is combined
+    live.update("oauth", ["at-next-oauth-token-6c6c6c"])
+    assert live.index() is not first
+    # A replaced token stays guarded a while (it may still be valid), up to KEEP per connector.
+    assert live.guard(INDEX).find(TOKEN.encode()) == "oauth"
+    for i in range(LiveSecrets.KEEP):
+        live.update("oauth", [f"at-more-oauth-token-{i:06d}"])
+    assert live.guard(INDEX).find(TOKEN.encode()) is None
+    other = SecretIndex([("x", "another-policy-secret-1")])
+    assert live.guard(other) is not combined and live.guard(other).find(b"another-policy-secret-1") == "x"
+
+
+def test_live_secrets_of_removed_connectors_are_forgotten() -> None:
+    live = LiveSecrets()
+    live.update("oauth", [TOKEN])
+    live.update("gone", ["at-gone-oauth-token-7d7d7d"])
+    live.retain(["oauth", "stripe"])
+    guard = live.guard(INDEX)
+    assert guard.find(b"at-gone-oauth-token-7d7d7d") is None and guard.find(TOKEN.encode()) == "oauth"
+    live.update("oauth", ["short"])  # too short to guard: nothing breaks
+    assert live.guard(INDEX).find(TOKEN.encode()) == "oauth"
+
+
+def test_a_stream_is_guarded_against_both_indexes() -> None:
+    live = LiveSecrets()
+    live.update("oauth", [TOKEN])
+    scan = StreamGuard(live.guard(INDEX))
+    out = scan(b"x" * 100 + TOKEN[:5].encode())
+    assert TOKEN[:5].encode() not in out  # held back
+    with pytest.raises(SecretFound) as e:
+        scan(TOKEN[5:].encode())
+    assert e.value.owner == "oauth"
+    assert Guards().find(TOKEN.encode()) is None and not Guards(SecretIndex())

@@ -595,6 +595,11 @@ def test_property_prefix_pattern_matches_exactly_its_scope(
     pattern = parse_pattern(f"https://{data.draw(spelled(host))}{prefix}/*")
     req_host = data.draw(st.one_of(spelled(host), HOST))
     path = data.draw(request_path(prefix))
+    if path.rsplit("/", 1)[-1] in (".", ".."):
+        # A prefix cut inside a segment such as ".a" ends in a dot segment: refused before
+        # any matching (never normalised), so no pattern's scope is at stake.
+        assert path_problem(path) == "dot segment in path"
+        return
     assert path_problem(path) is None
     norm = normalize_host(req_host)
     expected = norm == host and (path == prefix or path.startswith(prefix + "/"))

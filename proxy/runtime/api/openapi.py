@@ -270,9 +270,43 @@ SCHEMAS: dict[str, Any] = {
             "reason": _STR,
             "grant_label": _STR,
             "workspace": _STR,
-            "near_miss": _OBJ,
+            "near_miss": _ref("NearMiss"),
             "node": _STR,
             "id": _INT,
+        },
+    },
+    "NearMiss": {
+        "type": "object",
+        "description": "On a blocked row: the connector that came closest and what differed. "
+        "Readers keep a `differs` word they do not know. For `other-workspace` a token that does "
+        "not see that workspace gets neither `connector` nor `pattern`.",
+        "required": ["differs", "detail"],
+        "properties": {
+            "connector": {
+                "type": "string",
+                "description": "The connector's key (`ws/name`; `name` in default)",
+            },
+            "differs": {
+                "type": "string",
+                "examples": [
+                    "scheme",
+                    "host",
+                    "port",
+                    "path",
+                    "method",
+                    "not-granted",
+                    "other-workspace",
+                    "ambiguous-with",
+                ],
+            },
+            "detail": _STR,
+            "pattern": {"type": "string", "description": "The nearest pattern, canonical"},
+            "also": {**_STRS, "description": "Further words that differ"},
+            "depth": {
+                "type": "integer",
+                "description": "For `host`: labels the pattern wants more (1) or fewer (-1)",
+            },
+            "others": {**_STRS, "description": "For `ambiguous-with`: the connectors tied with `connector`"},
         },
     },
     "Grant": {

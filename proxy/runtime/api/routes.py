@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from proxy.connectors import Connector, split_key
@@ -128,7 +128,12 @@ def connector_series(call: Call) -> tuple[int, Any]:
 # ---- monitoring
 
 
-def _event(e: Event) -> dict[str, Any]:
+def _event(e: Event, principal: Principal) -> dict[str, Any]:
+    """An event as the API shows it: a near miss naming a connector of a workspace the token
+    does not see says only ``other-workspace`` (what the blocked client was told)."""
+    near = e.near_miss
+    if near is not None and near.foreign and not principal.sees(split_key(near.connector)[0]):
+        e = replace(e, near_miss=near.concealed())
     doc = e.to_dict()
     if e.connector is not None:
         doc["connector"] = split_key(e.connector)[1]
@@ -172,14 +177,14 @@ def error_log(call: Call) -> tuple[int, Any]:
         kind="error", connector=call.query.get("connector") or None, since=_since(call.query),
         limit=_limit(call.query),
     )  # fmt: skip
-    return 200, [_event(e) for e in events]
+    return 200, [_event(e, call.principal) for e in events]
 
 
 def blocked_log(call: Call) -> tuple[int, Any]:
     events = Monitoring(call.home, call.store).events(
         kind="blocked", since=_since(call.query), limit=_limit(call.query)
     )
-    return 200, [_event(e) for e in events]
+    return 200, [_event(e, call.principal) for e in events]
 
 
 # ---- grants
