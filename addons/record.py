@@ -23,6 +23,7 @@ from mitmproxy.addonmanager import Loader
 
 from addons.source import home_from_options
 from addons.state import Tunnels, peek, state
+from proxy.audit import Decision
 from proxy.connectors import split_key, workspace_of
 from proxy.context import FlowState, Tunnel
 from proxy.errors import EgressError, StoreUnavailable
@@ -31,6 +32,7 @@ from proxy.health import CLASS_NAMES
 from proxy.hosts import format_authority
 from proxy.policy import Block, parse_target
 from proxy.reasons import Reason
+from proxy.runtime.auditlog import DEFAULT_MAX_BYTES, AuditLog
 from proxy.runtime.metrics import Metrics
 from proxy.secrets import DEFAULT_WORKSPACE
 from proxy.stats import Batch, Clock, Counted, Event, Tally, printable, strip_query
@@ -104,14 +106,30 @@ class Recorder:
         # --proxy-anyauth) probes without credentials, then retries with the grant.
         self._probes: dict[str, http.HTTPFlow] = {}
         self._store_down = False
+        self.audit: AuditLog | None = None
 
     def load(self, loader: Loader) -> None:
         loader.add_option("egress_record", bool, True, "Record request, error and block statistics.")
         loader.add_option(
             "egress_access_log", bool, False, "Log one line per request (request id, status, bytes...)."
         )
+        loader.add_option(
+            "egress_audit_log", str, "", "Append one JSON audit line per decision to this file ('-': stdout)."
+        )
+        loader.add_option(
+            "egress_audit_max_bytes", int, DEFAULT_MAX_BYTES, "Rotate the audit file past this size."
+        )
 
     def configure(self, updated: set[str]) -> None:
+        if "egress_audit_log" in updated or "egress_audit_max_bytes" in updated:
+            if self.audit is not None:
+                self.audit.close()
+                self.audit = None
+            if ctx.options.egress_audit_log:
+                try:
+                    self.audit = AuditLog(ctx.options.egress_audit_log, ctx.options.egress_audit_max_bytes)
+                except EgressError as e:
+                    raise exceptions.OptionsError(str(e)) from None
         if "egress_home" in updated or "egress_record" in updated:
             if self.store:
                 self.store.close()
@@ -205,6 +223,9 @@ class Recorder:
                         self._dropped(self.tally.pending(), f"stopping while {e}")
                 self.store.close()
                 self.store = None
+        if self.audit is not None:
+            self.audit.close()
+            self.audit = None
 
     # -- hooks --------------------------------------------------------------
 
@@ -231,8 +252,7 @@ class Recorder:
         self._count(s.route.connector, None)
         self.tally.error(self._error_event(flow, s, failure=failure_kind(flow.error.msg)))
         s.note("error", failure_kind(flow.error.msg))
-        if ctx.options.egress_access_log:
-            self._access(flow, s, "failed", None)
+        self._decided(flow, s, "failed", None)
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         s = peek(flow)
@@ -273,9 +293,9 @@ class Recorder:
             return
         if s.blocked is not None:
             self._blocked(flow, s)
-        elif ctx.options.egress_access_log and flow.response is not None:
+        elif flow.response is not None:
             status = flow.response.status_code
-            self._access(flow, s, "error" if status >= 400 else "ok", status)
+            self._decided(flow, s, "error" if status >= 400 else "ok", status)
 
     def http_connect_error(self, flow: http.HTTPFlow) -> None:
         s = peek(flow)
@@ -306,6 +326,45 @@ class Recorder:
         flow = self._probes.pop(client.id, None)
         if flow is not None:
             self._blocked(flow, state(flow))
+
+    def _decided(self, flow: http.HTTPFlow, s: FlowState, outcome: str, status: int | None) -> None:
+        """The one place a finished request is reported: the access log and the audit file."""
+        if ctx.options.egress_access_log:
+            self._access(flow, s, outcome, status)
+        if self.audit is not None:
+            end = (
+                flow.response.timestamp_end if flow.response and flow.response.timestamp_end else time.time()
+            )
+            method, host, path = described(flow, s)
+            blocked = s.blocked
+            self._audit(
+                Decision(
+                    flow.request.timestamp_start,
+                    "blocked" if outcome == "blocked" else "allowed",
+                    outcome,
+                    flow.id,
+                    method,
+                    host,
+                    path,
+                    workspace(s.tunnel, s),
+                    connector=s.connector,
+                    reason=str(blocked.reason) if blocked is not None else None,
+                    grant_label=s.grant_label,
+                    status=status,
+                    bytes_out=s.bytes_out if s.route is not None else None,
+                    duration_ms=round(max(0.0, end - flow.request.timestamp_start) * 1000, 1),
+                    near_miss=blocked.near_miss if blocked is not None else None,
+                    node=self.tally.node,
+                )
+            )
+
+    def _audit(self, decision: Decision) -> None:
+        assert self.audit is not None
+        try:
+            self.audit.write(decision.to_json())
+        except OSError as e:  # a full disk must not take requests down; say so once per error kind
+            self.metrics.audit_failures.inc()
+            logger.error("audit line not written (%s)", e.strerror)
 
     def _access(self, flow: http.HTTPFlow, s: FlowState, outcome: str, status: int | None) -> None:
         end = flow.response.timestamp_end if flow.response and flow.response.timestamp_end else time.time()
@@ -342,19 +401,19 @@ class Recorder:
         else:
             host = format_authority(client.sni or str(client.sockname[0]), client.sockname[1], None)
         self.metrics.blocked.labels(str(Reason.CLIENT_TLS)).inc()
-        self.tally.blocked(
-            Event(
-                "blocked",
-                self.clock(),
-                "TLS",
-                printable(host, 300),
-                "",
-                client.id,
-                reason=str(Reason.CLIENT_TLS),
-                grant_label=tunnel.grant.label if tunnel and tunnel.grant else None,
-                workspace=workspace(tunnel),
-            )
+        event = Event(
+            "blocked",
+            self.clock(),
+            "TLS",
+            printable(host, 300),
+            "",
+            client.id,
+            reason=str(Reason.CLIENT_TLS),
+            grant_label=tunnel.grant.label if tunnel and tunnel.grant else None,
+            workspace=workspace(tunnel),
         )
+        self.tally.blocked(event)
+        self._audit_refusal(event)
 
     def connection_refused(
         self,
@@ -368,20 +427,30 @@ class Recorder:
         was made, so the row has method ``TLS`` and no path, like a client-tls one."""
         reason = str(decision.reason)
         self.metrics.blocked.labels(reason).inc()
-        self.tally.blocked(
-            Event(
-                "blocked",
-                self.clock(),
-                "TLS",
-                printable(host, 300),
-                "",
-                client.id,
-                reason=reason,
-                grant_label=grant.label if grant else None,
-                workspace=workspace_of(grant.connectors if grant else scope or ()),
-                near_miss=decision.near_miss,
-            )
+        event = Event(
+            "blocked",
+            self.clock(),
+            "TLS",
+            printable(host, 300),
+            "",
+            client.id,
+            reason=reason,
+            grant_label=grant.label if grant else None,
+            workspace=workspace_of(grant.connectors if grant else scope or ()),
+            near_miss=decision.near_miss,
         )
+        self.tally.blocked(event)
+        self._audit_refusal(event)
+
+    def _audit_refusal(self, e: Event) -> None:
+        """A connection refused before any request (TLS level): audited like a blocked request."""
+        if self.audit is not None:
+            self._audit(
+                Decision(
+                    e.ts, "blocked", "blocked", e.request_id, e.method, e.host, e.path, e.workspace,
+                    reason=e.reason, grant_label=e.grant_label, near_miss=e.near_miss, node=self.tally.node,
+                )
+            )  # fmt: skip
 
     def _blocked(self, flow: http.HTTPFlow, s: FlowState) -> None:
         assert s.blocked is not None
@@ -390,8 +459,7 @@ class Recorder:
             # The connector is broken, not the client: it counts (and shows) as the connector's error.
             self._count(s.route.connector, None)
             self.tally.error(self._error_event(flow, s, failure=reason))
-        if ctx.options.egress_access_log:
-            self._access(flow, s, "blocked", flow.response.status_code if flow.response else None)
+        self._decided(flow, s, "blocked", flow.response.status_code if flow.response else None)
         self.metrics.blocked.labels(reason).inc()
         method, host, path = described(flow, s)
         self.tally.blocked(

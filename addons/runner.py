@@ -52,6 +52,8 @@ def option_values(settings: RunSettings, upstream_bundle: str | None) -> dict[st
         "egress_require_grant": settings.require_grant,
         "egress_explain_blocks": settings.explain_blocks,
         "egress_access_log": settings.log_format == "json",
+        "egress_audit_log": settings.audit_log,
+        "egress_audit_max_bytes": settings.audit_max_mb * 1024 * 1024,
         "egress_scrub_responses": settings.scrub_responses,
         "tcp_timeout": int(settings.idle_timeout),
         "egress_handshake_timeout": settings.handshake_timeout,

@@ -50,6 +50,8 @@ def settings_from_args(args: argparse.Namespace, home: Home) -> RunSettings:
         raise ConfigError("--grant and --connector scope a transparent listener: add --mode transparent")
     if args.workers < 1:
         raise ConfigError("--workers must be at least 1")
+    if args.audit_log_max_mb < 1:
+        raise ConfigError("--audit-log-max-mb must be at least 1")
     if args.admin:
         parse_listen(args.admin, "--admin")
         check_available()
@@ -90,7 +92,19 @@ def settings_from_args(args: argparse.Namespace, home: Home) -> RunSettings:
         max_client_connections=args.max_client_connections,
         max_connector_requests=args.max_connector_requests,
         h2_max_resets=args.h2_max_resets,
+        audit_log=audit_target(args.audit_log),
+        audit_max_mb=args.audit_log_max_mb,
     )
+
+
+def audit_target(value: str | None) -> str:
+    """``--audit-log``: ``-`` (stdout) or a file in a directory that exists (absolute: workers cd)."""
+    if not value or value == "-":
+        return value or ""
+    path = Path(value).absolute()
+    if path.is_dir() or not path.parent.is_dir():
+        raise ConfigError(f"--audit-log {value}: want a file in an existing directory")
+    return str(path)
 
 
 def check_grant(home: Home, token: str, revoked: frozenset[str] | None = None) -> None:
@@ -224,6 +238,14 @@ def register(sub: Any, command: Any) -> None:
         help="proxy processes sharing the port (default: number of cores)",
     )  # fmt: skip
     sp.add_argument("--log-format", choices=["text", "json"], default="text")
+    sp.add_argument(
+        "--audit-log", metavar="FILE",
+        help="one JSON line per decision (schema: proxy/audit.schema.json) to FILE, or - for stdout",
+    )  # fmt: skip
+    sp.add_argument(
+        "--audit-log-max-mb", type=int, default=100, metavar="MB",
+        help="rotate the audit file past this size, keeping 5 (default: 100)",
+    )  # fmt: skip
     sp.add_argument(
         "--scrub-responses", action=argparse.BooleanOptionalAction, default=True,
         help="mask an injected secret that an upstream echoes back (default: on)",

@@ -44,6 +44,11 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        self.audit_failures = Counter(
+            "egress_audit_write_failures",
+            "Audit lines that could not be written (a full disk...).",
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "egress_upstream_latency_seconds",
             "Time from request start to upstream response headers, per connector.",

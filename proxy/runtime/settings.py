@@ -44,6 +44,8 @@ class RunSettings:
     max_client_connections: int = 256  # per client address and worker
     max_connector_requests: int = 256  # in flight per connector and worker
     h2_max_resets: int = 100  # per HTTP/2 connection in 10 s, then GOAWAY
+    audit_log: str = ""  # one JSON line per decision: a file, or "-" for stdout
+    audit_max_mb: int = 100  # the audit file is rotated past this size
 
     @property
     def listen_address(self) -> tuple[str, int]:
