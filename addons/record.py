@@ -107,8 +107,8 @@ class Recorder:
                 self.store.close()
                 self.store = None
             if ctx.options.egress_record:
-                try:
-                    self.store = home_from_options().store(lazy=True)  # may be down: counts wait
+                try:  # may be down: counts wait; shares the reload watcher's connection
+                    self.store = home_from_options().store(lazy=True, shared=True)
                 except EgressError as e:
                     raise exceptions.OptionsError(str(e)) from None
 

@@ -62,7 +62,7 @@ class PolicySource:
             if self._connectors:
                 self._connectors.close()
             home = home_from_options()
-            self._connectors = Connectors(home, home.store(lazy=True))
+            self._connectors = Connectors(home, home.store(lazy=True, shared=True))
             self._generation = -1
             try:
                 self.reload()
