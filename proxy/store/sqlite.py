@@ -135,6 +135,8 @@ class _Transaction:
 
 
 class SqliteStore:
+    flush_interval = 1.0  # a local file: counters can be written every second
+
     def __init__(self, path: Path, *, create: bool = False, clock: Clock = time.time) -> None:
         self.path = path
         self.location = str(path)

@@ -151,3 +151,10 @@ def test_reconnection_delays_are_full_jitter_under_a_capped_exponential() -> Non
         assert min(delays) < bound * 0.1 and max(delays) > bound * 0.9  # spread over the whole range
     assert pg._backoff(30) <= pg.RECONNECT_CAP
 
+
+def test_a_proxy_flushes_less_often_on_a_shared_database(pg_url: str) -> None:
+    store = open_store(pg_url, create=True)
+    try:
+        assert store.flush_interval >= 3  # every few seconds, not every second
+    finally:
+        store.close()
