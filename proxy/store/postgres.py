@@ -1,8 +1,9 @@
 """The PostgreSQL store: one database shared by every proxy and sidecar of a fleet.
 
 Same protocol and semantics as the SQLite store. Writes serialise on the
-generation row (bumped first, so its row lock plays BEGIN IMMEDIATE's part)
-and NOTIFY ``egress_changes`` on commit.
+generation row (locked first, so its row lock plays BEGIN IMMEDIATE's part),
+bump it when they change what proxies hold and NOTIFY ``egress_changes`` on
+commit.
 
 A fleet is many processes, so each holds one connection at rest: reads,
 writes, counter flushes and LISTEN all share it, one caller at a time under
@@ -159,6 +160,7 @@ def migrate(conn: psycopg.Connection[Any], location: str, *, create: bool) -> No
 class _Transaction:
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self._conn = conn
+        self.changed = False  # something proxies hold changed: bump the generation on commit
 
     def get(self, name: str) -> StoredConnector | None:
         row = self._conn.execute(
@@ -171,6 +173,7 @@ class _Transaction:
         return [_connector(r) for r in rows]
 
     def put(self, name: str, spec: dict[str, Any], sealed: bytes, *, secret_changed: bool = True) -> None:
+        self.changed = True
         now = time.time()
         self._conn.execute(
             f"INSERT INTO connectors ({_CONNECTOR_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s) "
@@ -181,7 +184,16 @@ class _Transaction:
         )
 
     def delete(self, name: str) -> bool:
-        return self._conn.execute("DELETE FROM connectors WHERE name = %s", (name,)).rowcount > 0
+        return self._changed(
+            self._conn.execute("DELETE FROM connectors WHERE name = %s", (name,)).rowcount > 0
+        )
+
+    def _changed(self, changed: bool) -> bool:
+        self.changed = self.changed or changed
+        return changed
+
+    def touch(self) -> None:
+        self.changed = True
 
     def add_grant(self, gid: str, label: str, connectors: list[str], expires_at: float) -> None:
         self._conn.execute(
@@ -193,7 +205,7 @@ class _Transaction:
         cursor = self._conn.execute(
             "UPDATE grants SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL", (time.time(), gid)
         )
-        return cursor.rowcount > 0
+        return self._changed(cursor.rowcount > 0)
 
     def add_admin_token(
         self, tid: str, token_hash: str, workspace: str | None, read_only: bool, label: str
@@ -207,7 +219,7 @@ class _Transaction:
         cursor = self._conn.execute(
             "UPDATE admin_tokens SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL", (time.time(), tid)
         )
-        return cursor.rowcount > 0
+        return self._changed(cursor.rowcount > 0)
 
 
 def _backoff(failures: int) -> float:
@@ -514,13 +526,18 @@ class PostgresStore:
 
     @contextmanager
     def write(self) -> Iterator[_Transaction]:
-        """One transaction; bumps the generation and notifies every listening proxy on commit."""
+        """One transaction; bumps the generation and notifies every listening proxy on commit, unless
+        it only added grants or admin tokens (nothing a running proxy holds: a pod minting its grant
+        reloads no one). Writers queue on the generation row first, as BEGIN IMMEDIATE does in SQLite."""
         with self._link.use() as conn, conn.transaction():
-            row = conn.execute(
-                "UPDATE meta SET value = (value::bigint + 1)::text WHERE key = 'generation' RETURNING value"
-            ).fetchone()
-            yield _Transaction(conn)
-            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, row[0] if row else ""))
+            conn.execute("SELECT value FROM meta WHERE key = 'generation' FOR UPDATE")
+            tx = _Transaction(conn)
+            yield tx
+            if tx.changed:
+                row = conn.execute(
+                    "UPDATE meta SET value = (value::bigint + 1)::text WHERE key = 'generation' RETURNING value"
+                ).fetchone()
+                conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, row[0] if row else ""))
 
     def generation(self) -> int:
         cached = self._link.cached_generation()
