@@ -261,7 +261,6 @@ class _Link:
         self.failures = 0
         self.retry_at = 0.0
         self.reason = ""
-        self.ever_connected = False
         self.closed = False
         self.refs = 0
         # Wakes a watcher blocked in select(): a notification another thread read, a new connection, close.
@@ -323,6 +322,9 @@ class _Link:
             conn.close()
             self._failed(_reason(e))
             raise StoreUnavailable(f"cannot reach the store {self.location}: {self.reason}") from None
+        except psycopg.Error as e:  # a permission, say: not something a retry mends
+            conn.close()
+            raise ConfigError(f"{self.location}: store error ({_reason(e)})") from None
         except BaseException:
             conn.close()
             raise
@@ -330,7 +332,6 @@ class _Link:
         self.listening = self.subscribed
         self.known = None  # anything may have changed while we were away: read the row again
         self.failures = 0
-        self.ever_connected = True
         self._wake()
         return conn
 
