@@ -2,12 +2,12 @@
 
 Hooks only touch in-memory counters; a writer task flushes them to the store
 in a thread, every ``--flush-interval`` seconds (by default the store's: about
-one for SQLite, five for PostgreSQL, which every sidecar of a fleet writes to),
-jittered so that processes started together do not flush together; ``done``
-flushes whatever is left, so SIGTERM loses nothing. While the store is unreachable (a database down or
-restarting) the counts wait in memory, bounded, and go out with the first
-flush that gets through; whatever the bounds drop is logged and counted in
-``egress_store_dropped_total``.
+one for SQLite, five for PostgreSQL, which every sidecar of a fleet writes
+to), jittered so that processes started together do not flush together;
+``done`` flushes whatever is left, so SIGTERM loses nothing. While the store
+is unreachable (a database down or restarting) the counts wait in memory,
+bounded, and go out with the first flush that gets through; whatever the
+bounds drop is logged and counted in ``egress_store_dropped_total``.
 """
 
 from __future__ import annotations
