@@ -47,7 +47,7 @@ docs: install
 	$(BIN)/python scripts/gen-docs
 
 bench: install
-	bash bench/setup.sh && $(BIN)/python bench/run.py
+	bash bench/setup.sh && $(BIN)/python bench/fleet.py --all && $(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,11 +1,13 @@
 """Count and log outcomes: requests and errors per connector, blocked requests.
 
 Hooks only touch in-memory counters; a writer task flushes them to the store
-about once a second in a thread, and ``done`` flushes whatever is left, so
-SIGTERM loses nothing. While the store is unreachable (a database down or
-restarting) the counts wait in memory, bounded, and go out with the first
-flush that gets through; whatever the bounds drop is logged and counted in
-``egress_store_dropped_total``.
+in a thread, every ``--flush-interval`` seconds (by default the store's: about
+one for SQLite, five for PostgreSQL, which every sidecar of a fleet writes
+to), jittered so that processes started together do not flush together;
+``done`` flushes whatever is left, so SIGTERM loses nothing. While the store
+is unreachable (a database down or restarting) the counts wait in memory,
+bounded, and go out with the first flush that gets through; whatever the
+bounds drop is logged and counted in ``egress_store_dropped_total``.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from mitmproxy import connection, ctx, exceptions, http, tls
 from mitmproxy.addonmanager import Loader
@@ -40,7 +43,8 @@ from proxy.store import Store
 
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("egress.access")  # a stable name operators filter on
-FLUSH_INTERVAL = 1.0
+FLUSH_INTERVAL = 1.0  # until a store says otherwise
+FLUSH_JITTER = 0.2  # each wait is the interval times 1 +- this (the first one: anywhere below it)
 MAX_FLUSH_FAILURES = 5  # then a batch's log rows are dropped so one bad row cannot jam the writer
 # Kept for an unreachable store: a (connector, minute) key per minute of traffic (24 h of 10 connectors
 # is 14,400), and the newest log rows (a flood of blocked requests must not exhaust memory).
@@ -98,6 +102,7 @@ class Recorder:
         self.tally = Tally(clock, node_name(os.environ))
         self.metrics = Metrics()
         self.store: Store | None = None
+        self.interval = FLUSH_INTERVAL  # seconds between flushes (configure: the option or the store's)
         self._task: asyncio.Task[None] | None = None
         self._flush_lock = threading.Lock()
         self._pending: Batch | None = None
@@ -119,6 +124,12 @@ class Recorder:
         loader.add_option(
             "egress_audit_max_bytes", int, DEFAULT_MAX_BYTES, "Rotate the audit file past this size."
         )
+        loader.add_option(
+            "egress_flush_interval",
+            float,
+            0.0,
+            "Seconds between statistics flushes to the store, jittered (0: the store's default).",
+        )
 
     def configure(self, updated: set[str]) -> None:
         if "egress_audit_log" in updated or "egress_audit_max_bytes" in updated:
@@ -135,17 +146,29 @@ class Recorder:
                 self.store.close()
                 self.store = None
             if ctx.options.egress_record:
-                try:
-                    self.store = home_from_options().store(lazy=True)  # may be down: counts wait
+                try:  # may be down: counts wait; shares the reload watcher's connection
+                    self.store = home_from_options().store(lazy=True, shared=True)
                 except EgressError as e:
                     raise exceptions.OptionsError(str(e)) from None
+        if {"egress_home", "egress_record", "egress_flush_interval"} & updated:
+            chosen = ctx.options.egress_flush_interval
+            self.interval = (
+                chosen if chosen > 0 else self.store.flush_interval if self.store else FLUSH_INTERVAL
+            )
 
     async def running(self) -> None:
         self._task = asyncio.create_task(self._writer())
 
-    async def _writer(self) -> None:
+    def delays(self) -> Iterator[float]:
+        """Seconds before each flush: the first anywhere below the interval (a fleet restarted
+        together spreads out at once), then the interval, jittered (and it stays spread)."""
+        yield random.uniform(0, self.interval)
         while True:
-            await asyncio.sleep(FLUSH_INTERVAL)
+            yield self.interval * random.uniform(1 - FLUSH_JITTER, 1 + FLUSH_JITTER)
+
+    async def _writer(self) -> None:
+        for delay in self.delays():
+            await asyncio.sleep(delay)
             batch = self.tally.drain()
             if batch and self.store:
                 self._pending = batch

@@ -49,6 +49,7 @@ def option_values(settings: RunSettings, upstream_bundle: str | None) -> dict[st
         "egress_resolve": list(settings.resolve),
         "egress_admin": "",  # the supervisor serves the admin endpoint for all workers
         "egress_record": settings.record,
+        "egress_flush_interval": settings.flush_interval,
         "egress_require_grant": settings.require_grant,
         "egress_explain_blocks": settings.explain_blocks,
         "egress_access_log": settings.log_format == "json",

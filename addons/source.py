@@ -36,7 +36,9 @@ class PolicySource:
     reload that fails keeps the previous rules in force. Between polls the
     watcher waits on ``store.wait_for_change`` (PostgreSQL's NOTIFY wakes it at
     once; SQLite just sleeps), so polling every second stays the safety net,
-    not the latency.
+    not the latency (on PostgreSQL the poll is answered from the notifications,
+    without a query). The watcher and the recorder open the store ``shared``:
+    one database connection per worker.
 
     With a database store each policy loaded is also written to the policy
     cache (secrets still sealed), and a proxy that starts while the database
@@ -65,7 +67,7 @@ class PolicySource:
             if self._connectors:
                 self._connectors.close()
             home = home_from_options()
-            self._connectors = Connectors(home, home.store(lazy=True))
+            self._connectors = Connectors(home, home.store(lazy=True, shared=True))
             self._generation = -1
             try:
                 self.reload()

@@ -12,7 +12,10 @@ Everything runs side by side on this machine, on 127.0.0.1 only:
   1 worker with recording (the reference), ``--no-record``, ``--workers 2``
   and 10,000 connectors; and one proxy per other placement (``basic``,
   ``headers`` with two headers, ``oauth2`` with nginx as the token endpoint,
-  ``aws_sigv4``), each measured against the reference's ``header``.
+  ``aws_sigv4``), each measured against the reference's ``header``;
+* with PostgreSQL's server binaries present, the reference once more on a
+  PostgreSQL store (a throwaway cluster, bench/fleet.py): keep-alive against
+  the SQLite reference, and policy propagation over 100 changes.
 
 A 200 from nginx through a proxy proves the secret was injected. Only 2xx
 responses are counted; non-2xx and transport errors are reported. Each
@@ -53,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import decision
+import fleet
 import paced
 import probe
 import sigv4
@@ -666,6 +670,8 @@ class Bench:
         self.runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
         self.info: dict[str, Any] = {}
         self.started = time.monotonic()
+        self.homes: dict[str, tuple[Path, dict[str, str]]] = {}  # each egress target's home and env
+        self.cluster: Any = None  # PostgreSQL for egress-pg (tests.pg.Cluster)
 
     # setup ---------------------------------------------------------------
 
@@ -736,11 +742,14 @@ class Bench:
         ca = confdir / "mitmproxy-ca-cert.pem"
         self.targets["mitmdump"] = Target("mitmdump", "bare mitmdump", str(ca), proc, port, log_path)
 
-    def egress_home(self, name: str, connectors: int, placement: str = "header") -> Path:
+    def egress_home(
+        self, name: str, connectors: int, placement: str = "header", store: dict[str, str] | None = None
+    ) -> Path:
         home = self.work / name
         env = clean_env(
             EGRESS_HOME=str(home), BENCH_SECRET=SECRET, BENCH_USER=BASIC_USER, BENCH_TENANT=TENANT,
             BENCH_CLIENT_SECRET=OAUTH_SECRET, BENCH_AWS_KEY_ID=AWS_KEY_ID, BENCH_AWS_SECRET=AWS_SECRET,
+            **(store or {}),
         )  # fmt: skip
         done = subprocess.run([EGRESS, "init"], capture_output=True, text=True, env=env, timeout=120)
         if done.returncode:
@@ -770,19 +779,27 @@ class Bench:
         return home
 
     def start_egress(
-        self, name: str, label: str, connectors: int, workers: int, record: bool, placement: str = "header"
+        self,
+        name: str,
+        label: str,
+        connectors: int,
+        workers: int,
+        record: bool,
+        placement: str = "header",
+        store: dict[str, str] | None = None,
+        extra: tuple[str, ...] = (),
     ) -> None:
-        home = self.egress_home(name, connectors, placement)
+        home = self.egress_home(name, connectors, placement, store)
         argv = [
             EGRESS, "run", "--workers", str(workers), "--listen", f"{ADDRESS}:0",
             "--upstream-ca", str(self.ca_path), "--allow-network", "127.0.0.0/8",
-            "--resolve", f"{HOST}={ADDRESS}",
+            "--resolve", f"{HOST}={ADDRESS}", *extra,
         ]  # fmt: skip
         if not record:
             argv.append("--no-record")
         log_path = self.work / f"{name}.log"
         t0 = time.monotonic()
-        proc = self.procs.start(name, argv, log_path, clean_env(EGRESS_HOME=str(home)))
+        proc = self.procs.start(name, argv, log_path, clean_env(EGRESS_HOME=str(home), **(store or {})))
         addr_file = home / "run" / "proxy.addr"
         deadline = time.monotonic() + 120
         while not (addr_file.exists() and addr_file.read_text().strip()):
@@ -795,6 +812,30 @@ class Bench:
         port = int(addr_file.read_text().strip().rsplit(":", 1)[1])
         ca = str(home / "ca" / "mitmproxy-ca-cert.pem")
         self.targets[name] = Target(name, label, ca, proc, port, log_path)
+        self.homes[name] = (home, clean_env(EGRESS_HOME=str(home), **(store or {})))
+
+    def start_postgres(self) -> None:
+        """The reference proxy once more, on a PostgreSQL store (skipped without server binaries)."""
+        from proxy.secrets import MasterKey
+
+        try:
+            self.cluster = fleet.cluster_up(max_connections=50)
+        except SystemExit as e:
+            self.skipped["egress-pg"] = str(e)
+            log(f"egress-pg: SKIPPED, {e}")
+            return
+        _, key = MasterKey.generate()
+        store = {"EGRESS_DATABASE_URL": self.cluster.new_database(), "EGRESS_MASTER_KEY": key}
+        # --no-explain-blocks: a refused host's CONNECT gets the 403, which the propagation probe reads
+        extra = ("--no-explain-blocks", "--resolve", f"{fleet.FLIP}={ADDRESS}")
+        self.start_egress(
+            "egress-pg", "egress, 1 worker, PostgreSQL store", 10, 1, True, store=store, extra=extra
+        )
+
+    def close(self) -> None:
+        if self.cluster is not None:
+            self.cluster.destroy()
+            self.cluster = None
 
     def sanity(self) -> None:
         """Each target must answer 200 (HTTP/1.1 and HTTP/2); nginx alone must refuse 401."""
@@ -839,9 +880,9 @@ class Bench:
             else:
                 log(f"{name}: 200 over HTTP/1.1, HTTP/2 answer {got['--http2']!r}")
 
-    def setup(self, variants: bool = True, placements: tuple[str, ...] = ()) -> None:
+    def setup(self, variants: bool = True, placements: tuple[str, ...] = (), postgres: bool = False) -> None:
         """nginx, mitmdump and egress; with ``variants`` also the other three egress set-ups,
-        and one proxy for each of ``placements``."""
+        one proxy for each of ``placements``, and with ``postgres`` the PostgreSQL one."""
         log(f"work directory {self.work}")
         self.pki()
         self.start_nginx()
@@ -860,6 +901,8 @@ class Bench:
             )
         for placement in placements:
             self.start_egress(f"egress-{placement}", f"egress, 1 worker, {placement}", 10, 1, True, placement)
+        if postgres:
+            self.start_postgres()
         self.sanity()
         for t in self.targets.values():  # warm up: leaf certificates, code paths, caches
             if t.port:
@@ -926,6 +969,10 @@ class Bench:
                 lambda t: hey(t, c=32, duration=a.duration),
             )
             self.each("keepalive_c32_wrk", ["direct"], lambda t: wrk(t, c=32, duration=a.duration))
+            # the store's backend: the hot path must not wait on the database
+            self.each(
+                "keepalive_pg", order(["egress", "egress-pg"]), lambda t: hey(t, c=32, duration=a.duration)
+            )
             # the reference (header placement) interleaved with the others, same load as keepalive_c32
             placed = ["egress", *(f"egress-{p}" for p in selected_placements(a.only))]
             if len(placed) > 1:
@@ -934,6 +981,15 @@ class Bench:
             self.each("http2_c32", base, lambda t: hey(t, c=32, duration=a.h2_duration, h2=True))
             for direction in ("download", "upload"):
                 self.each(direction, base, lambda t, d=direction: transfer(t, d, self.big, self.put_dir))
+        self.each("propagation", ["egress-pg"], self.propagation)
+
+    def propagation(self, t: Target) -> dict[str, Any]:
+        """Policy changes written to the database until the PostgreSQL proxy enforces each one."""
+        home, env = self.homes[t.name]
+        assert t.port is not None
+        with cpu_meter(t.proc.pid) as cpu:
+            out = fleet.propagation_against([t.port], home, env, self.args.changes)
+        return {**out, **cpu}
 
     # report --------------------------------------------------------------
 
@@ -1072,6 +1128,22 @@ def targets(b: Bench, micro: list[dict[str, float]]) -> list[Check]:
     checks.append(Check(
         "aws_sigv4 re-signing: CPU per request minus the header placement's, keep-alive c=32",
         fmt(x, 0, " us/req"), fmt(y, 0, " us/req"), cost, 150, "<= 150 us", at_most(cost, 150), unit="us",
+    ))  # fmt: skip
+    x, y = m("keepalive_pg", "egress-pg", "cpu_us_per_req"), m("keepalive_pg", "egress", "cpu_us_per_req")
+    r = ratio(x, y)
+    speed = ratio(m("keepalive_pg", "egress-pg", "rps"), m("keepalive_pg", "egress", "rps"))
+    checks.append(Check(
+        "PostgreSQL / SQLite store: CPU per request within 3 % and throughput >= 0.97x, keep-alive c=32",
+        fmt(x, 0, " us/req"), fmt(y, 0, " us/req"), r, 1.03, "<= 1.03x and speed >= 0.97x",
+        None if r is None or speed is None else r <= 1.03 and speed >= 0.97,
+        f"{fmt(speed, 2, 'x')} ({fmt(m('keepalive_pg', 'egress-pg', 'rps'))} / "
+        f"{fmt(m('keepalive_pg', 'egress', 'rps'))} req/s)",
+    ))  # fmt: skip
+    p50, p99 = m("propagation", "egress-pg", "p50_ms"), m("propagation", "egress-pg", "p99_ms")
+    checks.append(Check(
+        f"policy propagation over {getattr(a, 'changes', 100)} changes, PostgreSQL store: p99 (p50), commit "
+        "to enforced", f"p50 {fmt(p50, 1, ' ms')}, p99 {fmt(p99, 1, ' ms')}", "-", p99, 1000, "<= 1,000 ms",
+        at_most(p99, 1000), unit="ms",
     ))  # fmt: skip
     signing = b.info.get("sigv4", {}).get("ours_us")
     checks.append(Check(
@@ -1551,6 +1623,11 @@ def report(b: Bench, micro: list[dict[str, float]], info: dict[str, str], wall: 
         notes.append(f"{name} was not measured: {why}")
     out.append("## Notes\n")
     out.append("\n".join(f"- {n}" for n in notes) + "\n")
+    fleet_json = BENCH / "fleet.json"  # bench/fleet.py --all: the simulation of a fleet on one database
+    if fleet_json.exists():
+        data = json.loads(fleet_json.read_text())
+        data.pop("make_bench", None)  # this run's own figures are in the targets above
+        out.append(fleet.render(data))
     return "\n".join(out)
 
 
@@ -1570,6 +1647,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--paced-duration", type=float, default=12, help="seconds per paced latency run")
     p.add_argument("--size-mib", type=int, default=200, help="transfer size in MiB (default 200)")
     p.add_argument("--connectors", type=int, default=10_000, help="connectors in the large store")
+    p.add_argument("--changes", type=int, default=100, help="policy changes for the propagation figure")
     p.add_argument("--budget", type=int, default=1800, help="abort after this many seconds")
     p.add_argument("--out", default=str(BENCH / "RESULTS.md"), help="Markdown report path")
     p.add_argument(
@@ -1578,7 +1656,8 @@ def parse_args() -> argparse.Namespace:
         default=[],
         metavar="S1,S2",
         help="run only these scenarios (e.g. newconn_c8 while tuning TLS; placements, or one of "
-        f"{', '.join(f'placement_{p}' for p in PLACEMENT_NAMES)}; report to bench/out)",
+        f"{', '.join(f'placement_{p}' for p in PLACEMENT_NAMES)}; keepalive_pg, propagation for the "
+        "PostgreSQL store; report to bench/out)",
     )
     p.add_argument("--keep", action="store_true", help="keep the temporary work directory and logs")
     p.add_argument(
@@ -1652,12 +1731,15 @@ def main() -> int:
         if busy > 0.2:
             log(f"WARNING: {busy:.2f} cores busy before the bench started; results will be noisy")
         bench.setup(
-            variants=not args.only or "keepalive_c32" in args.only, placements=selected_placements(args.only)
+            variants=not args.only or "keepalive_c32" in args.only,
+            placements=selected_placements(args.only),
+            postgres=not args.only or bool({"keepalive_pg", "propagation"} & set(args.only)),
         )
         bench.scenarios()
         bench.info["loadavg_end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     finally:
         procs.stop_all()
+        bench.close()
         signal.alarm(0)
         if args.keep:
             log(f"kept {work}")

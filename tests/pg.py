@@ -78,9 +78,10 @@ class Cluster:
             raise RuntimeError(f"{tool} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
         return result
 
-    def start(self) -> None:
+    def start(self, max_connections: int = 200) -> None:
         options = (
-            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c max_connections=200"
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off "
+            f"-c max_connections={max_connections}"
         )
         self._run(
             "pg_ctl",
@@ -101,6 +102,13 @@ class Cluster:
 
     def running(self) -> bool:
         return (self.data / "postmaster.pid").exists()
+
+    def postmaster(self) -> int | None:
+        """The server's pid (its backends are its children), or None when stopped."""
+        try:
+            return int((self.data / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
 
     def destroy(self) -> None:
         if self.running():

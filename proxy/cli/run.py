@@ -68,6 +68,8 @@ def settings_from_args(args: argparse.Namespace, home: Home) -> RunSettings:
                         ("--h2-max-resets", args.h2_max_resets)):  # fmt: skip
         if value <= 0:
             raise ConfigError(f"{flag} must be positive, not {value}")
+    if args.flush_interval is not None and not 0 < args.flush_interval <= 3600:
+        raise ConfigError(f"--flush-interval must be between 0 and 3600 seconds, not {args.flush_interval}")
     return RunSettings(
         home=str(home.root),
         run_dir=str(home.run_dir),
@@ -87,6 +89,7 @@ def settings_from_args(args: argparse.Namespace, home: Home) -> RunSettings:
         log_format=args.log_format,
         scrub_responses=args.scrub_responses,
         record=not args.no_record,
+        flush_interval=args.flush_interval or 0.0,
         idle_timeout=args.idle_timeout,
         handshake_timeout=args.handshake_timeout,
         max_client_connections=args.max_client_connections,
@@ -267,6 +270,11 @@ def register(sub: Any, command: Any) -> None:
                         help="requests in flight per connector and worker, then 503 (default 256)")  # fmt: skip
     limits.add_argument("--h2-max-resets", type=int, default=100, metavar="N",
                         help="HTTP/2 stream resets per connection in 10 s before GOAWAY (default 100)")  # fmt: skip
+    sp.add_argument(
+        "--flush-interval", type=float, default=None, metavar="SECONDS",
+        help="write counters to the store this often, jittered by 20%% (default: 1 for SQLite, "
+        "5 for PostgreSQL, which every proxy of a fleet writes to)",
+    )  # fmt: skip
     sp.add_argument("--no-record", action="store_true", help=argparse.SUPPRESS)  # benchmarks only
     sp.add_argument(
         "--insecure-no-auth",

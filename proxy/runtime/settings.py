@@ -39,6 +39,7 @@ class RunSettings:
     log_format: str = "text"
     scrub_responses: bool = True
     record: bool = True
+    flush_interval: float = 0.0  # seconds between counter flushes; 0: the store's default
     idle_timeout: float = 600.0  # an idle connection is closed after this many seconds
     handshake_timeout: float = 10.0  # from connect until TLS inside the tunnel
     max_client_connections: int = 256  # per client address and worker

@@ -82,5 +82,5 @@ class Grants:
     def rotate_key(self) -> None:
         """New grant key: every outstanding token stops working at the next reload, open tunnels too."""
         self.home.new_grant_key()
-        with self.store.write():
-            pass  # bump the generation so running proxies reload the key
+        with self.store.write() as tx:
+            tx.touch()  # running proxies reload the key

@@ -94,9 +94,10 @@ class Home:
         """Write a fresh random grant key (0600), replacing any previous one."""
         write_atomic(self.grant_key_path, GrantKey.generate_text().encode(), private=True)
 
-    def store(self, *, create: bool = False, lazy: bool = False) -> Store:
-        """``lazy``: a database store that may be down now (a running proxy keeps trying)."""
-        return open_store(self.database_url, create=create, lazy=lazy)
+    def store(self, *, create: bool = False, lazy: bool = False, shared: bool = False) -> Store:
+        """``lazy``: a database store that may be down now (a running proxy keeps trying);
+        ``shared``: one database connection for every such store of this process."""
+        return open_store(self.database_url, create=create, lazy=lazy, shared=shared)
 
     def init(self) -> list[str]:
         """Create what is missing (idempotent); return what was created."""

@@ -53,19 +53,23 @@ def sqlite_path(url: str) -> Path | None:
     return Path(url.removeprefix(SQLITE_PREFIX)) if url.startswith(SQLITE_PREFIX) else None
 
 
-def open_store(url: str, *, create: bool = False, clock: Clock = time.time, lazy: bool = False) -> Store:
+def open_store(
+    url: str, *, create: bool = False, clock: Clock = time.time, lazy: bool = False, shared: bool = False
+) -> Store:
     """Open (or with ``create``, create) the store at ``url``; ConfigError if unusable.
 
     ``lazy`` (proxies) opens a database store without reaching it: operations
     raise StoreUnavailable until it answers, so a proxy can start from its
-    policy cache and catch up later. SQLite is a local file and ignores it.
+    policy cache and catch up later. ``shared`` stores of one URL in a process
+    use one database connection between them (a proxy's reload watcher and
+    statistics writer). SQLite is a local file and ignores both.
     """
     if is_postgres(url):
         try:
             from proxy.store.postgres import PostgresStore  # psycopg only when asked for
         except ImportError as e:
             raise ConfigError(str(e)) from None
-        return PostgresStore(url, create=create, clock=clock, lazy=lazy)
+        return PostgresStore(url, create=create, clock=clock, lazy=lazy, shared=shared)
     path = sqlite_path(url)
     if path is None:
         scheme = url.split(":", 1)[0]

@@ -1,8 +1,9 @@
 """What every store backend provides: connectors, grants, monitoring, a change feed.
 
 SQLite is the embedded default; a PostgreSQL backend implements the same
-protocol for fleets. ``generation()`` is the change feed: every write bumps
-it, and running proxies reload when it moves. ``wait_for_change(timeout)``
+protocol for fleets. ``generation()`` is the change feed: every write that
+changes what running proxies hold (connectors, revocations) bumps it, and
+they reload when it moves; adding a grant or an admin token does not. ``wait_for_change(timeout)``
 lets a watcher sleep until a write may have happened (a notification, or
 just the timeout), so a database that can push changes need not be polled
 fast.
@@ -52,6 +53,10 @@ class Transaction(Protocol):
         """Set revoked_at now on an unrevoked token; False if there is none with this id."""
         ...
 
+    def touch(self) -> None:
+        """Bump the generation on commit though no row proxies hold changed (a new grant key on disk)."""
+        ...
+
 
 class Monitoring(Protocol):
     """The rolling 24-hour counters and the error / blocked event log."""
@@ -93,6 +98,12 @@ class Store(Protocol):
 
     @property
     def monitoring(self) -> Monitoring: ...
+
+    @property
+    def flush_interval(self) -> float:
+        """Seconds between a proxy's counter flushes by default: about 1 for a local file, a few for a
+        database every process of a fleet writes to (the recorder adds jitter)."""
+        ...
 
     def close(self) -> None: ...
     def write(self) -> AbstractContextManager[Transaction]: ...

@@ -1,23 +1,39 @@
 """The PostgreSQL store: one database shared by every proxy and sidecar of a fleet.
 
 Same protocol and semantics as the SQLite store. Writes serialise on the
-generation row (bumped first, so its row lock plays BEGIN IMMEDIATE's part)
-and NOTIFY ``egress_changes`` on commit; ``wait_for_change`` LISTENs on a
-connection of its own, and the generation stays a cheap query that watchers
-poll after every wait, which covers notifications missed while disconnected.
-Connections come from a small pool that reconnects with backoff; when the
-database cannot be reached, every operation raises StoreUnavailable quickly
-instead of hanging, so the proxy can keep serving from memory.
+generation row (locked first, so its row lock plays BEGIN IMMEDIATE's part),
+bump it when they change what proxies hold and NOTIFY ``egress_changes`` on
+commit.
+
+A fleet is many processes, so each holds one connection at rest: reads,
+writes, counter flushes and LISTEN all share it, one caller at a time under
+a lock (``_Link``). ``wait_for_change`` waits for the socket to become
+readable without the lock, then drains the notifications; a notification
+that arrives while another thread runs a query reaches the same handler.
+While LISTEN is in force, ``generation()`` answers from what was read at
+connect time and announced since, and reads the row again every
+``SAFETY_POLL`` seconds and after every reconnect, which covers anything
+missed while disconnected: watchers cost the database nothing between
+changes. Proxies opening the same URL with ``shared`` (a worker's reload
+watcher and its statistics writer) use one link between them.
+
+When the database cannot be reached, operations raise StoreUnavailable at
+once; the connection is re-made by the next operation after a delay drawn
+with full jitter from an exponential backoff, so a restarted database does
+not meet every process at the same instant.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import random
+import select
+import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from proxy.errors import ConfigError, StoreUnavailable
@@ -26,7 +42,8 @@ from proxy.store.base import StoredConnector
 
 try:
     import psycopg
-    from psycopg_pool import ConnectionPool
+    from psycopg import pq
+    from psycopg.conninfo import conninfo_to_dict
 except ImportError:  # pragma: no cover - depends on the installation
     raise ImportError(
         "EGRESS_DATABASE_URL=postgresql://... needs psycopg: pip install 'egress-proxy[postgres]'"
@@ -37,17 +54,26 @@ from proxy.store.postgres_monitoring import PostgresMonitoring
 from proxy.store.postgres_schema import PG_MIGRATIONS, PG_VERSION
 
 logger = logging.getLogger(__name__)
-# The pool logs every failed reconnection attempt; our callers say once that the store is down.
-logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 CHANNEL = "egress_changes"
 MIGRATION_LOCK = 0x6567_7265_7373_0001  # pg_advisory_xact_lock keys ("egress" + n), any bigint will do
 CONNECT_TIMEOUT = 5  # seconds for one connection attempt (an unreachable host, not a refused port)
-CHECKOUT_TIMEOUT = 5.0  # seconds an operation waits for a pooled connection before StoreUnavailable
-DOWN_CHECKOUT_TIMEOUT = 1.0  # the same once the store is known down: callers retry anyway
-RECONNECT_TIMEOUT = 10.0  # the pool's backoff (1, 2, 4 s...) restarts after this, so a return is seen soon
-POOL_SIZE = 4  # per process: the reload watcher, the statistics writer, admin reads
-LISTEN_BACKOFF_MAX = 5.0
+LOCK_TIMEOUT = 5.0  # seconds an operation waits for the connection (another thread's query) before giving up
+RECONNECT_BASE = 0.5  # seconds: the first reconnection waits up to this, each failure doubles it...
+RECONNECT_CAP = 10.0  # ...up to this; the actual wait is drawn uniformly below it (full jitter)
+SAFETY_POLL = 30.0  # seconds: while listening, the generation row is still read this often
+FLUSH_INTERVAL = 5.0  # seconds between a proxy's counter flushes (jittered by the recorder)
+APPLICATION_NAME = "egress-proxy"  # in pg_stat_activity, unless the URL names one
+# libpq settings the URL (or PG* variables) may override: keepalives notice a peer that vanished
+# without closing (a failed-over host), the user timeout bounds a query sent into that void.
+_CONNECT_DEFAULTS: dict[str, Any] = {
+    "connect_timeout": CONNECT_TIMEOUT,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,  # milliseconds
+}
 _CONNECTOR_COLUMNS = "name, spec, secret, created_at, updated_at, secret_updated_at"
 _TOKEN_COLUMNS = ("id", "token_hash", "workspace", "read_only", "label", "created_at", "revoked_at")
 
@@ -134,6 +160,7 @@ def migrate(conn: psycopg.Connection[Any], location: str, *, create: bool) -> No
 class _Transaction:
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self._conn = conn
+        self.changed = False  # something proxies hold changed: bump the generation on commit
 
     def get(self, name: str) -> StoredConnector | None:
         row = self._conn.execute(
@@ -146,6 +173,7 @@ class _Transaction:
         return [_connector(r) for r in rows]
 
     def put(self, name: str, spec: dict[str, Any], sealed: bytes, *, secret_changed: bool = True) -> None:
+        self.changed = True
         now = time.time()
         self._conn.execute(
             f"INSERT INTO connectors ({_CONNECTOR_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s) "
@@ -156,7 +184,16 @@ class _Transaction:
         )
 
     def delete(self, name: str) -> bool:
-        return self._conn.execute("DELETE FROM connectors WHERE name = %s", (name,)).rowcount > 0
+        return self._changed(
+            self._conn.execute("DELETE FROM connectors WHERE name = %s", (name,)).rowcount > 0
+        )
+
+    def _changed(self, changed: bool) -> bool:
+        self.changed = self.changed or changed
+        return changed
+
+    def touch(self) -> None:
+        self.changed = True
 
     def add_grant(self, gid: str, label: str, connectors: list[str], expires_at: float) -> None:
         self._conn.execute(
@@ -168,7 +205,7 @@ class _Transaction:
         cursor = self._conn.execute(
             "UPDATE grants SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL", (time.time(), gid)
         )
-        return cursor.rowcount > 0
+        return self._changed(cursor.rowcount > 0)
 
     def add_admin_token(
         self, tid: str, token_hash: str, workspace: str | None, read_only: bool, label: str
@@ -182,145 +219,351 @@ class _Transaction:
         cursor = self._conn.execute(
             "UPDATE admin_tokens SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL", (time.time(), tid)
         )
-        return cursor.rowcount > 0
+        return self._changed(cursor.rowcount > 0)
+
+
+def _backoff(failures: int) -> float:
+    """Seconds before the next connection attempt: full jitter over an exponential backoff."""
+    return random.uniform(0.0, min(RECONNECT_CAP, RECONNECT_BASE * 2 ** max(0, failures - 1)))
+
+
+def _connect_kwargs(url: str) -> dict[str, Any]:
+    try:
+        given = conninfo_to_dict(url)
+    except psycopg.Error:
+        given = {}  # psycopg.connect says what is wrong with it
+    defaults = {k: v for k, v in _CONNECT_DEFAULTS.items() if k not in given}
+    return {**defaults, "autocommit": True, "fallback_application_name": APPLICATION_NAME}
+
+
+class _Link:
+    """The one connection a process keeps to the database, and what it knows through it.
+
+    Every use holds ``lock``; ``watch`` waits for notifications without it.
+    A connection that breaks is closed and re-made by the first use after
+    ``retry_at``; until then uses fail at once. ``changes`` counts the
+    notifications received, ``known`` is the generation (read on this
+    connection, or announced since), trusted only while LISTEN is in force.
+    """
+
+    def __init__(self, url: str, location: str, *, create: bool) -> None:
+        self.url = url
+        self.location = location
+        self.create = create
+        self.lock = threading.Lock()
+        self.conn: psycopg.Connection[Any] | None = None
+        self.ready = False  # the schema was checked (once per process)
+        self.subscribed = False  # someone waits for changes: LISTEN on every connection
+        self.listening = False  # LISTEN is in force on self.conn
+        self.changes = 0
+        self.known: int | None = None
+        self.read_at = 0.0  # monotonic time the generation row was last read
+        self.failures = 0
+        self.retry_at = 0.0
+        self.reason = ""
+        self.closed = False
+        self.refs = 0
+        # Wakes a watcher blocked in select(): a notification another thread read, a new connection, close.
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+
+    # -- the connection ------------------------------------------------------
+
+    @contextmanager
+    def use(self) -> Iterator[psycopg.Connection[Any]]:
+        """The connection, for this caller alone; database failures become StoreUnavailable or ConfigError."""
+        if not self.lock.acquire(timeout=LOCK_TIMEOUT):
+            raise StoreUnavailable(f"store {self.location} unavailable: no answer within {LOCK_TIMEOUT:g} s")
+        try:
+            conn = self._connected()
+            try:
+                yield conn
+            except psycopg.OperationalError as e:
+                if conn.broken or conn.closed:
+                    self._lost(e)
+                raise StoreUnavailable(f"store {self.location} unavailable: {_reason(e)}") from None
+            except psycopg.Error as e:
+                raise ConfigError(
+                    f"{self.location}: store error ({_reason(e)}); nothing was changed"
+                ) from None
+        finally:
+            self.lock.release()
+
+    def _connected(self) -> psycopg.Connection[Any]:
+        """The live connection (made now if due); held lock. A restart that closed it is seen here."""
+        if self.closed:
+            raise StoreUnavailable(f"store {self.location} is closed")
+        if self.conn is not None and _readable(self.conn, 0):
+            self._drain(self.conn)  # notifications, or the server saying goodbye
+        if self.conn is not None:
+            return self.conn
+        now = time.monotonic()
+        if now < self.retry_at:
+            raise StoreUnavailable(
+                f"cannot reach the store {self.location}: {self.reason} "
+                f"(next attempt in {self.retry_at - now:.1f} s)"
+            )
+        try:
+            conn = psycopg.connect(self.url, **_connect_kwargs(self.url))
+        except psycopg.OperationalError as e:
+            self._failed(_reason(e))
+            raise StoreUnavailable(f"cannot reach the store {self.location}: {self.reason}") from None
+        except psycopg.Error as e:
+            raise ConfigError(f"EGRESS_DATABASE_URL={self.location}: {_reason(e)}") from None
+        try:
+            if not self.ready:
+                migrate(conn, self.location, create=self.create)
+                self.ready = True
+            conn.add_notify_handler(lambda n: self._announced(n.channel, n.payload))
+            if self.subscribed:
+                conn.execute(f"LISTEN {CHANNEL}")
+        except psycopg.OperationalError as e:
+            conn.close()
+            self._failed(_reason(e))
+            raise StoreUnavailable(f"cannot reach the store {self.location}: {self.reason}") from None
+        except psycopg.Error as e:  # a permission, say: not something a retry mends
+            conn.close()
+            raise ConfigError(f"{self.location}: store error ({_reason(e)})") from None
+        except BaseException:
+            conn.close()
+            raise
+        self.conn = conn
+        self.listening = self.subscribed
+        self.known = None  # anything may have changed while we were away: read the row again
+        self.failures = 0
+        self._wake()
+        return conn
+
+    def _failed(self, reason: str) -> None:
+        self.failures += 1
+        self.reason = reason
+        self.retry_at = time.monotonic() + _backoff(self.failures)
+
+    def _lost(self, e: BaseException) -> None:
+        """The connection broke (a restart, a network cut): drop it; the next use reconnects, jittered."""
+        if self.conn is not None:
+            self.conn.close()
+        self.conn = None
+        self.listening = False
+        self.known = None
+        self._failed(_reason(e))
+        self._wake()
+
+    def _drain(self, conn: psycopg.Connection[Any]) -> None:
+        """Read what the server sent unasked (held lock): notifications, or an error before it hangs up."""
+        try:
+            conn.pgconn.consume_input()
+            while n := conn.pgconn.notifies():
+                self._announced(n.relname.decode(), n.extra.decode())
+        except psycopg.OperationalError as e:
+            self._lost(e)
+            return
+        if conn.pgconn.status == pq.ConnStatus.BAD:
+            self._lost(psycopg.OperationalError("connection lost"))
+
+    def _announced(self, channel: str, payload: str) -> None:
+        if channel != CHANNEL:
+            return
+        self.changes += 1
+        try:
+            announced = int(payload)
+        except ValueError:
+            self.known = None  # a notification we did not send: read the row
+        else:
+            if self.known is not None:
+                self.known = max(self.known, announced)
+        self._wake()
+
+    def _wake(self) -> None:
+        with suppress(OSError):  # full (a wake is pending anyway) or closed
+            self._wake_w.send(b"\0")
+
+    # -- changes -------------------------------------------------------------
+
+    def subscribe(self) -> None:
+        """LISTEN from now on (held lock); the generation is read again after it."""
+        self.subscribed = True
+        if self.conn is not None and not self.listening:
+            self.conn.execute(f"LISTEN {CHANNEL}")
+            self.listening = True
+            self.known = None
+
+    def cached_generation(self) -> int | None:
+        """The generation without a query, when LISTEN makes that safe and the last read is recent."""
+        if self.listening and self.known is not None and time.monotonic() - self.read_at < SAFETY_POLL:
+            return self.known
+        return None
+
+    def read_generation(self, conn: psycopg.Connection[Any]) -> int:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+        value = int(row[0]) if row else 0
+        if self.listening:  # a notification handled during the query may already say more
+            self.known = max(value, self.known or 0)
+            self.read_at = time.monotonic()
+            return self.known
+        return value
+
+    def watch(self, seen: int, timeout: float) -> int:
+        """Wait up to ``timeout`` for ``changes`` to move past ``seen``; the new count (or ``seen``).
+
+        The socket is watched without the lock, so writers never wait on a
+        watcher; whoever holds the lock when a notification arrives hands it
+        to ``_announced``, which wakes this select() through the socket pair.
+        """
+        deadline = time.monotonic() + timeout
+        self.subscribed = True
+        while self.changes == seen and not self.closed:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            fd = None
+            wait = remaining
+            if self.lock.acquire(timeout=min(remaining, LOCK_TIMEOUT)):
+                try:
+                    conn = self._connected()
+                    self.subscribe()  # a connection made before anyone waited
+                    fd = conn.fileno()
+                except StoreUnavailable:
+                    wait = min(remaining, max(0.05, self.retry_at - time.monotonic()))  # the next attempt
+                except ConfigError:
+                    pass  # not a store we can use: the caller's reads say why
+                except psycopg.OperationalError as e:
+                    self._lost(e)
+                    wait = 0.0
+                finally:
+                    self.lock.release()
+            if self.changes != seen:
+                break
+            try:
+                ready, _, _ = select.select([self._wake_r] + ([fd] if fd is not None else []), [], [], wait)
+            except (OSError, ValueError):
+                break  # closed under us
+            if self._wake_r in ready:
+                self._drain_wakes()
+            if fd is not None and fd in ready and self.lock.acquire(timeout=min(LOCK_TIMEOUT, remaining)):
+                try:
+                    if self.conn is not None and not self.conn.closed and self.conn.fileno() == fd:
+                        self._drain(self.conn)
+                finally:
+                    self.lock.release()
+        return self.changes
+
+    def _drain_wakes(self) -> None:
+        with suppress(OSError):  # empty (BlockingIOError) or closed
+            while self._wake_r.recv(4096):
+                pass
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake()
+        with self.lock:  # waits for a use in another thread
+            if self.conn is not None:
+                self.conn.close()
+                self.conn = None
+        self._wake_w.close()
+        self._wake_r.close()
+
+
+def _readable(conn: psycopg.Connection[Any], timeout: float) -> bool:
+    try:
+        ready, _, _ = select.select([conn.fileno()], [], [], timeout)
+    except (OSError, ValueError, psycopg.Error):
+        return True  # let the read say what is wrong
+    return bool(ready)
+
+
+_shared: dict[str, _Link] = {}
+_shared_lock = threading.Lock()
 
 
 class PostgresStore:
+    flush_interval = FLUSH_INTERVAL
+
     def __init__(
-        self, url: str, *, create: bool = False, clock: Clock = time.time, lazy: bool = False
+        self,
+        url: str,
+        *,
+        create: bool = False,
+        clock: Clock = time.time,
+        lazy: bool = False,
+        shared: bool = False,
     ) -> None:
         self.url = url
         self.location = mask_url(url)
-        self._create = create
-        self._ready = False
-        self._down = False  # the last operation could not reach the database
-        self._schema_lock = threading.Lock()
-        self._listen_lock = threading.Lock()
-        self._listener: psycopg.Connection[Any] | None = None
-        self._listen_retry_at = 0.0
-        self._listen_backoff = 0.0
-        # Reach it now, directly: a CLI command fails at once with libpq's reason. A lazy store
-        # (a proxy) only notes that it is down, so its first operations fail fast too.
+        self._shared = shared
+        with _shared_lock:
+            link = _shared.get(url) if shared else None
+            if link is None:
+                link = _Link(url, self.location, create=create)
+                if shared:
+                    _shared[url] = link
+            link.refs += 1
+        self._link = link
+        self._seen = link.changes
+        # Reach it now: a CLI command fails at once with libpq's reason. A lazy store (a proxy)
+        # only notes that it is down, so its first operations fail fast too.
         try:
-            with self._direct() as conn:
-                self._ensure_schema(conn)
+            with link.use():
+                pass
         except StoreUnavailable:
             if not lazy:
+                self.close()
                 raise
-            self._down = True
-        self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
-            url,
-            min_size=1,
-            max_size=POOL_SIZE,
-            open=False,
-            kwargs=self._connect_kwargs(),
-            check=ConnectionPool.check_connection,  # a restart breaks idle connections: test on checkout
-            timeout=CHECKOUT_TIMEOUT,
-            reconnect_timeout=RECONNECT_TIMEOUT,
-            num_workers=1,
-            name="egress-store",
-        )
-        self._pool.open(wait=False)
-        self.monitoring = PostgresMonitoring(self._conn, clock)
-
-    @staticmethod
-    def _connect_kwargs() -> dict[str, Any]:
-        return {"autocommit": True, "connect_timeout": CONNECT_TIMEOUT, "application_name": "egress-proxy"}
-
-    def _direct(self) -> psycopg.Connection[Any]:
-        try:
-            return psycopg.connect(self.url, **self._connect_kwargs())
-        except psycopg.OperationalError as e:
-            raise StoreUnavailable(f"cannot reach the store {self.location}: {_reason(e)}") from None
-        except psycopg.Error as e:
-            raise ConfigError(f"EGRESS_DATABASE_URL={self.location}: {_reason(e)}") from None
-
-    def _ensure_schema(self, conn: psycopg.Connection[Any]) -> None:
-        with self._schema_lock:
-            if not self._ready:
-                migrate(conn, self.location, create=self._create)
-                self._ready = True
-
-    @contextmanager
-    def _conn(self) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled connection; database failures become StoreUnavailable or ConfigError."""
-        try:
-            with self._pool.connection(DOWN_CHECKOUT_TIMEOUT if self._down else CHECKOUT_TIMEOUT) as conn:
-                self._down = False
-                if not self._ready:  # a lazy store checks the schema the first time it gets through
-                    self._ensure_schema(conn)
-                yield conn
-        except psycopg.OperationalError as e:
-            self._down = True
-            raise StoreUnavailable(f"store {self.location} unavailable: {_reason(e)}") from None
-        except psycopg.Error as e:
-            raise ConfigError(f"{self.location}: store error ({_reason(e)}); nothing was changed") from None
+        except BaseException:
+            self.close()
+            raise
+        self.monitoring = PostgresMonitoring(link.use, clock)
 
     def close(self) -> None:
-        self._pool.close(timeout=5)
-        with self._listen_lock:  # waits for a wait_for_change in another thread (at most its timeout)
-            if self._listener is not None:
-                self._listener.close()
-                self._listener = None
+        link = self._link
+        with _shared_lock:
+            link.refs -= 1
+            last = link.refs <= 0
+            if last and _shared.get(self.url) is link:
+                del _shared[self.url]
+        if last:
+            link.close()
 
     @contextmanager
     def write(self) -> Iterator[_Transaction]:
-        """One transaction; bumps the generation and notifies every listening proxy on commit."""
-        with self._conn() as conn, conn.transaction():
-            row = conn.execute(
-                "UPDATE meta SET value = (value::bigint + 1)::text WHERE key = 'generation' RETURNING value"
-            ).fetchone()
-            yield _Transaction(conn)
-            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, row[0] if row else ""))
+        """One transaction; bumps the generation and notifies every listening proxy on commit, unless
+        it only added grants or admin tokens (nothing a running proxy holds: a pod minting its grant
+        reloads no one). Writers queue on the generation row first, as BEGIN IMMEDIATE does in SQLite."""
+        with self._link.use() as conn, conn.transaction():
+            conn.execute("SELECT value FROM meta WHERE key = 'generation' FOR UPDATE")
+            tx = _Transaction(conn)
+            yield tx
+            if tx.changed:
+                row = conn.execute(
+                    "UPDATE meta SET value = (value::bigint + 1)::text WHERE key = 'generation' RETURNING value"
+                ).fetchone()
+                conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, row[0] if row else ""))
 
     def generation(self) -> int:
-        with self._conn() as conn:
-            row = conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
-        return int(row[0]) if row else 0
+        cached = self._link.cached_generation()
+        if cached is not None:
+            return cached
+        with self._link.use() as conn:
+            return self._link.read_generation(conn)
 
     def wait_for_change(self, timeout: float) -> bool:
-        """Until a NOTIFY or ``timeout``; a lost listening connection is re-made with backoff."""
-        deadline = time.monotonic() + timeout
-        with self._listen_lock:
-            conn = self._listening()
-            if conn is not None:
-                try:
-                    for _ in conn.notifies(timeout=max(0.0, deadline - time.monotonic()), stop_after=1):
-                        return True
-                    return False
-                except psycopg.Error:
-                    conn.close()
-                    self._listener = None
-        time.sleep(max(0.0, deadline - time.monotonic()))
-        return False
-
-    def _listening(self) -> psycopg.Connection[Any] | None:
-        if self._listener is not None and not self._listener.closed:
-            return self._listener
-        now = time.monotonic()
-        if now < self._listen_retry_at:
-            return None
-        try:
-            conn = psycopg.connect(self.url, **self._connect_kwargs())
-            conn.execute(f"LISTEN {CHANNEL}")
-        except psycopg.Error:
-            self._listen_backoff = min(LISTEN_BACKOFF_MAX, max(1.0, self._listen_backoff * 2))
-            self._listen_retry_at = now + self._listen_backoff
-            return None
-        self._listen_backoff = 0.0
-        self._listener = conn
-        return conn
+        """Until a NOTIFY or ``timeout``; subscribes on first use (and after every reconnect)."""
+        changes = self._link.watch(self._seen, timeout)
+        changed = changes != self._seen
+        self._seen = changes
+        return changed
 
     def connectors(self) -> list[StoredConnector]:
-        with self._conn() as conn:
+        with self._link.use() as conn:
             return _Transaction(conn).connectors()
 
     def get(self, name: str) -> StoredConnector | None:
-        with self._conn() as conn:
+        with self._link.use() as conn:
             return _Transaction(conn).get(name)
 
     def grants(self) -> list[dict[str, Any]]:
-        with self._conn() as conn:
+        with self._link.use() as conn:
             rows = conn.execute(
                 "SELECT id, label, connectors, expires_at, created_at, revoked_at FROM grants ORDER BY created_at"
             ).fetchall()
@@ -328,19 +571,19 @@ class PostgresStore:
         return [dict(zip(keys, (*r[:2], json.loads(r[2]), *r[3:]), strict=True)) for r in rows]
 
     def revoked_grants(self) -> frozenset[str]:
-        with self._conn() as conn:
+        with self._link.use() as conn:
             rows = conn.execute("SELECT id FROM grants WHERE revoked_at IS NOT NULL").fetchall()
         return frozenset(r[0] for r in rows)
 
     def admin_tokens(self) -> list[dict[str, Any]]:
-        with self._conn() as conn:
+        with self._link.use() as conn:
             rows = conn.execute(
                 f"SELECT {', '.join(_TOKEN_COLUMNS)} FROM admin_tokens ORDER BY created_at, id"
             ).fetchall()
         return [_token(r) for r in rows]
 
     def admin_token(self, tid: str) -> dict[str, Any] | None:
-        with self._conn() as conn:
+        with self._link.use() as conn:
             row = conn.execute(
                 f"SELECT {', '.join(_TOKEN_COLUMNS)} FROM admin_tokens WHERE id = %s", (tid,)
             ).fetchone()

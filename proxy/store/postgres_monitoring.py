@@ -72,7 +72,7 @@ _LAST_ERRORS = (
 
 
 class PostgresMonitoring:
-    """The monitoring tables, on connections from the store's pool."""
+    """The monitoring tables, on the store's connection."""
 
     def __init__(self, connect: Connect, clock: Clock = time.time, row_cap: int = EVENT_ROW_CAP) -> None:
         self._connect = connect

@@ -83,6 +83,7 @@ def _migrate(db: sqlite3.Connection, path: Path) -> None:
 class _Transaction:
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
+        self.changed = False  # something proxies hold changed: bump the generation on commit
 
     def get(self, name: str) -> StoredConnector | None:
         row = self._db.execute(
@@ -95,6 +96,7 @@ class _Transaction:
         return [_connector(r) for r in rows]
 
     def put(self, name: str, spec: dict[str, Any], sealed: bytes, *, secret_changed: bool = True) -> None:
+        self.changed = True
         now = time.time()
         self._db.execute(
             f"INSERT INTO connectors ({_CONNECTOR_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) "
@@ -105,7 +107,14 @@ class _Transaction:
         )
 
     def delete(self, name: str) -> bool:
-        return self._db.execute("DELETE FROM connectors WHERE name=?", (name,)).rowcount > 0
+        return self._changed(self._db.execute("DELETE FROM connectors WHERE name=?", (name,)).rowcount > 0)
+
+    def _changed(self, changed: bool) -> bool:
+        self.changed = self.changed or changed
+        return changed
+
+    def touch(self) -> None:
+        self.changed = True
 
     def add_grant(self, gid: str, label: str, connectors: list[str], expires_at: float) -> None:
         self._db.execute(
@@ -117,7 +126,7 @@ class _Transaction:
         cursor = self._db.execute(
             "UPDATE grants SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (time.time(), gid)
         )
-        return cursor.rowcount > 0
+        return self._changed(cursor.rowcount > 0)
 
     def add_admin_token(
         self, tid: str, token_hash: str, workspace: str | None, read_only: bool, label: str
@@ -131,10 +140,12 @@ class _Transaction:
         cursor = self._db.execute(
             "UPDATE admin_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (time.time(), tid)
         )
-        return cursor.rowcount > 0
+        return self._changed(cursor.rowcount > 0)
 
 
 class SqliteStore:
+    flush_interval = 1.0  # a local file: counters can be written every second
+
     def __init__(self, path: Path, *, create: bool = False, clock: Clock = time.time) -> None:
         self.path = path
         self.location = str(path)
@@ -155,12 +166,17 @@ class SqliteStore:
 
     @contextmanager
     def write(self) -> Iterator[_Transaction]:
-        """One transaction; bumps the generation so running proxies reload."""
+        """One transaction; bumps the generation so running proxies reload, unless it only added
+        grants or admin tokens (nothing a running proxy holds: a pod minting its grant reloads no one)."""
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                self._read.changed = False
                 yield self._read
-                self._db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='generation'")
+                if self._read.changed:
+                    self._db.execute(
+                        "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='generation'"
+                    )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import itertools
 import logging
 import time
 
@@ -71,6 +72,20 @@ def test_counts_errors_and_blocks_and_flushes_on_done(home: Home) -> None:
     assert all("?" not in e.path for e in events)  # the query never reaches the log
 
 
+def test_flushes_follow_the_stores_interval_unless_one_is_chosen_and_are_jittered(home: Home) -> None:
+    source, recorder = PolicySource(), Recorder()
+    with taddons.context(source, recorder) as tctx:
+        tctx.configure(source, egress_home=str(home.root))
+        assert recorder.interval == 1.0  # SQLite: a local file, every second
+        tctx.configure(recorder, egress_flush_interval=4.0)
+        assert recorder.interval == 4.0
+        delays = list(itertools.islice(recorder.delays(), 2000))
+        recorder.done()
+    assert 0 <= delays[0] <= 4.0
+    assert all(3.2 <= d <= 4.8 for d in delays[1:])
+    assert min(delays[1:]) < 3.4 and max(delays[1:]) > 4.6  # spread: processes drift apart
+
+
 def test_failure_kinds() -> None:
     assert failure_kind("Connect call failed ('1.2.3.4', 443)") == "refused"
     assert failure_kind("TLS handshake failed: certificate verify failed") == "tls"
@@ -120,9 +135,9 @@ def count(recorder: Recorder, n: int) -> None:
 def test_an_outage_keeps_counts_in_memory_bounded_and_writes_them_when_the_store_returns(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(record, "FLUSH_INTERVAL", 0.01)
     monkeypatch.setattr(record, "BACKLOG_EVENTS", 3)
     recorder = Recorder()
+    recorder.interval = 0.01
     monitoring = FlakyMonitoring(failures=10**9)  # down until the test brings it back
     recorder.store = FakeStore(monitoring)  # type: ignore[assignment]
 

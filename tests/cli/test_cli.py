@@ -16,7 +16,8 @@ from urllib.parse import quote
 
 import pytest
 
-from proxy.cli import main
+from proxy.cli import build_parser, main
+from proxy.cli.run import settings_from_args
 from proxy.service.connectors import Connectors
 from proxy.service.home import Home
 from proxy.store.sqlite import SqliteStore
@@ -795,3 +796,13 @@ def test_connector_without_action_is_usage_error(egress: Callable[..., Result], 
     r = egress("connector")
     assert r.code == 2
     assert "usage" in r.err.lower()
+
+
+def test_flush_interval_is_checked_and_handed_to_the_workers(
+    egress: Callable[..., Result], home: Path
+) -> None:
+    assert_one_error_line(egress("run", "--flush-interval", "0"), "--flush-interval")
+    args = build_parser().parse_args(["run", "--flush-interval", "2.5"])
+    assert settings_from_args(args, Home(home, {})).flush_interval == 2.5
+    default = build_parser().parse_args(["run"])
+    assert settings_from_args(default, Home(home, {})).flush_interval == 0.0  # the store's own

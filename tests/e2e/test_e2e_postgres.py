@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
 import pytest
 import requests
 
@@ -54,7 +55,9 @@ class Fleet:
         return res
 
     def start(self, i: int) -> Proxy:
-        proxy = start_proxy(self.homes[i], *self.ca_args, env={**self.env, "EGRESS_NODE": f"node-{i}"})
+        # Counters every second (PostgreSQL's default is 5 s), so the tests below need not wait long.
+        env = {**self.env, "EGRESS_NODE": f"node-{i}"}
+        proxy = start_proxy(self.homes[i], *self.ca_args, "--flush-interval", "1", env=env)
         self.proxies.append(proxy)
         return proxy
 
@@ -131,6 +134,29 @@ def seconds_until(predicate: Callable[[], bool], limit: float) -> float:
         assert time.monotonic() - started < limit, f"not within {limit} s"
         time.sleep(0.02)
     return time.monotonic() - started
+
+
+def connections(cluster: Cluster, url: str) -> list[tuple[str, int]]:
+    """(application_name, connections) to ``url``'s database, asked from another database."""
+    with psycopg.connect(cluster.url(), autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT application_name, count(*) FROM pg_stat_activity WHERE datname = %s "
+            "GROUP BY application_name ORDER BY application_name",
+            (url.rsplit("/", 1)[1],),
+        ).fetchall()
+    return [(str(name), int(n)) for name, n in rows]
+
+
+def test_a_proxy_holds_one_connection_for_changes_and_counts(fleet: Fleet, cluster: Cluster) -> None:
+    proxy = fleet.start(0)
+    url = f"https://api.stripe.test:{fleet.port}/v1/one"
+    assert [get(proxy, url) for _ in range(3)] == [200] * 3
+    seconds_until(lambda: fleet.requests_counted() == 3, 10.0)  # written through it...
+    fleet.add(1, "late", "api.late.test")
+    seconds_until(lambda: get(proxy, f"https://api.late.test:{fleet.port}/x") == 200, 2.0)  # ...heard on it
+    database = fleet.env["EGRESS_DATABASE_URL"]
+    # The CLI's connections close as its commands exit; the supervisor holds none.
+    seconds_until(lambda: connections(cluster, database) == [("egress-proxy", 1)], 5.0)
 
 
 def test_a_connector_added_through_one_cli_reaches_every_proxy_within_two_seconds(

@@ -183,6 +183,26 @@ def test_follow_yields_new_rows_oldest_first(opened: Opener) -> None:
     assert [next(follow).request_id, next(follow).request_id] == ["f1", "f2"]
 
 
+def test_only_changes_proxies_hold_move_the_generation(opened: Opener) -> None:
+    """A pod minting its grant at start must not make every proxy of a fleet reload."""
+    store = opened()
+    with store.write() as tx:
+        tx.add_grant("g1", "pod-1", ["c"], NOW + 3600)
+        tx.add_admin_token("t1", "hash-1", None, False, "ops")
+    assert store.generation() == 0 and [g["id"] for g in store.grants()] == ["g1"]
+    with store.write() as tx:
+        assert tx.revoke_grant("nope") is False and tx.delete("nope") is False  # nothing changed
+    assert store.generation() == 0
+    with store.write() as tx:
+        assert tx.revoke_grant("g1") is True
+    assert store.generation() == 1 and store.revoked_grants() == frozenset({"g1"})
+    with store.write() as tx:
+        tx.put("c", {}, b"x")
+    with store.write() as tx:
+        assert tx.delete("c") is True
+    assert store.generation() == 3
+
+
 def test_wait_for_change_returns_within_its_timeout(opened: Opener) -> None:
     store = opened()
     started = time.monotonic()
