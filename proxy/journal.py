@@ -66,6 +66,7 @@ _REQUEST = struct.Struct("<BHIB")  # kind 2, connector number, minute, health sl
 _EVENT = struct.Struct("<BI")  # kind 3, length; an error or blocked row as JSON
 NAME, REQUEST, EVENT = 1, 2, 3
 _MAX_NAMES = 0xFFFF
+_ONE_REQUEST, _ONE_EVENT, _ONE_BLOCKED = Counted(requests=1), Counted(events=1), Counted(1, 0, 1)
 
 
 class JournalError(Exception):
@@ -131,8 +132,8 @@ class Journals:
         self._lock_fd = _create_locked(directory / f"{self.owner}{LOCK_SUFFIX}")
         self._files: list[_File] = []
         self._seq = 0
-        self.missed = 0  # counted things that found no room (memory only), since the last cut
-        self._warned = False
+        self.missed = Counted()  # what found no room (counted in memory only), all along
+        self._warned = False  # since the last cut
         # the current file, flattened for the hot path; _cap < 0: no file, count in memory only
         self._mm: mmap.mmap | None = None
         self._end = HEADER
@@ -156,6 +157,7 @@ class Journals:
         end = self._end
         if cid is None or end + _REQUEST.size > self._cap:
             if not self._room(_REQUEST.size, connector):
+                self.missed += _ONE_REQUEST
                 return
             cid, end = self._ids[connector], self._end
         mm = self._mm
@@ -169,6 +171,7 @@ class Journals:
         data = _event_doc(event)
         need = _EVENT.size + len(data)
         if self._end + need > self._cap and not self._room(need):
+            self.missed += _ONE_BLOCKED if event.kind == "blocked" else _ONE_EVENT
             return
         mm, end = self._mm, self._end
         assert mm is not None
@@ -186,13 +189,13 @@ class Journals:
         total = need + (_NAME.size + len(name) if name else 0)
         if self._end + total > self._cap or len(self._ids) >= _MAX_NAMES:
             if self._cap < 0 or len(self._files) >= self.max_files or not self._open():
-                self._miss("no room left in the journal")
+                self._warn("no room left in the journal")
                 return False
             if connector is not None:
                 name = connector.encode("utf-8", "surrogatepass")
                 total = need + _NAME.size + len(name)
             if self._end + total > self._cap:  # one record larger than a whole file
-                self._miss("a record larger than a journal file")
+                self._warn("a record larger than a journal file")
                 return False
         if name:
             mm, end = self._mm, self._end
@@ -204,8 +207,7 @@ class Journals:
             self._ids[connector] = len(self._ids)
         return True
 
-    def _miss(self, why: str) -> None:
-        self.missed += 1
+    def _warn(self, why: str) -> None:
         if not self._warned:
             self._warned = True
             logger.warning(
@@ -232,7 +234,7 @@ class Journals:
                 raise
         except OSError as e:
             self._mm, self._cap = None, -1
-            self._miss(f"cannot create {path.name} ({e.strerror})")
+            self._warn(f"cannot create {path.name} ({e.strerror})")
             return False
         _HEAD.pack_into(mm, 0, MAGIC, FORMAT, HEADER, seq, time.time(), os.getpid())
         self._seq = seq
@@ -245,7 +247,7 @@ class Journals:
         drained now is covered by). Call it together with ``Tally.drain``, on the same thread, and
         only when there is something to drain: every cut starts a file, and numbers only grow."""
         last = self._seq
-        self.missed, self._warned = 0, False
+        self._warned = False
         if not self._open():
             self._seq = last + 1  # numbers still move on: the next batch must not reuse ``last``
         return last
@@ -417,7 +419,7 @@ def replay(directory: Path, flush: Flush, *, own: str | None = None) -> list[Rep
                 path.unlink()
                 files += 1
             lock_path.unlink(missing_ok=True)
-            if files:
+            if counted or skipped:
                 done.append(Replayed(owner, files, counted, skipped))
         finally:
             os.close(fd)

@@ -187,6 +187,11 @@ class Counted:
             self.events + other.events, self.requests + other.requests, self.blocked + other.blocked
         )
 
+    def __sub__(self, other: Counted) -> Counted:
+        return Counted(
+            self.events - other.events, self.requests - other.requests, self.blocked - other.blocked
+        )
+
     def __str__(self) -> str:
         return f"{self.requests} request(s), {self.blocked} blocked, {self.events} log row(s)"
 
