@@ -62,7 +62,7 @@ class JournalMark(NamedTuple):
 class Mirror(Protocol):
     """Where a ``Tally`` copies each count as it happens (``proxy.journal.Journals``)."""
 
-    def request(self, connector: str, minute: int, slot: int) -> None: ...
+    def request(self, key: tuple[str, int], slot: int) -> None: ...
     def event(self, event: Event) -> None: ...
 
 
@@ -98,8 +98,7 @@ class Tally:
         Returns the failure class slot (``None`` when it did not fail), so the
         caller can label its metrics without classifying twice.
         """
-        minute = int(self.clock() // 60)
-        key = (connector, minute)
+        key = (connector, int(self.clock() // 60))
         counts = self._batch.requests.get(key)
         if counts is None:
             counts = self._batch.requests[key] = [0] * SLOTS
@@ -109,7 +108,7 @@ class Tally:
             counts[1] += 1
             counts[slot] += 1
         if self.journal is not None:
-            self.journal.request(connector, minute, slot or 0)
+            self.journal.request(key, slot or 0)
         return slot
 
     def error(self, event: Event) -> None:
