@@ -271,7 +271,7 @@ class Journals:
         try:
             f = self._reuse(seq, path) if self._spares else self._create(seq, path)
         except OSError as e:
-            self._mm, self._words, self._cap = None, None, -1
+            self._mm, self._words, self._cap, self._ids, self._blocks = None, None, -1, {}, {}
             self._warn(f"cannot make {path.name} ({e.strerror})")
             return False
         self._seq = seq
@@ -330,7 +330,7 @@ class Journals:
         for f in self._files:
             f.close(remove=remove)
         self._files, self._spares = [], []
-        self._mm, self._words, self._cap = None, None, -1
+        self._mm, self._words, self._cap, self._ids, self._blocks = None, None, -1, {}, {}
         if remove:
             (self.directory / f"{self.owner}{LOCK_SUFFIX}").unlink(missing_ok=True)
         os.close(self._lock_fd)  # the lock goes with it: what is left is anyone's to replay

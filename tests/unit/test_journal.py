@@ -331,3 +331,22 @@ def test_counts_survive_sigkill(tmp_path: Path) -> None:
     assert errors == 500
     assert [m.seq for _, m in written.batches] == sorted(m.seq for _, m in written.batches)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_when_the_next_file_cannot_be_made_counting_goes_on_in_memory(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    tally, journals = journaled(tmp_path)
+    tally.request("c", 200)
+    (tmp_path / f"{journals.owner}.2.journal").write_text("in the way")  # the next file's name
+    with caplog.at_level(logging.WARNING):
+        first = journals.cut()
+    assert "cannot make" in caplog.text
+    tally.request("c", 200)  # no file: memory only, and no stale counters touched
+    tally.error(error(1))
+    assert journals.missed.requests == 1 and journals.missed.events == 1
+    assert read(journals.files[0]).requests == {("c", int(T0 // 60)): [1, 0, 0, 0, 0, 0]}
+    assert journals.cut() > first  # and the next cut tries again, with a new number
+    tally.request("c", 200)
+    assert read(journals.files[-1]).requests == {("c", int(T0 // 60)): [1, 0, 0, 0, 0, 0]}
+    journals.close(remove=True)
