@@ -109,6 +109,7 @@ class Recorder:
         self.journals: Journals | None = None
         self._task: asyncio.Task[None] | None = None
         self._flush_lock = threading.RLock()  # done() replays journals while holding it
+        self._replay_lock = threading.RLock()  # done() lets a replay in the writer's thread finish
         self._pending: _Drained | None = None
         self._written: _Drained | None = None  # the last batch written: its journal files may go
         self._failures = 0
@@ -267,6 +268,10 @@ class Recorder:
     def _replay_now(self) -> None:
         """Write what dead proxy processes left in their journals (a worker killed, a proxy that
         stopped while the store was down); each owner's files once, in order."""
+        with self._replay_lock:
+            self._replay_locked()
+
+    def _replay_locked(self) -> None:
         journals = self.journals
         if journals is None:
             return
@@ -292,7 +297,9 @@ class Recorder:
         self._probes.clear()
         if self._task:
             self._task.cancel()
-        with self._flush_lock:  # waits for a flush still running in the writer's thread
+        # Waits for a replay, then a flush, still running in the writer's thread (a replay cut
+        # short here would leave a dead process's counts to the next start).
+        with self._replay_lock, self._flush_lock:
             if self.store is None:
                 self._close_journals(remove=True)
                 return
