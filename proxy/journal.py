@@ -7,11 +7,11 @@ file mapped ``MAP_SHARED``: plain memory stores, no system call per request.
 The pages belong to the kernel's page cache, so they outlive the process; a
 machine that loses power may still lose them (nothing is fsynced).
 
-A file is a header and records. Each (connector, minute) gets a block of
-the six counters of a count row (``proxy.health`` slots), incremented in
-place as 4-byte words (a word is written whole or not at all); an error or
-blocked row is a record of its own. A new record is written first and the length
-in the header advanced after it, so a reader never sees half of one.
+A file is a header and records. Each (connector, minute) gets a record of
+the counters of a count row (``proxy.health`` slots), incremented in place
+as 4-byte words (a word is written whole or not at all); an error or
+blocked row is a record of its own. A new record is written first and the
+length in the header advanced after it, so a reader never sees half of one.
 
 Files are numbered per owner (one process, ``<pid>-<random>``); every flush
 *cuts*: counting moves on to the next file, and once the drained batch is
