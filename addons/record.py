@@ -4,10 +4,17 @@ Hooks only touch in-memory counters; a writer task flushes them to the store
 in a thread, every ``--flush-interval`` seconds (by default the store's: about
 one for SQLite, five for PostgreSQL, which every sidecar of a fleet writes
 to), jittered so that processes started together do not flush together;
-``done`` flushes whatever is left, so SIGTERM loses nothing. While the store
-is unreachable (a database down or restarting) the counts wait in memory,
-bounded, and go out with the first flush that gets through; whatever the
-bounds drop is logged and counted in ``egress_store_dropped_total``.
+``done`` flushes whatever is left, so SIGTERM loses nothing. Every count is
+also appended to this process's journal (``proxy.journal``, memory-mapped
+files in EGRESS_HOME), so SIGKILL loses nothing either: the writer and every
+other proxy process sharing the home replay the journals of dead processes
+(at start, every few seconds, and at stop), each exactly once.
+
+While the store is unreachable (a database down or restarting) the batch
+drained last waits and is retried, counting goes on in memory, bounded, and
+everything goes out as soon as a flush gets through; whatever the bounds drop
+is logged and counted in ``egress_store_dropped_total``. Stopping during an
+outage leaves the counts in the journal for the next proxy to start.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 
 from mitmproxy import connection, ctx, exceptions, http, tls
 from mitmproxy.addonmanager import Loader
@@ -33,12 +41,14 @@ from proxy.errors import EgressError, StoreUnavailable
 from proxy.grants import Grant
 from proxy.health import CLASS_NAMES
 from proxy.hosts import format_authority
+from proxy.journal import Journals, replay
 from proxy.policy import Block, parse_target
 from proxy.reasons import Reason
 from proxy.runtime.auditlog import DEFAULT_MAX_BYTES, AuditLog
 from proxy.runtime.metrics import Metrics
 from proxy.secrets import DEFAULT_WORKSPACE
-from proxy.stats import Batch, Clock, Counted, Event, Tally, printable, strip_query
+from proxy.service.home import Home
+from proxy.stats import Batch, Clock, Counted, Event, JournalMark, Tally, printable, strip_query
 from proxy.store import Store
 
 logger = logging.getLogger(__name__)
@@ -50,6 +60,7 @@ MAX_FLUSH_FAILURES = 5  # then a batch's log rows are dropped so one bad row can
 # is 14,400), and the newest log rows (a flood of blocked requests must not exhaust memory).
 BACKLOG_KEYS = 50_000
 BACKLOG_EVENTS = 20_000
+REPLAY_INTERVAL = 5.0  # seconds between looks for journals a dead process left (and at start)
 
 
 def failure_kind(message: str) -> str:
@@ -95,18 +106,31 @@ def node_name(env: Mapping[str, str]) -> str:
     return printable(env.get("EGRESS_NODE") or socket.gethostname(), 100)
 
 
+@dataclass(eq=False)
+class _Drained:
+    """A batch taken from the tally and not yet in the store."""
+
+    batch: Batch
+    mark: JournalMark | None  # the journal files holding it: the owner's, up to ``mark.seq``
+    missed: Counted = field(default_factory=Counted)  # what the journal had missed when it was cut
+
+
 class Recorder:
     def __init__(self, clock: Clock = time.time, tunnels: Tunnels | None = None) -> None:
         self.clock = clock
         self.tunnels = tunnels
-        self.tally = Tally(clock, node_name(os.environ))
+        self.tally = Tally(clock, node=node_name(os.environ))
         self.metrics = Metrics()
         self.store: Store | None = None
         self.interval = FLUSH_INTERVAL  # seconds between flushes (configure: the option or the store's)
+        self.journals: Journals | None = None
         self._task: asyncio.Task[None] | None = None
-        self._flush_lock = threading.Lock()
-        self._pending: Batch | None = None
+        self._flush_lock = threading.RLock()  # done() replays journals while holding it
+        self._replay_lock = threading.RLock()  # done() lets a replay in the writer's thread finish
+        self._pending: _Drained | None = None
+        self._written: _Drained | None = None  # the last batch written: its journal files may go
         self._failures = 0
+        self._next_replay = 0.0
         # 407s to credential-less CONNECTs, by client connection: libcurl (git, curl
         # --proxy-anyauth) probes without credentials, then retries with the grant.
         self._probes: dict[str, http.HTTPFlow] = {}
@@ -145,16 +169,35 @@ class Recorder:
             if self.store:
                 self.store.close()
                 self.store = None
+            self._close_journals(remove=True)  # what they hold is still in memory, for the new store
             if ctx.options.egress_record:
                 try:  # may be down: counts wait; shares the reload watcher's connection
-                    self.store = home_from_options().store(lazy=True, shared=True)
+                    home = home_from_options()
+                    self.store = home.store(lazy=True, shared=True)
                 except EgressError as e:
                     raise exceptions.OptionsError(str(e)) from None
+                self._open_journals(home)
         if {"egress_home", "egress_record", "egress_flush_interval"} & updated:
             chosen = ctx.options.egress_flush_interval
             self.interval = (
                 chosen if chosen > 0 else self.store.flush_interval if self.store else FLUSH_INTERVAL
             )
+
+    def _open_journals(self, home: Home) -> None:
+        try:
+            self.journals = Journals(home.journal_dir)
+        except OSError as e:
+            logger.warning(
+                "no statistics journal in %s (%s): counts not yet written die with this process",
+                home.journal_dir,
+                e.strerror,
+            )
+        self.tally.journal = self.journals
+
+    def _close_journals(self, *, remove: bool) -> None:
+        if self.journals is not None:
+            self.journals.close(remove=remove)
+        self.journals = self.tally.journal = None
 
     async def running(self) -> None:
         self._task = asyncio.create_task(self._writer())
@@ -167,46 +210,80 @@ class Recorder:
             yield self.interval * random.uniform(1 - FLUSH_JITTER, 1 + FLUSH_JITTER)
 
     async def _writer(self) -> None:
+        await self._replay()  # journals a killed process left: its counts are due now
         for delay in self.delays():
             await asyncio.sleep(delay)
-            batch = self.tally.drain()
-            if batch and self.store:
-                self._pending = batch
-                try:
-                    await asyncio.to_thread(self._flush, batch)
-                except StoreUnavailable as e:
-                    self._keep_for_later(batch, e)
-                except Exception as e:
-                    self._failures += 1
-                    drop = self._failures >= MAX_FLUSH_FAILURES
-                    logger.error(
-                        "statistics flush failed (%s); %s",
-                        type(e).__name__,
-                        "dropping its log rows, keeping counts" if drop else "will retry",
-                    )
-                    with self._flush_lock:
-                        if self._pending is batch:  # keep the counts for the next flush
-                            self._pending = None
-                            if drop:
-                                batch.events.clear()
-                                self._failures = 0
-                            self.tally.merge(batch)
-                else:
-                    self._failures = 0
-                    if self._store_down:
-                        self._store_down = False
-                        logger.warning("store reachable again: statistics written (%s)", Counted.of(batch))
+            await self._write()
+            if time.monotonic() >= self._next_replay:
+                await self._replay()
 
-    def _keep_for_later(self, batch: Batch, e: StoreUnavailable) -> None:
+    def _drain(self, *, final: bool = False) -> _Drained:
+        """Take the tally and cut the journal, at once (on the event loop, between two counts)."""
+        journals = self.journals
+        if journals is None:
+            return _Drained(self.tally.drain(), None)
+        if final:  # nothing is counted after this: the files so far hold it all
+            seq = journals.seq
+            self.tally.journal = None
+        else:
+            seq = journals.cut()
+        return _Drained(self.tally.drain(), JournalMark(journals.owner, seq), journals.missed)
+
+    async def _write(self) -> None:
+        """One flush: a batch still waiting for the store first, then what was counted since."""
+        while self.store:
+            drained, retry = self._pending, self._pending is not None
+            if drained is None:
+                if not self.tally:
+                    return
+                drained = self._pending = self._drain()
+            try:
+                await asyncio.to_thread(self._flush, drained)
+            except StoreUnavailable as e:
+                self._keep_for_later(e)
+                return
+            except Exception as e:
+                self._failed(drained, e)
+                return
+            self._failures = 0
+            self._committed()
+            if self._store_down:
+                self._store_down = False
+                logger.warning("store reachable again: statistics written (%s)", Counted.of(drained.batch))
+            if not retry:
+                return  # else write what was counted while that batch waited, now
+
+    def _committed(self) -> None:
+        """The journal files of the last batch written go."""
+        journals, mark = self.journals, self._written.mark if self._written is not None else None
+        if journals is not None and mark is not None and mark.owner == journals.owner:
+            journals.committed(mark.seq)
+
+    def _failed(self, drained: _Drained, e: Exception) -> None:
+        """A store that answers but refuses the batch: retried, and after a few tries without its
+        log rows, so one bad row cannot jam the writer."""
+        self._failures += 1
+        drop = self._failures >= MAX_FLUSH_FAILURES
+        logger.error(
+            "statistics flush failed (%s); %s",
+            type(e).__name__,
+            "dropping its log rows, keeping counts" if drop else "will retry",
+        )
+        if drop:
+            with self._flush_lock:
+                if self._pending is drained:
+                    drained.batch.events.clear()
+                    self._failures = 0
+
+    def _keep_for_later(self, e: StoreUnavailable) -> None:
         """An outage is not a bad row: keep everything (bounded) and retry at the next flush."""
         with self._flush_lock:
-            if self._pending is batch:
-                self._pending = None
-                self.tally.merge(batch)
-            dropped = self.tally.shed(BACKLOG_EVENTS, BACKLOG_KEYS)
+            waiting = self._pending.batch if self._pending is not None else None
+            dropped = self.tally.shed(BACKLOG_EVENTS, BACKLOG_KEYS, older=waiting)
+            pending = self.tally.pending() + (Counted.of(waiting) if waiting is not None else Counted())
         if not self._store_down:
             self._store_down = True
-            logger.error("%s: counting in memory until it answers (%s pending)", e, self.tally.pending())
+            logger.error("%s: counting in memory until it answers (%s pending)", e, pending)
         if dropped:
             self._dropped(dropped, "the backlog for the unreachable store is full")
 
@@ -220,11 +297,51 @@ class Recorder:
                 self.metrics.store_dropped.labels(kind).inc(n)
         logger.error("statistics dropped, %s: %s", why, dropped)
 
-    def _flush(self, batch: Batch) -> None:
+    def _flush(self, drained: _Drained) -> None:
         with self._flush_lock:  # done() must not close the store under a running flush
-            if self.store and self._pending is batch:
-                self.store.monitoring.flush(batch)
+            if self.store and self._pending is drained:
+                if not self.store.monitoring.flush(drained.batch, drained.mark):
+                    logger.info("statistics batch %s was already written; not written twice", drained.mark)
                 self._pending = None
+                self._written = drained
+
+    async def _replay(self) -> None:
+        self._next_replay = time.monotonic() + REPLAY_INTERVAL
+        if self.journals is None or self.store is None:
+            return
+        try:
+            await asyncio.to_thread(self._replay_now)
+        except StoreUnavailable:
+            pass  # the files stay: the next try writes them
+        except Exception as e:
+            logger.error("replaying statistics journals failed (%s: %s)", type(e).__name__, e)
+
+    def _replay_now(self) -> None:
+        """Write what dead proxy processes left in their journals (a worker killed, a proxy that
+        stopped while the store was down); each owner's files once, in order."""
+        with self._replay_lock:
+            self._replay_locked()
+
+    def _replay_locked(self) -> None:
+        journals = self.journals
+        if journals is None:
+            return
+
+        def flush(batch: Batch, mark: JournalMark) -> bool:
+            batch.node = batch.node or self.tally.node  # a dead worker of this proxy, most likely
+            with self._flush_lock:
+                if self.store is None:
+                    raise StoreUnavailable("stopping")
+                return self.store.monitoring.flush(batch, mark)
+
+        for r in replay(journals.directory, flush, own=journals.owner):
+            pid = r.owner.split("-", 1)[0]
+            logger.warning(
+                "wrote the statistics a stopped process (pid %s) left in its journal: %s%s",
+                pid,
+                r.counted,
+                f" ({r.skipped} file(s) already written)" if r.skipped else "",
+            )
 
     def done(self) -> None:
         for flow in list(self._probes.values()):  # the client never came back with a grant
@@ -232,23 +349,63 @@ class Recorder:
         self._probes.clear()
         if self._task:
             self._task.cancel()
-        with self._flush_lock:  # waits for a flush still running in the writer's thread
-            if self._pending is not None:  # drained but not yet written: write it now
-                self.tally.merge(self._pending)
-                self._pending = None
-            if self.store:
-                batch = self.tally.drain()
-                if batch:
-                    try:
-                        self.store.monitoring.flush(batch)
-                    except StoreUnavailable as e:
-                        self.tally.merge(batch)
-                        self._dropped(self.tally.pending(), f"stopping while {e}")
-                self.store.close()
-                self.store = None
         if self.audit is not None:
             self.audit.close()
             self.audit = None
+        # Waits for a replay, then a flush, still running in the writer's thread (a replay cut
+        # short here would leave a dead process's counts to the next start).
+        with self._replay_lock, self._flush_lock:
+            if self.store is None:
+                self._close_journals(remove=True)
+                return
+            self._committed()
+            kept = False
+            try:
+                if self._pending is not None:  # drained but not yet written: write it now
+                    self.store.monitoring.flush(self._pending.batch, self._pending.mark)
+                    self._pending = None
+                if self.tally:
+                    drained = self._drain(final=True)
+                    self._pending = drained
+                    self.store.monitoring.flush(drained.batch, drained.mark)
+                    self._pending = None
+            except StoreUnavailable as e:
+                self._left_for_later(e)
+                kept = self.journals is not None
+            if not kept:
+                try:
+                    self._replay_now()  # a sibling killed just before the stop
+                except StoreUnavailable:
+                    pass
+                except Exception as e:
+                    logger.error("replaying statistics journals failed (%s: %s)", type(e).__name__, e)
+            self._close_journals(remove=not kept)
+            self.store.close()
+            self.store = None
+
+    def _left_for_later(self, e: StoreUnavailable) -> None:
+        """Stopping while the store is down: say what waits in the journal for the next start,
+        and what is lost (all of it without a journal; what found no room in it otherwise)."""
+        waiting = self._pending
+        self._pending = None
+        if waiting is not None:
+            self.tally.merge(waiting.batch)
+        pending, journals = self.tally.pending(), self.journals
+        if journals is None:
+            self._dropped(pending, f"stopping while {e}")
+            return
+        written = self._written
+        ours = written is not None and written.mark is not None and written.mark.owner == journals.owner
+        lost = journals.missed - (written.missed if written is not None and ours else Counted())
+        logger.warning(
+            "stopping while %s: %s kept in the statistics journal %s; the next proxy started "
+            "with this home and store writes them",
+            e,
+            pending - lost,
+            journals.directory,
+        )
+        if lost:
+            self._dropped(lost, "they found no room in the journal")
 
     # -- hooks --------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 One decision is what the request path computes for every request inside a
 tunnel: ``check_tunnel_request`` (SNI/Host/:authority against the CONNECT
 target), ``Policy.route`` (which connector, secret pre-rendered) and
-``Tally.request`` (the monitoring counter). ``Policy.connect`` runs once per
+``Tally.request`` (the monitoring counter, with its journal as in a worker). ``Policy.connect`` runs once per
 tunnel and is shown separately, and so is a blocked request (``blocked_us``:
 a host no pattern allows, with its near miss computed).
 
@@ -15,12 +15,15 @@ from __future__ import annotations
 import json
 import statistics
 import sys
+import tempfile
 import timeit
 from collections.abc import Callable
+from pathlib import Path
 
 from proxy.admission import RequestFacts, Rules, admit, check_tunnel_request
 from proxy.connectors import make_connector
 from proxy.context import Tunnel
+from proxy.journal import Journals
 from proxy.policy import Allow, Block, Policy, Target
 from proxy.stats import Tally
 
@@ -54,7 +57,9 @@ def measure(n: int, number: int = 50_000, repeat: int = 7) -> dict[str, float]:
     policy = build_policy(n)
     assert len(policy) == n
     target = Target(HOST, 443)
-    tally = Tally()
+    journal_dir = tempfile.TemporaryDirectory()
+    journals = Journals(Path(journal_dir.name))
+    tally = Tally(journal=journals)  # as a worker counts: in memory and in its journal
     rules = Rules(policy)
     tunnel = Tunnel(target, "198.51.100.1")
 
@@ -86,7 +91,7 @@ def measure(n: int, number: int = 50_000, repeat: int = 7) -> dict[str, float]:
     assert isinstance(decision, Allow) and decision.connector == "bench", decision
     assert decision.rendered.headers == (("Authorization", "Bearer bench-secret"),)
     assert policy.connect(target) is None
-    return {
+    row = {
         "connectors": n,
         "decision_us": _per_call_us(decide, number, repeat),
         "check_us": _per_call_us(check, number, repeat),
@@ -97,6 +102,9 @@ def measure(n: int, number: int = 50_000, repeat: int = 7) -> dict[str, float]:
         "blocked_us": _per_call_us(blocked(Target("www.bench.test", 443)), number // 10, repeat),
         "blocked_crowded_us": _per_call_us(blocked(Target("x.filler.test", 443)), number // 10, repeat),
     }
+    journals.close(remove=True)
+    journal_dir.cleanup()
+    return row
 
 
 def main() -> int:

@@ -11,7 +11,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from proxy.health import SLOTS, Health, outcome_slot
 from proxy.secrets import DEFAULT_WORKSPACE
@@ -52,6 +52,21 @@ class Event:
         return doc
 
 
+class JournalMark(NamedTuple):
+    """Which journal file a batch comes from (``proxy.journal``): the store writes a mark's batch
+    only if it has not yet written one of the same owner with this ``seq`` or a higher one."""
+
+    owner: str
+    seq: int
+
+
+class Mirror(Protocol):
+    """Where a ``Tally`` copies each count as it happens (``proxy.journal.Journals``)."""
+
+    def request(self, key: tuple[str, int], slot: int) -> None: ...
+    def event(self, event: Event) -> None: ...
+
+
 @dataclass
 class Batch:
     # (connector, minute) -> [requests, errors, rejected, client, server, transport] (proxy.health slots)
@@ -65,12 +80,20 @@ class Batch:
 
 
 class Tally:
-    """In-memory counters for the hot path; ``drain`` hands them to the writer."""
+    """In-memory counters for the hot path; ``drain`` hands them to the writer.
 
-    def __init__(self, clock: Clock = time.time, node: str = "") -> None:
+    With a ``journal`` every count is also copied there as it is made, so a
+    crash before the next flush loses none of them.
+    """
+
+    def __init__(self, clock: Clock = time.time, journal: Mirror | None = None, node: str = "") -> None:
         self.clock = clock
+        self.journal = journal
         self.node = node
         self._batch = Batch(node=node)
+
+    def __bool__(self) -> bool:
+        return bool(self._batch)
 
     def request(self, connector: str, status: int | None) -> int | None:
         """Count one forwarded request by its upstream status (``None``: no response at all).
@@ -87,15 +110,21 @@ class Tally:
         if slot is not None:
             counts[1] += 1
             counts[slot] += 1
+        if self.journal is not None:
+            self.journal.request(key, slot or 0)
         return slot
 
     def error(self, event: Event) -> None:
         self._batch.events.append(event)
+        if self.journal is not None:
+            self.journal.event(event)
 
     def blocked(self, event: Event) -> None:
         key = (event.host, event.reason or "", int(event.ts // 60))
         self._batch.blocked[key] = self._batch.blocked.get(key, 0) + 1
         self._batch.events.append(event)
+        if self.journal is not None:
+            self.journal.event(event)
 
     def merge(self, batch: Batch) -> None:
         """Put back a batch whose flush failed, so its counts are not lost."""
@@ -111,21 +140,28 @@ class Tally:
         batch, self._batch = self._batch, Batch(node=self.node)
         return batch
 
-    def shed(self, max_events: int, max_keys: int) -> Counted:
+    def shed(self, max_events: int, max_keys: int, older: Batch | None = None) -> Counted:
         """Bound what waits for an unreachable store, dropping the oldest first; what was dropped.
 
         Counts are a dict per (connector, minute), so a long outage grows them
         by minutes, not by requests; the event log grows by requests, hence
-        its own, tighter bound.
+        its own, tighter bound. ``older``, a batch drained earlier and still
+        waiting to be written, shares the bounds and is shed first.
         """
-        b = self._batch
-        events = max(0, len(b.events) - max_events)
-        del b.events[:events]  # merge() keeps the oldest first
+        batches = [self._batch] if older is None else [older, self._batch]
+        over = max(0, sum(len(b.events) for b in batches) - max_events)
+        events = over
+        for b in batches:
+            n = min(over, len(b.events))
+            del b.events[:n]  # merge() keeps the oldest first
+            over -= n
         requests = blocked = 0
-        for key in sorted(b.requests, key=lambda k: k[1])[: max(0, len(b.requests) - max_keys)]:
-            requests += b.requests.pop(key)[0]
-        for bkey in sorted(b.blocked, key=lambda k: k[2])[: max(0, len(b.blocked) - max_keys)]:
-            blocked += b.blocked.pop(bkey)
+        counts = [(key[1], i, key) for i, b in enumerate(batches) for key in b.requests]
+        for _, i, key in sorted(counts, key=lambda t: (t[0], t[1]))[: max(0, len(counts) - max_keys)]:
+            requests += batches[i].requests.pop(key)[0]
+        hosts = [(bkey[2], i, bkey) for i, b in enumerate(batches) for bkey in b.blocked]
+        for _, i, bkey in sorted(hosts, key=lambda t: (t[0], t[1]))[: max(0, len(hosts) - max_keys)]:
+            blocked += batches[i].blocked.pop(bkey)
         return Counted(events, requests, blocked)
 
     def pending(self) -> Counted:
@@ -147,6 +183,16 @@ class Counted:
 
     def __bool__(self) -> bool:
         return bool(self.events or self.requests or self.blocked)
+
+    def __add__(self, other: Counted) -> Counted:
+        return Counted(
+            self.events + other.events, self.requests + other.requests, self.blocked + other.blocked
+        )
+
+    def __sub__(self, other: Counted) -> Counted:
+        return Counted(
+            self.events - other.events, self.requests - other.requests, self.blocked - other.blocked
+        )
 
     def __str__(self) -> str:
         return f"{self.requests} request(s), {self.blocked} blocked, {self.events} log row(s)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from proxy.grants import GrantKey
 from proxy.secrets import DEFAULT_WORKSPACE, MasterKey
 from proxy.service import ca
 from proxy.service.files import write_atomic
-from proxy.store import Store, open_store, sqlite_path
+from proxy.store import Store, mask_url, open_store, sqlite_path
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,13 @@ class Home:
     @property
     def run_dir(self) -> Path:
         return self.root / "run"
+
+    @property
+    def journal_dir(self) -> Path:
+        """Where proxies journal counts not yet in the store (``proxy.journal``), one directory per
+        store, so a proxy replays only journals meant for the store it writes to."""
+        digest = hashlib.sha256(mask_url(self.database_url).encode()).hexdigest()[:12]
+        return self.root / "journal" / digest
 
     @property
     def addr_file(self) -> Path:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from proxy.health import Health
-from proxy.stats import Batch, ConnectorStats, Event
+from proxy.stats import Batch, ConnectorStats, Event, JournalMark
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +61,12 @@ class Transaction(Protocol):
 class Monitoring(Protocol):
     """The rolling 24-hour counters and the error / blocked event log."""
 
-    def flush(self, batch: Batch) -> None: ...
+    def flush(self, batch: Batch, mark: JournalMark | None = None) -> bool:
+        """Add a batch in one transaction. With a ``mark`` (the journal file it comes from), the
+        same transaction moves the owner's mark forward, and a batch whose mark is not past the
+        stored one is not written again: False."""
+        ...
+
     def summary(self, connectors: list[str], only: str | None = None) -> list[ConnectorStats]: ...
     def health(self, connectors: list[str], only: str | None = None) -> dict[str, Health]: ...
     def blocked_summary(self) -> list[dict[str, Any]]: ...

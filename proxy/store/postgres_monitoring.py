@@ -26,6 +26,7 @@ from proxy.stats import (
     Clock,
     ConnectorStats,
     Event,
+    JournalMark,
     printable,
 )
 from proxy.store.rows import (
@@ -58,6 +59,11 @@ _INSERT_NODE = (
     "DO UPDATE SET requests = stats_node.requests + EXCLUDED.requests, "
     "errors = stats_node.errors + EXCLUDED.errors"
 )
+# A mark moves only forward; the upsert waits on another transaction writing the same owner.
+_MARK = (
+    "INSERT INTO journal_marks (owner, seq, at) VALUES (%s, %s, %s) ON CONFLICT (owner) DO UPDATE "
+    "SET seq = EXCLUDED.seq, at = EXCLUDED.at WHERE journal_marks.seq < EXCLUDED.seq"
+)
 _SUM_COUNTS = (
     "SELECT connector, "
     + ", ".join(f"SUM({c})" for c in COUNTERS)
@@ -80,25 +86,32 @@ class PostgresMonitoring:
         self.row_cap = row_cap
         self._pruned_minute: int | None = None
 
-    def flush(self, batch: Batch) -> None:
-        """Add a batch in one transaction; then, once a minute, prune if no other process is."""
-        now_minute = int(self.clock() // 60)
+    def flush(self, batch: Batch, mark: JournalMark | None = None) -> bool:
+        """Add a batch in one transaction; then, once a minute, prune if no other process is.
+        False if ``mark`` says the batch is already in (a replayed journal)."""
+        now = self.clock()
+        now_minute = int(now // 60)
         counts = sorted((c, m, *n) for (c, m), n in batch.requests.items())
         blocked = sorted((printable(h, 300), r, m, n) for (h, r, m), n in batch.blocked.items())
         events = [event_values(e, batch.node) for e in batch.events]
         nodes = node_counts(batch)
+        written = True
         with self._connect() as conn:
             with conn.transaction(), conn.cursor() as cur:
-                if counts:
+                if mark is not None:
+                    cur.execute(_MARK, (mark.owner, mark.seq, now))
+                    written = cur.rowcount > 0
+                if written and counts:
                     cur.executemany(_INSERT_COUNTS, counts)
-                if blocked:
+                if written and blocked:
                     cur.executemany(_INSERT_BLOCKED, blocked)
-                if events:
+                if written and events:
                     cur.executemany(_INSERT_EVENT, events)
-                if nodes:
+                if written and nodes:
                     cur.executemany(_INSERT_NODE, nodes)
             if self._pruned_minute != now_minute:
                 self._prune(conn, now_minute)
+        return written
 
     def _prune(self, conn: psycopg.Connection[Any], now_minute: int) -> None:
         horizon = now_minute - WINDOW_MINUTES
@@ -112,6 +125,7 @@ class PostgresMonitoring:
                 conn.execute(
                     "DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - %s", (self.row_cap,)
                 )
+                conn.execute("DELETE FROM journal_marks WHERE at <= %s", (horizon * 60,))
         self._pruned_minute = now_minute  # someone else pruning counts too: it is idempotent
 
     def _sums(self) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:

@@ -87,5 +87,13 @@ PG_MIGRATIONS: list[str] = [
     );
     ALTER TABLE events ADD COLUMN node TEXT;
     """,
+    # 8: journal marks: per proxy process, the highest journal file number whose counts are written
+    """
+    CREATE TABLE journal_marks (
+        owner TEXT PRIMARY KEY,
+        seq BIGINT NOT NULL,
+        at DOUBLE PRECISION NOT NULL
+    );
+    """,
 ]
 PG_VERSION = len(PG_MIGRATIONS)

@@ -3,7 +3,8 @@
 Version 1 held connectors and grants; version 2 adds the monitoring tables
 (stores written by earlier releases already have them, hence IF NOT EXISTS);
 3 to 5 add health classes, workspaces and near misses; 6 the admin API's
-tokens and when each credential last changed; 7 the per-process breakdown.
+tokens and when each credential last changed; 7 the per-process breakdown;
+8 the journal marks that make a crashed process's counts count exactly once.
 A migration runs inside the transaction that bumps the version, so a store
 is never left half-migrated.
 """
@@ -91,6 +92,16 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (node, connector, minute)
     );
     ALTER TABLE events ADD COLUMN node TEXT;
+    """,
+    # 8: journal marks: per proxy process (its journal owner id, proxy.journal), the highest
+    # journal file number whose counts are written, set in the flush's own transaction; a
+    # replay after a crash skips files at or below it. Rows of owners gone 24 hours are deleted.
+    """
+    CREATE TABLE IF NOT EXISTS journal_marks (
+        owner TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL,
+        at REAL NOT NULL
+    );
     """,
 ]
 VERSION = len(MIGRATIONS)

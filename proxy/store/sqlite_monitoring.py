@@ -21,6 +21,7 @@ from proxy.stats import (
     Clock,
     ConnectorStats,
     Event,
+    JournalMark,
     printable,
 )
 from proxy.store.rows import (
@@ -44,6 +45,11 @@ _INSERT_NODE = (
     "INSERT INTO stats_node VALUES (?, ?, ?, ?, ?) ON CONFLICT (node, connector, minute) "
     "DO UPDATE SET requests = requests + excluded.requests, errors = errors + excluded.errors"
 )
+# A mark moves only forward: no row changed means this owner's batch up to ``seq`` is already in.
+_MARK = (
+    "INSERT INTO journal_marks (owner, seq, at) VALUES (?, ?, ?) ON CONFLICT (owner) DO UPDATE "
+    "SET seq = excluded.seq, at = excluded.at WHERE journal_marks.seq < excluded.seq"
+)
 # Per connector: every counter summed over 24 hours, then over the last hour.
 _SUM_COUNTS = (
     "SELECT connector, "
@@ -64,13 +70,17 @@ class SqliteMonitoring:
         self.clock = clock
         self.row_cap = row_cap
 
-    def flush(self, batch: Batch) -> None:
-        """Add a batch and prune old rows, in one transaction."""
-        now_minute = int(self.clock() // 60)
-        horizon = now_minute - WINDOW_MINUTES
+    def flush(self, batch: Batch, mark: JournalMark | None = None) -> bool:
+        """Add a batch and prune old rows, in one transaction; False if ``mark`` says the batch
+        is already in (a journal replayed after its process died just after writing it)."""
+        now = self.clock()
+        horizon = int(now // 60) - WINDOW_MINUTES
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
+            if mark is not None and not db.execute(_MARK, (mark.owner, mark.seq, now)).rowcount:
+                db.execute("COMMIT")
+                return False
             db.executemany(_INSERT_COUNTS, [(c, m, *counts) for (c, m), counts in batch.requests.items()])
             db.executemany(
                 "INSERT INTO blocked_minute VALUES (?, ?, ?, ?) ON CONFLICT (host, reason, minute) "
@@ -87,10 +97,12 @@ class SqliteMonitoring:
             db.execute("DELETE FROM stats_node WHERE minute <= ?", (horizon,))
             db.execute("DELETE FROM events WHERE ts <= ?", (horizon * 60,))
             db.execute("DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?", (self.row_cap,))
+            db.execute("DELETE FROM journal_marks WHERE at <= ?", (horizon * 60,))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        return True
 
     def _sums(self) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
         """Per connector with traffic: its counter sums over 24 hours and over the last hour."""

@@ -17,11 +17,13 @@ from addons.inject import Inject
 from addons.record import Recorder, failure_kind
 from addons.source import PolicySource
 from addons.state import Tunnels
+from proxy import journal
 from proxy.errors import StoreUnavailable
 from proxy.health import Counts, State
+from proxy.journal import HEADER, Journals
 from proxy.service.home import Home
 from proxy.service.monitoring import Monitoring
-from proxy.stats import Batch, Event, Tally
+from proxy.stats import Batch, Event, JournalMark, Tally
 from tests.adapters.helpers import tunnel_flow
 
 
@@ -100,11 +102,12 @@ class FlakyMonitoring:
         self.failures = failures
         self.written: list[Batch] = []
 
-    def flush(self, batch: Batch) -> None:
+    def flush(self, batch: Batch, mark: JournalMark | None = None) -> bool:
         if self.failures > 0:
             self.failures -= 1
             raise StoreUnavailable("store postgresql://u:***@db/egress unavailable: connection refused")
         self.written.append(copy.deepcopy(batch))
+        return True
 
 
 class FakeStore:
@@ -147,9 +150,9 @@ def test_an_outage_keeps_counts_in_memory_bounded_and_writes_them_when_the_store
             count(recorder, 5)
             await asyncio.sleep(0.03)
         assert monitoring.failures < 10**9 - record.MAX_FLUSH_FAILURES  # an outage is not a bad row
-        monitoring.failures = 0  # the store is back
+        monitoring.failures = 0  # the store is back: the waiting batch, then what came since
         for _ in range(500):
-            if monitoring.written:
+            if len(monitoring.written) == 2:
                 break
             await asyncio.sleep(0.01)
         writer.cancel()
@@ -187,3 +190,150 @@ def test_shed_drops_the_oldest_minutes_and_rows_first() -> None:
     assert (dropped.requests, dropped.blocked, dropped.events) == (1 + 2, 2, 3)
     left = tally.drain()
     assert sorted(m for _, m in left.requests) == [2, 3, 4] and [e.request_id for e in left.events] == ["e3"]
+
+
+def journal_files(home: Home) -> list[str]:
+    return sorted(p.name for p in home.journal_dir.glob("*.journal"))
+
+
+def killed(recorder: Recorder) -> None:
+    """What SIGKILL leaves of a recorder: its journal files, their lock released; memory gone."""
+    assert recorder.journals is not None
+    recorder.journals.close(remove=False)
+    recorder.journals = recorder.tally.journal = None
+    if recorder.store is not None:
+        recorder.store.close()
+        recorder.store = None
+
+
+def requests_in_store(home: Home) -> int:
+    with Monitoring(home) as monitoring:
+        rows, _ = monitoring.stats()
+    return sum(r.requests_24h for r in rows)
+
+
+def test_what_a_killed_process_counted_is_written_by_the_next_one(
+    home: Home, caplog: pytest.LogCaptureFixture
+) -> None:
+    dead, heir = Recorder(), Recorder()
+    with taddons.context(PolicySource(), dead) as tctx, caplog.at_level(logging.WARNING):
+        tctx.configure(dead, egress_home=str(home.root))
+        for status in (200, 503, None):
+            dead._count("stripe", status)
+        dead.tally.blocked(Event("blocked", time.time(), "GET", "evil.test", "/", "b1", reason="not-allowed"))
+        assert journal_files(home) != []
+        killed(dead)
+        assert requests_in_store(home) == 0
+        heir.configure({"egress_home"})  # another process on the same home
+        heir._replay_now()
+        assert "left in its journal: 3 request(s), 1 blocked, 1 log row(s)" in caplog.text
+        heir.done()
+    assert requests_in_store(home) == 3
+    with Monitoring(home) as monitoring:
+        (row,), by_host = monitoring.stats()
+    assert row.health.last_1h == Counts(3, server_errors=1, transport_failures=1)
+    assert by_host == [{"host": "evil.test", "reason": "not-allowed", "count": 1}]
+    assert list(home.journal_dir.iterdir()) == []
+
+
+def test_a_batch_written_just_before_the_kill_counts_once(home: Home) -> None:
+    dead, heir = Recorder(), Recorder()
+    with taddons.context(PolicySource(), dead) as tctx:
+        tctx.configure(dead, egress_home=str(home.root))
+        for _ in range(3):
+            dead._count("stripe", 200)
+        drained = dead._pending = dead._drain()
+        dead._flush(drained)  # in the store; killed before its journal file was removed
+        dead._count("stripe", 200)
+        assert len(journal_files(home)) == 2
+        killed(dead)
+        assert requests_in_store(home) == 3
+        heir.configure({"egress_home"})  # another process on the same home
+        heir.done()  # a stop replays too (a sibling killed just before)
+    assert requests_in_store(home) == 4
+
+
+def test_stopping_during_an_outage_leaves_the_counts_in_the_journal_for_the_next_start(
+    home: Home, caplog: pytest.LogCaptureFixture
+) -> None:
+    recorder, heir = Recorder(), Recorder()
+    with taddons.context(PolicySource(), recorder) as tctx:
+        tctx.configure(recorder, egress_home=str(home.root))
+        real = recorder.store
+        assert real is not None
+        real.close()
+        recorder.store = FakeStore(FlakyMonitoring(failures=10**9))  # type: ignore[assignment]
+        count(recorder, 3)
+        recorder.done()
+        assert dropped_metric(recorder) == {}  # nothing lost...
+        assert "3 request(s), 0 blocked, 3 log row(s) kept in the statistics journal" in caplog.text
+        assert journal_files(home) != []  # ...it waits here
+        heir.configure({"egress_home"})  # another process on the same home
+        heir.done()
+    with Monitoring(home) as monitoring:
+        rows, _ = monitoring.stats()
+        assert [(r.connector, r.requests_24h, r.errors_24h) for r in rows] == [("c", 3, 3), ("stripe", 0, 0)]
+        assert len(monitoring.events()) == 3
+
+
+def test_the_writer_cuts_the_journal_and_empties_what_it_wrote(
+    home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(record, "FLUSH_INTERVAL", 0.01)
+    recorder = Recorder()
+    with taddons.context(PolicySource(), recorder) as tctx:
+        tctx.configure(recorder, egress_home=str(home.root))
+        assert journal_files(home) == [f"{recorder.journals.owner}.1.journal"]  # type: ignore[union-attr]
+
+        async def run() -> None:
+            writer = asyncio.create_task(recorder._writer())
+            recorder._count("stripe", 200)
+            for _ in range(500):
+                if requests_in_store(home) == 1:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
+            writer.cancel()
+
+        asyncio.run(run())
+        assert requests_in_store(home) == 1
+        owner = recorder.journals.owner  # type: ignore[union-attr]
+        assert [p.name for p in recorder.journals.files] == [f"{owner}.2.journal"]  # type: ignore[union-attr]
+        assert journal.read(home.journal_dir / f"{owner}.1.journal") == Batch()  # written: emptied, a spare
+        recorder.done()
+    assert list(home.journal_dir.iterdir()) == []
+
+
+def test_a_home_without_room_for_a_journal_still_counts(home: Home, caplog: pytest.LogCaptureFixture) -> None:
+    (home.root / "journal").write_text("not a directory")  # as unwritable as a read-only mount
+    recorder = Recorder()
+    with taddons.context(PolicySource(), recorder) as tctx, caplog.at_level(logging.WARNING):
+        tctx.configure(recorder, egress_home=str(home.root))
+        assert recorder.journals is None and "no statistics journal" in caplog.text
+        recorder._count("stripe", 200)
+        recorder.done()
+    assert requests_in_store(home) == 1
+
+
+def test_stopping_during_an_outage_with_a_full_journal_says_what_is_lost(
+    home: Home, caplog: pytest.LogCaptureFixture
+) -> None:
+    recorder, heir = Recorder(), Recorder()
+    with taddons.context(PolicySource(), recorder) as tctx:
+        tctx.configure(recorder, egress_home=str(home.root))
+        assert recorder.journals is not None and recorder.store is not None
+        recorder.journals.close(remove=True)
+        small = recorder.journals = Journals(home.journal_dir, size=HEADER + 120, max_files=1)
+        recorder.tally.journal = small  # room for three connectors' counts
+        recorder.store.close()
+        recorder.store = FakeStore(FlakyMonitoring(failures=10**9))  # type: ignore[assignment]
+        for i in range(10):
+            recorder._count(f"c{i}", 200)
+        kept = 10 - small.missed.requests
+        assert kept == 3
+        recorder.done()
+        assert dropped_metric(recorder) == {"request": 10.0 - kept}
+        assert f"{kept} request(s), 0 blocked, 0 log row(s) kept in the statistics journal" in caplog.text
+        heir.configure({"egress_home"})
+        heir.done()
+    assert requests_in_store(home) == kept

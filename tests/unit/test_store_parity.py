@@ -15,7 +15,7 @@ import pytest
 from proxy.errors import ConfigError, StoreUnavailable
 from proxy.health import Counts, State
 from proxy.nearmiss import NearMiss
-from proxy.stats import WINDOW_MINUTES, Batch, Event
+from proxy.stats import WINDOW_MINUTES, Batch, Event, JournalMark
 from proxy.store import Store, mask_url, open_store
 from proxy.store.postgres_schema import PG_MIGRATIONS
 from proxy.store.schema import MIGRATIONS
@@ -131,6 +131,37 @@ def test_counts_from_several_processes_add_up(opened: Opener) -> None:
     assert one.monitoring.blocked_summary() == [{"host": "evil.test", "reason": "not-allowed", "count": 7}]
     names = [s.connector for s in two.monitoring.summary(["idle"])]
     assert names == ["c", "idle"]  # a removed connector with traffic still shows
+
+
+def test_a_journal_mark_writes_each_batch_once_across_processes(opened: Opener) -> None:
+    """A batch with a journal mark goes in only if the owner's mark moves forward: the one a process
+    wrote just before it was killed is skipped when its journal is replayed by another process."""
+    live, replayer = opened(), opened()
+
+    def batch(n: int) -> Batch:
+        b = Batch()
+        b.requests[("c", MINUTE)] = [n, 0, 0, 0, 0, 0]
+        b.blocked[("evil.test", "not-allowed", MINUTE)] = n
+        b.events.append(error(NOW - 1, rid=f"r{n}"))
+        return b
+
+    assert live.monitoring.flush(batch(1), JournalMark("111-aa", 1)) is True
+    assert live.monitoring.flush(batch(2), JournalMark("111-aa", 2)) is True
+    assert replayer.monitoring.flush(batch(2), JournalMark("111-aa", 2)) is False  # written already
+    assert replayer.monitoring.flush(batch(1), JournalMark("111-aa", 1)) is False  # and older
+    assert replayer.monitoring.flush(batch(4), JournalMark("111-aa", 3)) is True  # never written
+    assert replayer.monitoring.flush(batch(8), JournalMark("222-bb", 1)) is True  # another owner
+    assert live.monitoring.flush(batch(16)) is True  # no journal: always written
+    (row,) = live.monitoring.summary([])
+    assert row.requests_24h == 1 + 2 + 4 + 8 + 16
+    assert live.monitoring.blocked_summary()[0]["count"] == 31
+    assert sorted(e.request_id for e in live.monitoring.events()) == ["r1", "r16", "r2", "r4", "r8"]
+    # the marks of owners silent for 24 hours go with the rows they counted
+    yesterday = opened(clock=lambda: NOW - WINDOW_MINUTES * 60 - 60)
+    assert yesterday.monitoring.flush(Batch(), JournalMark("333-cc", 9)) is True
+    opened().monitoring.flush(Batch())  # a process's first flush prunes (PostgreSQL: once a minute)
+    assert live.monitoring.flush(Batch(), JournalMark("333-cc", 1)) is True
+    assert live.monitoring.flush(Batch(), JournalMark("111-aa", 3)) is False
 
 
 def test_event_log_filters_orders_and_pages(opened: Opener) -> None:
