@@ -23,9 +23,13 @@ Guards (always, also under ``mitmdump -s``), closing gaps no hook can reach:
   tunnel (a silent socket, a trickled CONNECT head or ClientHello): past
   ``LIMITS.handshake_timeout`` it is closed.
 
-Speedups (only in the product's own workers):
+Speedups and defaults (only in the product's own workers):
 
 - listeners bind with SO_REUSEPORT so workers share one port;
+- with no upstream connection yet (the lazy strategy) mitmproxy picks the
+  client's first ALPN protocol, so httpx (which offers http/1.1 before h2)
+  never got HTTP/2, and with ``http1=False`` spoke HTTP/2 on an HTTP/1
+  connection and failed: h2 is chosen whenever offered, as servers do;
 - mitmproxy type-checks every message's fields when run without -O; the
   values come from its own parser, and the check cost 6.7 % of a worker's CPU
   in the keep-alive benchmark.
@@ -51,6 +55,7 @@ import h11
 import wsproto.events
 from mitmproxy import connection, flow, http
 from mitmproxy import version as mitmproxy_version
+from mitmproxy.addons import tlsconfig
 from mitmproxy.net.http import status_codes
 from mitmproxy.proxy import commands, events, layers, mode_servers, server
 from mitmproxy.proxy.layers import http as http_layer
@@ -67,6 +72,7 @@ _original_handle_client = server.ConnectionHandler.handle_client
 _original_ws_send = layers.websocket.WebsocketConnection.send2
 _original_stream_body = http_layer.HttpStream.state_stream_response_body
 _original_stream_request_body = http_layer.HttpStream.state_stream_request_body
+_original_alpn_select = tlsconfig.alpn_select_callback
 _installed: set[str] = set()
 
 
@@ -110,6 +116,7 @@ def check_version(version: str = mitmproxy_version.VERSION) -> None:
             (http_layer.HttpStream, "state_stream_request_body"),
             (http_layer.HttpStream, "check_killed"),
             (http.MessageData, "__post_init__"),
+            (tlsconfig, "alpn_select_callback"),
         )
         if not hasattr(owner, name)
     ]
@@ -258,6 +265,14 @@ async def _listen_reuse_port(
     return [await asyncio.start_server(self.handle_stream, host, port, reuse_port=True)]
 
 
+def _alpn_prefer_h2(conn: Any, options: list[bytes]) -> Any:
+    """The client's ALPN choice: h2 if offered while the upstream is not known yet, else mitmproxy's."""
+    app = conn.get_app_data()
+    if app["client_alpn"] is None and app["server_alpn"] is None and app["http2"] and b"h2" in options:
+        return b"h2"
+    return _original_alpn_select(conn, options)
+
+
 def _no_field_typecheck(self: http.MessageData) -> None:
     pass
 
@@ -287,4 +302,5 @@ def install_speedups() -> None:
     mode_servers.RegularInstance.listen = _listen_reuse_port  # type: ignore[method-assign,assignment]
     mode_servers.TransparentInstance.listen = _listen_reuse_port  # type: ignore[method-assign,assignment]
     http.MessageData.__post_init__ = _no_field_typecheck  # type: ignore[method-assign]
+    tlsconfig.alpn_select_callback = _alpn_prefer_h2
     _installed.add("speedups")

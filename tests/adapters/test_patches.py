@@ -33,3 +33,28 @@ def test_raw_answer_is_a_complete_blocked_response() -> None:
     assert int(fields["content-length"]) == len(body)
     doc = json.loads(body)
     assert doc["reason"] == "bad-request" and doc["request_id"]
+
+
+class _Conn:
+    def __init__(self, **app: object) -> None:
+        self.app = {"client_alpn": None, "server_alpn": None, "http2": True, **app}
+
+    def get_app_data(self) -> dict[str, object]:
+        return self.app
+
+
+@pytest.mark.parametrize(
+    ("offers", "app", "chosen"),
+    [
+        ([b"http/1.1", b"h2"], {}, b"h2"),  # httpx's order: h2 whenever offered, as servers do
+        ([b"h2"], {}, b"h2"),
+        ([b"http/1.1"], {}, b"http/1.1"),
+        ([b"http/1.1", b"h2"], {"http2": False}, b"http/1.1"),  # --no-http2 still wins
+        ([b"http/1.1", b"h2"], {"server_alpn": b"http/1.1"}, b"http/1.1"),  # mirror a known upstream
+        ([b"http/1.1", b"h2"], {"client_alpn": b"http/1.1"}, b"http/1.1"),  # forced (secure web proxy)
+    ],
+)
+def test_alpn_prefers_h2_while_the_upstream_is_unknown(
+    offers: list[bytes], app: dict[str, object], chosen: bytes
+) -> None:
+    assert patches._alpn_prefer_h2(_Conn(**app), offers) == chosen
