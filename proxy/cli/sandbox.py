@@ -25,7 +25,7 @@ from typing import Any
 from proxy.cli.run import GRANT_ENV, add_upstream_flags, upstream_flags
 from proxy.errors import ConfigError, EgressError
 from proxy.runtime.netns import StepNamespace, check_privileges
-from proxy.service import ca
+from proxy.service import ca, clientenv
 from proxy.service.home import Home
 
 # Never handed to the step: where the proxy is, its keys, its admin token.
@@ -57,25 +57,51 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _step_env(bundle: Path, ca_cert: Path) -> dict[str, str]:
+def _trust_files(home: Home, work: Path) -> dict[str, str]:
+    """The CA where every runtime looks, as files the step's user can read, and the variables naming them.
+
+    Most read a PEM bundle from a variable; Node adds NODE_EXTRA_CA_CERTS to its
+    own roots; Debian's wget (GnuTLS) reads only a wgetrc; Java only a truststore.
+    """
+    system = ca.system_bundle()
+    bundle, ca_cert, wgetrc, truststore = (
+        work / n for n in ("ca-bundle.pem", "egress-ca.pem", "wgetrc", "truststore.p12")
+    )
+    ca.write_bundle(bundle, home.ca_cert, system)
+    ca_cert.write_bytes(home.ca_cert.read_bytes())
+    wgetrc.write_text(f"ca_certificate = {bundle}\n")
+    truststore.write_bytes(clientenv.cached_truststore(home, system).read_bytes())
+    for f in (bundle, ca_cert, wgetrc, truststore):
+        f.chmod(0o644)
+    variables = dict.fromkeys(_CA_VARIABLES, str(bundle))
+    variables["NODE_EXTRA_CA_CERTS"] = str(ca_cert)
+    variables["WGETRC"] = str(wgetrc)
+    variables["JAVA_TOOL_OPTIONS"] = clientenv.java_trust_options(
+        os.environ.get("JAVA_TOOL_OPTIONS", ""), truststore
+    )
+    return variables
+
+
+def _step_env(trust: dict[str, str]) -> dict[str, str]:
     env = {
         k: v for k, v in os.environ.items() if k not in _WITHHELD and not k.startswith(("EGRESS_", "SUDO_"))
     }
-    env.update(dict.fromkeys(_CA_VARIABLES, str(bundle)))
-    env["NODE_EXTRA_CA_CERTS"] = str(ca_cert)
+    env.update(trust)
     return env
 
 
 def _start_proxy(args: argparse.Namespace, home: Home, listen: str, log: Path) -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-m", "proxy.cli", "run", "--mode", "transparent", "--listen", listen,
-            "--workers", "1", "--insecure-no-auth"]  # fmt: skip
+            "--workers", "1", "--insecure-no-auth",
+            "--explain-blocks" if args.explain_blocks else "--no-explain-blocks"]  # fmt: skip
     env = {**os.environ, "EGRESS_HOME": str(home.root), "EGRESS_WORKSPACE": home.workspace}
     if args.grant:  # in the environment: the step can read every command line on the host
         env[GRANT_ENV] = args.grant
     else:
         argv += [a for n in args.connector for a in ("--connector", n)]
     argv += upstream_flags(args)
-    with open(log, "wb") as out:
+    # Private: the step shares this host's file system, and the log is no business of its.
+    with open(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
@@ -131,12 +157,7 @@ def cmd_exec(args: argparse.Namespace, home: Home) -> int:
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="egress-exec-"))
     work.chmod(0o755)
-    bundle = work / "ca-bundle.pem"
-    ca.write_bundle(bundle, home.ca_cert, ca.system_bundle())
-    ca_cert = work / "egress-ca.pem"
-    ca_cert.write_bytes(home.ca_cert.read_bytes())
-    for f in (bundle, ca_cert):
-        f.chmod(0o644)
+    trust = _trust_files(home, work)
     ns = StepNamespace(_free_port())
     proxy: subprocess.Popen[bytes] | None = None
     step: subprocess.Popen[bytes] | None = None
@@ -156,7 +177,7 @@ def cmd_exec(args: argparse.Namespace, home: Home) -> int:
         if args.timing:
             total_ms = (time.monotonic() - started) * 1000
             print(f"egress exec: namespace {namespace_ms:.0f} ms, ready {total_ms:.0f} ms", file=sys.stderr)
-        step = subprocess.Popen(ns.command(command, uid, gid), env=_step_env(bundle, ca_cert))
+        step = subprocess.Popen(ns.command(command, uid, gid), env=_step_env(trust))
         code = step.wait()
         return code if code >= 0 else 128 - code
     except KeyboardInterrupt:
@@ -191,5 +212,10 @@ def register(sub: Any, command: Any) -> None:
         "--user", metavar="USER", help="run the step as USER (default: the sudo caller, else nobody)"
     )
     add_upstream_flags(sp)
+    sp.add_argument(
+        "--explain-blocks", action=argparse.BooleanOptionalAction, default=True,
+        help="answer a request to a host no connector covers with the 403 JSON inside TLS, instead of "
+        "closing the connection (default: on)",
+    )  # fmt: skip
     sp.add_argument("--timing", action="store_true", help="print the start-up time on stderr")
     sp.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
