@@ -25,7 +25,8 @@ Guards (always, also under ``mitmdump -s``), closing gaps no hook can reach:
 
 Speedups and defaults (only in the product's own workers):
 
-- listeners bind with SO_REUSEPORT so workers share one port;
+- listeners bind with SO_REUSEPORT so workers share one port, or adopt a
+  listening socket the worker inherited (``LISTENER``, from `egress exec`);
 - with no upstream connection yet (the lazy strategy) mitmproxy picks the
   client's first ALPN protocol, so httpx (which offers http/1.1 before h2)
   never got HTTP/2, and with ``http1=False`` spoke HTTP/2 on an HTTP/1
@@ -43,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import socket
 import time
 import uuid
 from collections.abc import Generator
@@ -259,9 +261,17 @@ def _ws_send(self: Any, event: wsproto.events.Event) -> commands.SendData:
     return _original_ws_send(self, event)
 
 
+LISTENER: list[socket.socket] = []  # an inherited listening socket, adopted by the first listener
+
+
 async def _listen_reuse_port(
     self: mode_servers.RegularInstance, host: str, port: int
 ) -> list[asyncio.Server]:
+    if LISTENER:
+        sock = LISTENER.pop()
+        if sock.getsockname()[:2] != (host, port):
+            raise OSError(f"the inherited listener is {sock.getsockname()}, not {host}:{port}")
+        return [await asyncio.start_server(self.handle_stream, sock=sock)]
     return [await asyncio.start_server(self.handle_stream, host, port, reuse_port=True)]
 
 

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 import weakref
 from pathlib import Path
@@ -25,7 +26,7 @@ from mitmproxy.master import Master
 from addons import patches
 from addons.egress import make_addons
 from proxy.runtime import logsetup
-from proxy.runtime.settings import SETTINGS_ENV, RunSettings
+from proxy.runtime.settings import LISTEN_FD_ENV, SETTINGS_ENV, RunSettings
 from proxy.service import ca
 
 logger = logging.getLogger(__name__)
@@ -162,6 +163,8 @@ def main(argv: list[str]) -> int:
     settings = RunSettings.from_json(os.environ.pop(SETTINGS_ENV))
     logsetup.configure(settings.log_format)
     patches.install_speedups()
+    if fd := os.environ.pop(LISTEN_FD_ENV, ""):
+        patches.LISTENER.append(socket.socket(fileno=int(fd)))
     return asyncio.run(serve(settings))
 
 

@@ -58,3 +58,56 @@ def test_alpn_prefers_h2_while_the_upstream_is_unknown(
     offers: list[bytes], app: dict[str, object], chosen: bytes
 ) -> None:
     assert patches._alpn_prefer_h2(_Conn(**app), offers) == chosen
+
+
+def test_an_inherited_listener_is_adopted_once() -> None:
+    """`egress exec` hands its worker a listening socket: connections made before are served."""
+    import asyncio
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    host, port = sock.getsockname()
+    early = socket.create_connection((host, port))  # waits in the backlog
+
+    class Instance:
+        def __init__(self) -> None:
+            self.accepted: list[object] = []
+
+        async def handle_stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.accepted.append(writer)
+            writer.close()
+
+    async def main() -> int:
+        inst = Instance()
+        patches.LISTENER.append(sock)
+        (server,) = await patches._listen_reuse_port(inst, host, port)  # type: ignore[arg-type]
+        assert patches.LISTENER == []  # a second listener binds its own
+        for _ in range(100):
+            if inst.accepted:
+                break
+            await asyncio.sleep(0.02)
+        server.close()
+        await server.wait_closed()
+        return len(inst.accepted)
+
+    try:
+        assert asyncio.run(main()) == 1
+    finally:
+        early.close()
+
+
+def test_an_inherited_listener_for_another_address_is_refused() -> None:
+    import asyncio
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    patches.LISTENER.append(sock)
+    try:
+        with pytest.raises(OSError, match="inherited listener"):
+            asyncio.run(patches._listen_reuse_port(None, "127.0.0.1", 1))  # type: ignore[arg-type]
+    finally:
+        patches.LISTENER.clear()
+        sock.close()

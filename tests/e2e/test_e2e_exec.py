@@ -134,8 +134,13 @@ def test_no_explain_blocks_closes_the_connection(
 
 
 def test_exit_code_and_the_step_runs_unprivileged(home: Path, pki: tuple[Path, object]) -> None:
+    recorded = home / "run" / "proxy.addr"  # the proxy `egress env` points at: not the step's
+    recorded.parent.mkdir(exist_ok=True)
+    recorded.write_text("127.0.0.1:18080\n")
     res = run_exec(home, pki, "sh", "-c", 'test "$(id -u)" != 0 && env | grep -q EGRESS_ && exit 9; exit 7')
     assert res.returncode == 7, res.stderr
+    assert recorded.read_text() == "127.0.0.1:18080\n"
+    recorded.unlink()
     assert left_behind(res) == []
 
 
