@@ -135,6 +135,8 @@ class _Transaction:
 
 
 class SqliteStore:
+    pushes_changes = False  # wait_for_change only sleeps: callers may sleep without a thread
+
     def __init__(self, path: Path, *, create: bool = False, clock: Clock = time.time) -> None:
         self.path = path
         self.location = str(path)
