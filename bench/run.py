@@ -1557,6 +1557,14 @@ def report(b: Bench, micro: list[dict[str, float]], info: dict[str, str], wall: 
 # -- main -------------------------------------------------------------------
 
 
+def with_kept_sections(path: Path, text: str) -> str:
+    """``text`` plus the sections other scripts own in ``path`` (``<!-- NAME -->`` ... ``<!-- /NAME -->``,
+    e.g. bench/exec_startup.py's), which this report does not produce."""
+    old = path.read_text() if path.exists() else ""
+    kept = [m.group(0) for m in re.finditer(r"<!-- ([a-z-]+) -->\n.*?<!-- /\1 -->\n", old, re.S)]
+    return text.rstrip("\n") + "\n" + "".join("\n" + k for k in kept) if kept else text
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reps", type=int, default=3, help="repetitions per scenario (default 3)")
@@ -1616,7 +1624,7 @@ def rerender(args: argparse.Namespace) -> int:
     labels = data.get("labels") or {n: n for per in data["runs"].values() for n in per}
     bench.targets = {n: types.SimpleNamespace(label=label) for n, label in labels.items()}  # type: ignore[misc]
     text = report(bench, data["micro"], data["machine"], float(data.get("wall_seconds", 0)))
-    Path(args.out).write_text(text)
+    Path(args.out).write_text(with_kept_sections(Path(args.out), text))
     Path(args.out).with_suffix(".svg").write_text(
         chart(targets(bench, data["micro"]), f"egress-proxy vs bare mitmdump, {data['machine']['date']}")
     )
@@ -1667,7 +1675,7 @@ def main() -> int:
     text = report(bench, micro, info, wall)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    out.write_text(with_kept_sections(out, text))
     raw = (
         BENCH
         / "out"
