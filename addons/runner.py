@@ -18,6 +18,9 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+import addons.lean  # noqa: F401 (first: before anything imports mitmproxy.addons)
+
+# isort: split
 import certifi
 from mitmproxy import connection, exceptions, http, options
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig

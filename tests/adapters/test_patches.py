@@ -111,3 +111,18 @@ def test_an_inherited_listener_for_another_address_is_refused() -> None:
     finally:
         patches.LISTENER.clear()
         sock.close()
+
+
+def test_the_worker_imports_only_the_default_addons_it_loads() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, addons.runner\n"
+        "from mitmproxy.addons import core, proxyserver, tlsconfig\n"
+        "assert core.Core and proxyserver.Proxyserver and tlsconfig.TlsConfig\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('flask', 'ldap3', 'mitmproxy.addons.onboarding'))))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
