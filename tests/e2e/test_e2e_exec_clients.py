@@ -51,7 +51,7 @@ CLIENTS = {
     "node-https": "node",
     "java": "javac",
 }
-HTTP2 = {"curl-h2", "httpx-h2"}  # must actually speak HTTP/2 to the proxy
+HTTP2 = {"curl-h2", "httpx-h2", "java"}  # must actually speak HTTP/2 to the proxy
 PROGRAM = {
     c: "python" for c in ("requests", "httpx-h1", "httpx-h2", "urllib", "aiohttp", "websockets", "boto3")
 }

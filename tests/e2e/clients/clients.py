@@ -57,7 +57,7 @@ def httpx_get(http2: bool) -> Callable[[str], Answer]:
     def get(u: str) -> Answer:
         import httpx
 
-        with httpx.Client(http1=not http2, http2=http2, timeout=20) as client:
+        with httpx.Client(http2=http2, timeout=20) as client:  # http2=True still offers http/1.1
             r = client.get(u, headers=GUESS)
             return r.status_code, r.headers, r.content, r.http_version.removeprefix("HTTP/")
 
