@@ -41,7 +41,8 @@ def q(values: list[float], p: float) -> float:
 
 def timed(argv: list[str], env: dict[str, str]) -> tuple[float, str, int]:
     t = time.perf_counter()
-    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    # Not from the checkout: `python -m` puts the working directory first on sys.path (--tree).
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, cwd="/")
     return (time.perf_counter() - t) * 1000, done.stderr, done.returncode
 
 
@@ -74,7 +75,7 @@ def main() -> int:
     try:
         for argv in (["init"], ["connector", "add", "c", "--pattern", "https://api.bench.test/*",
                                 "--header", "Authorization", "--secret-env", "S"]):  # fmt: skip
-            subprocess.run([*egress, *argv], check=True, capture_output=True, env={**env, "S": "x"})
+            subprocess.run([*egress, *argv], check=True, capture_output=True, env={**env, "S": "x"}, cwd="/")
         step = [*egress, "exec", "--connector", "c", "--timing", "--"]
         first = [*step, "curl", "-s", "-o", "/dev/null", "--max-time", "30", "https://elsewhere.bench.test/"]
         timed([*step, "true"], env)  # warm caches (the truststore, page cache)

@@ -450,6 +450,10 @@ class Target:
     port: int | None = None  # proxy port; None = direct to nginx
     log: Path | None = None
     notes: list[str] = field(default_factory=list)
+    # A transparent proxy (bench/transparent.py): the load generator runs under ``runner`` (inside the
+    # namespace whose traffic is redirected) with no proxy settings, and the CPU is ``cpu_pid``'s.
+    runner: list[str] = field(default_factory=list)
+    cpu_pid: int | None = None
 
     @property
     def proxy(self) -> tuple[str, int] | None:
@@ -487,11 +491,13 @@ def hey(t: Target, *, c: int, duration: float, keepalive: bool = True, h2: bool 
         argv.append("-disable-keepalive")
     if h2:
         argv.append("-h2")
-    if t.port:
+    if t.runner:
+        argv = [*t.runner, *argv, f"https://{HOST}/"]
+    elif t.port:
         argv += ["-x", t.proxy_url, f"https://{HOST}/"]
     else:
         argv += ["-host", HOST, "-H", f"Authorization: {AUTH}", f"https://{ADDRESS}/"]
-    with cpu_meter(t.proc.pid) as cpu:
+    with cpu_meter(t.cpu_pid or t.proc.pid) as cpu:
         done = run_tool(argv, duration + 90)
     out = done.stdout
     m = re.search(r"Total:\s+([\d.]+) secs", out)
