@@ -129,4 +129,8 @@ class TransparentGate:
                 return None
             return address
         self.gate.tunnels.open(context.client, Tunnel(target, address, grant, scope, transparent=True))
+        # Every request's destination is copied from here: pinned now, each request asks for the
+        # same upstream, so one connection is reused (swapped only at server_connect, each request
+        # opened another and a client connection stalled after five).
+        context.server.address = (address, target.port)
         return None

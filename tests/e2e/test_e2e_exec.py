@@ -97,6 +97,26 @@ def test_curl_without_proxy_settings_gets_the_secret(
     assert left_behind(res) == []
 
 
+def test_keep_alive_reuses_one_upstream_connection(
+    home: Path, pki: tuple[Path, object], upstream: Upstream
+) -> None:
+    """Each request on a kept-alive connection once dialled another upstream connection
+    (the pinned address differed from the one each request asked for); the sixth stalled."""
+    tag = f"k{time.monotonic_ns()}"
+    urls = [f"https://api.stripe.test:{upstream.port}/v1/k?t={tag}-{i}" for i in range(8)]
+    for version in ("--http1.1", "--http2"):
+        before = upstream.connections
+        res = run_exec(
+            home, pki, "curl", "-sS", version, "--max-time", "20", *["-o", "/dev/null"] * 8,
+            "-w", "%{http_code} %{num_connects}\n", *urls,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.split() == ["200", "1"] + ["200", "0"] * 7, res.stdout
+        if version == "--http1.1":  # (HTTP/2 streams get an HTTP/1.1 upstream each, as in regular mode)
+            assert upstream.connections - before == 1
+    assert len(upstream.find(tag)) == 16
+
+
 def test_node_fetch_without_proxy_settings(home: Path, pki: tuple[Path, object], upstream: Upstream) -> None:
     if not shutil.which("node"):
         pytest.skip("node is not installed")
