@@ -59,7 +59,7 @@ def start_transparent(bench: run.Bench, readable: Path) -> run.Target:
     shutil.copy(home / "ca" / "mitmproxy-ca-cert.pem", ca)
     ca.chmod(0o644)
     inside = ["ip", "netns", "exec", f"egx{proc.pid}", "setpriv", "--reuid=65534", "--regid=65534",
-              "--clear-groups", "env", f"SSL_CERT_FILE={ca}"]  # fmt: skip
+              "--clear-groups", "env", f"SSL_CERT_FILE={ca}", f"CURL_CA_BUNDLE={ca}"]  # fmt: skip
     deadline = time.monotonic() + 120
     while True:
         if proc.poll() is not None:
@@ -71,7 +71,9 @@ def start_transparent(bench: run.Bench, readable: Path) -> run.Target:
         if probe.stdout == "200":
             break
         if time.monotonic() > deadline:
-            raise RuntimeError(f"the transparent proxy never answered 200 ({probe.stdout}):\n{run.tail(log)}")
+            raise RuntimeError(
+                f"no 200 through the transparent proxy ({probe.stdout} {probe.stderr}):\n{run.tail(log)}"
+            )
         time.sleep(0.2)
     target = run.Target("transparent", "transparent (egress exec)", str(ca), proc, None, log)
     target.runner = inside
