@@ -106,11 +106,16 @@ class InFlight:
         self.by_client.pop(client.id, None)  # flows a crashed connection never finished
 
 
+def upstream_bundle_path(run_dir: str, pid: int) -> Path:
+    """Where worker ``pid`` keeps its upstream CA bundle (removed when it stops)."""
+    return Path(run_dir) / f"upstream-ca-{pid}.pem"  # one per worker, no races
+
+
 def upstream_bundle(settings: RunSettings) -> str | None:
     """mitmproxy's trusted-CA option replaces certifi, so pass certifi + the extra CAs."""
     if not settings.upstream_ca:
         return None
-    path = Path(settings.run_dir) / f"upstream-ca-{os.getpid()}.pem"  # one per worker, no races
+    path = upstream_bundle_path(settings.run_dir, os.getpid())
     ca.write_bundle(path, Path(settings.upstream_ca), base=Path(certifi.where()).read_bytes())
     return str(path)
 
@@ -168,7 +173,10 @@ def main(argv: list[str]) -> int:
     patches.install_speedups()
     if fd := os.environ.pop(LISTEN_FD_ENV, ""):
         patches.LISTENER.append(socket.socket(fileno=int(fd)))
-    return asyncio.run(serve(settings))
+    try:
+        return asyncio.run(serve(settings))
+    finally:
+        upstream_bundle_path(settings.run_dir, os.getpid()).unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

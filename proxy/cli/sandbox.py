@@ -251,6 +251,8 @@ def cmd_exec(args: argparse.Namespace, home: Home) -> int:
                 print(f"egress exec: the step's proxy exited: {_last_line(work / 'proxy.log', proxy.returncode)}",
                       file=sys.stderr)  # fmt: skip
             _stop_proxy(proxy, ready)
+            # What a worker killed before it served may leave (its own stop removes it).
+            (home.run_dir / f"upstream-ca-{proxy.pid}.pem").unlink(missing_ok=True)
             timing.mark("proxy stopped")
         ns.close()
         shutil.rmtree(work, ignore_errors=True)

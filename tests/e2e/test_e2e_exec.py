@@ -161,6 +161,7 @@ def test_exit_code_and_the_step_runs_unprivileged(home: Path, pki: tuple[Path, o
     assert res.returncode == 7, res.stderr
     assert recorded.read_text() == "127.0.0.1:18080\n"
     recorded.unlink()
+    assert list(recorded.parent.glob("upstream-ca-*")) == []  # the step's proxy left no files
     assert left_behind(res) == []
 
 
