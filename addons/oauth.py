@@ -15,6 +15,7 @@ endpoint and must never be talked into anything else.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
 import time
@@ -119,7 +120,7 @@ class TokenBroker:
     def __init__(
         self,
         resolve: Resolve,
-        ssl_context: ssl.SSLContext,
+        ssl_context: ssl.SSLContext | Callable[[], ssl.SSLContext],
         *,
         on_rotated: OnRotated | None = None,
         timeout: float = TIMEOUT,
@@ -128,6 +129,8 @@ class TokenBroker:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._resolve = resolve
+        # A context, or how to make one at the first token fetch: loading the roots costs
+        # ~0.1 s of every worker's start, and most proxies have no oauth2 connector.
         self.ssl_context = ssl_context
         self._on_rotated = on_rotated
         self._timeout = timeout
@@ -294,13 +297,18 @@ class TokenBroker:
             raise _Failed(f"the resolver gave no IP address for {host}")  # never a second, unvetted lookup
         return address
 
+    def _context(self) -> ssl.SSLContext:
+        if not isinstance(self.ssl_context, ssl.SSLContext):
+            self.ssl_context = self.ssl_context()
+        return self.ssl_context
+
     async def _exchange(self, call: TokenCall) -> tuple[int, bytes]:
         """POST ``call`` on a fresh TLS connection; (status, body) of the final response."""
         address = await self._address(call.host, call.port)
         reader, writer = await asyncio.open_connection(
             address,
             call.port,
-            ssl=self.ssl_context,
+            ssl=self._context(),
             server_hostname=call.host,
             ssl_handshake_timeout=self._timeout,
         )
@@ -369,13 +377,13 @@ class OAuth:
 
     def __init__(self, source: PolicySource, gate: Gate) -> None:
         self.source = source
-        self.broker = TokenBroker(vetted_resolver(gate), client_context(), on_rotated=self._rotated)
+        self.broker = TokenBroker(vetted_resolver(gate), client_context, on_rotated=self._rotated)
         self._needles: dict[str, tuple[Needles, tuple[str, ...], Needles]] = {}  # by connector
 
     def configure(self, updated: set[str]) -> None:
         if "ssl_verify_upstream_trusted_ca" in updated:
             cafile = ctx.options.ssl_verify_upstream_trusted_ca
-            self.broker.ssl_context = client_context(cafile)
+            self.broker.ssl_context = functools.partial(client_context, cafile)
 
     @fail_closed
     async def requestheaders(self, flow: http.HTTPFlow) -> None:

@@ -27,9 +27,14 @@ One reach without a patch: ``close_client`` closes a client connection from a
 hook (``flow.kill()`` does nothing to a WebSocket in progress), the way
 mitmproxy's idle timeout does, for a WebSocket message that carries a secret.
 
-Speedups (only in the product's own workers):
+Speedups and defaults (only in the product's own workers):
 
-- listeners bind with SO_REUSEPORT so workers share one port;
+- listeners bind with SO_REUSEPORT so workers share one port, or adopt a
+  listening socket the worker inherited (``LISTENER``, from `egress exec`);
+- with no upstream connection yet (the lazy strategy) mitmproxy picks the
+  client's first ALPN protocol, so httpx (which offers http/1.1 before h2)
+  never got HTTP/2, and with ``http1=False`` spoke HTTP/2 on an HTTP/1
+  connection and failed: h2 is chosen whenever offered, as servers do;
 - mitmproxy type-checks every message's fields when run without -O; the
   values come from its own parser, and the check cost 6.7 % of a worker's CPU
   in the keep-alive benchmark.
@@ -43,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import socket
 import time
 import uuid
 from collections.abc import Generator
@@ -55,6 +61,7 @@ import h11
 import wsproto.events
 from mitmproxy import connection, ctx, flow, http
 from mitmproxy import version as mitmproxy_version
+from mitmproxy.addons import tlsconfig
 from mitmproxy.net.http import status_codes
 from mitmproxy.proxy import commands, events, layers, mode_servers, server
 from mitmproxy.proxy.layers import http as http_layer
@@ -71,6 +78,7 @@ _original_handle_client = server.ConnectionHandler.handle_client
 _original_ws_send = layers.websocket.WebsocketConnection.send2
 _original_stream_body = http_layer.HttpStream.state_stream_response_body
 _original_stream_request_body = http_layer.HttpStream.state_stream_request_body
+_original_alpn_select = tlsconfig.alpn_select_callback
 _installed: set[str] = set()
 
 
@@ -114,6 +122,7 @@ def check_version(version: str = mitmproxy_version.VERSION) -> None:
             (http_layer.HttpStream, "state_stream_request_body"),
             (http_layer.HttpStream, "check_killed"),
             (http.MessageData, "__post_init__"),
+            (tlsconfig, "alpn_select_callback"),
         )
         if not hasattr(owner, name)
     ]
@@ -272,10 +281,26 @@ def close_client(client: connection.Client) -> bool:
     return True
 
 
+LISTENER: list[socket.socket] = []  # an inherited listening socket, adopted by the first listener
+
+
 async def _listen_reuse_port(
     self: mode_servers.RegularInstance, host: str, port: int
 ) -> list[asyncio.Server]:
+    if LISTENER:
+        sock = LISTENER.pop()
+        if sock.getsockname()[:2] != (host, port):
+            raise OSError(f"the inherited listener is {sock.getsockname()}, not {host}:{port}")
+        return [await asyncio.start_server(self.handle_stream, sock=sock)]
     return [await asyncio.start_server(self.handle_stream, host, port, reuse_port=True)]
+
+
+def _alpn_prefer_h2(conn: Any, options: list[bytes]) -> Any:
+    """The client's ALPN choice: h2 if offered while the upstream is not known yet, else mitmproxy's."""
+    app = conn.get_app_data()
+    if app["client_alpn"] is None and app["server_alpn"] is None and app["http2"] and b"h2" in options:
+        return b"h2"
+    return _original_alpn_select(conn, options)
 
 
 def _no_field_typecheck(self: http.MessageData) -> None:
@@ -307,4 +332,5 @@ def install_speedups() -> None:
     mode_servers.RegularInstance.listen = _listen_reuse_port  # type: ignore[method-assign,assignment]
     mode_servers.TransparentInstance.listen = _listen_reuse_port  # type: ignore[method-assign,assignment]
     http.MessageData.__post_init__ = _no_field_typecheck  # type: ignore[method-assign]
+    tlsconfig.alpn_select_callback = _alpn_prefer_h2
     _installed.add("speedups")

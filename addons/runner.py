@@ -12,11 +12,15 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 import weakref
 from pathlib import Path
 from typing import Any
 
+import addons.lean  # noqa: F401 (first: before anything imports mitmproxy.addons)
+
+# isort: split
 import certifi
 from mitmproxy import connection, exceptions, http, options
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
@@ -25,7 +29,7 @@ from mitmproxy.master import Master
 from addons import patches
 from addons.egress import make_addons
 from proxy.runtime import logsetup
-from proxy.runtime.settings import SETTINGS_ENV, RunSettings
+from proxy.runtime.settings import LISTEN_FD_ENV, SETTINGS_ENV, RunSettings
 from proxy.service import ca
 
 logger = logging.getLogger(__name__)
@@ -105,11 +109,16 @@ class InFlight:
         self.by_client.pop(client.id, None)  # flows a crashed connection never finished
 
 
+def upstream_bundle_path(run_dir: str, pid: int) -> Path:
+    """Where worker ``pid`` keeps its upstream CA bundle (removed when it stops)."""
+    return Path(run_dir) / f"upstream-ca-{pid}.pem"  # one per worker, no races
+
+
 def upstream_bundle(settings: RunSettings) -> str | None:
     """mitmproxy's trusted-CA option replaces certifi, so pass certifi + the extra CAs."""
     if not settings.upstream_ca:
         return None
-    path = Path(settings.run_dir) / f"upstream-ca-{os.getpid()}.pem"  # one per worker, no races
+    path = upstream_bundle_path(settings.run_dir, os.getpid())
     ca.write_bundle(path, Path(settings.upstream_ca), base=Path(certifi.where()).read_bytes())
     return str(path)
 
@@ -165,7 +174,12 @@ def main(argv: list[str]) -> int:
     settings = RunSettings.from_json(os.environ.pop(SETTINGS_ENV))
     logsetup.configure(settings.log_format)
     patches.install_speedups()
-    return asyncio.run(serve(settings))
+    if fd := os.environ.pop(LISTEN_FD_ENV, ""):
+        patches.LISTENER.append(socket.socket(fileno=int(fd)))
+    try:
+        return asyncio.run(serve(settings))
+    finally:
+        upstream_bundle_path(settings.run_dir, os.getpid()).unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

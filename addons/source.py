@@ -152,10 +152,10 @@ class PolicySource:
     async def _watch(self) -> None:
         while True:
             try:
-                if self._connectors:
-                    store = self._connectors.store
+                store = self._connectors.store if self._connectors else None
+                if store is not None and getattr(store, "pushes_changes", True):
                     await asyncio.to_thread(store.wait_for_change, ctx.options.egress_reload_interval)
-                else:
+                else:  # a store that only sleeps there (SQLite): sleep here, so a stop need not wait for it
                     await asyncio.sleep(ctx.options.egress_reload_interval)
                 changed = await asyncio.to_thread(self.reload)
                 if self._store_down:

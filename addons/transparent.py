@@ -4,7 +4,8 @@ Traffic redirected to a transparent listener carries no CONNECT: the only
 name is the ClientHello's SNI, and the destination address is whatever the
 sandbox chose, so it is ignored. A connection that is not TLS, has no SNI, or
 names a host none of the listener's connectors cover is closed before any
-byte goes anywhere; otherwise the name is resolved and vetted like a CONNECT
+byte goes anywhere (or, with ``--explain-blocks``, answered inside TLS with
+the 403 JSON, still dialling nothing); otherwise the name is resolved and vetted like a CONNECT
 target and the tunnel pinned to that address (the gate's ``server_connect``
 swaps it in). Who is asking comes from the listener (``--grant`` or
 ``--connector``), never from the traffic.
@@ -25,7 +26,7 @@ from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers import modes
 from mitmproxy.proxy.layers.tls import parse_client_hello
 
-from addons.gate import Gate
+from addons.gate import EXPLAINED, NOWHERE, Gate
 from addons.respond import where_failed
 from proxy.admission import identify
 from proxy.context import Tunnel
@@ -139,10 +140,20 @@ class TransparentGate:
         grant, scope = identity
         allowed = grant.connectors if grant else scope
         refused = self.gate.source.rules.policy.connect(target, allowed)  # with its near miss
-        if refused:
-            return refused, host
-        address = await self.gate.resolve(target)
+        address = await self.gate.resolve(target) if refused is None else refused
         if isinstance(address, Block):
+            if ctx.options.egress_explain_blocks and address.reason in EXPLAINED:
+                # Finish TLS (a minted certificate) so the client reads our 403 JSON instead of
+                # a reset; every request inside gets this block (and its blocked-log row) and
+                # nothing is ever dialled.
+                explained = Tunnel(target, NOWHERE, grant, scope, transparent=True, refused=address)
+                self.gate.tunnels.open(context.client, explained)
+                logger.info("intercepted %s refused (%s); explained inside", target.authority, address.reason)
+                return None, host
             return address, host
         self.gate.tunnels.open(context.client, Tunnel(target, address, grant, scope, transparent=True))
+        # Every request's destination is copied from here: pinned now, each request asks for the
+        # same upstream, so one connection is reused (swapped only at server_connect, each request
+        # opened another and a client connection stalled after five).
+        context.server.address = (address, target.port)
         return None, host

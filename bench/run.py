@@ -454,6 +454,10 @@ class Target:
     port: int | None = None  # proxy port; None = direct to nginx
     log: Path | None = None
     notes: list[str] = field(default_factory=list)
+    # A transparent proxy (bench/transparent.py): the load generator runs under ``runner`` (inside the
+    # namespace whose traffic is redirected) with no proxy settings, and the CPU is ``cpu_pid``'s.
+    runner: list[str] = field(default_factory=list)
+    cpu_pid: int | None = None
 
     @property
     def proxy(self) -> tuple[str, int] | None:
@@ -491,11 +495,13 @@ def hey(t: Target, *, c: int, duration: float, keepalive: bool = True, h2: bool 
         argv.append("-disable-keepalive")
     if h2:
         argv.append("-h2")
-    if t.port:
+    if t.runner:
+        argv = [*t.runner, *argv, f"https://{HOST}/"]
+    elif t.port:
         argv += ["-x", t.proxy_url, f"https://{HOST}/"]
     else:
         argv += ["-host", HOST, "-H", f"Authorization: {AUTH}", f"https://{ADDRESS}/"]
-    with cpu_meter(t.proc.pid) as cpu:
+    with cpu_meter(t.cpu_pid or t.proc.pid) as cpu:
         done = run_tool(argv, duration + 90)
     out = done.stdout
     m = re.search(r"Total:\s+([\d.]+) secs", out)
@@ -1634,6 +1640,14 @@ def report(b: Bench, micro: list[dict[str, float]], info: dict[str, str], wall: 
 # -- main -------------------------------------------------------------------
 
 
+def with_kept_sections(path: Path, text: str) -> str:
+    """``text`` plus the sections other scripts own in ``path`` (``<!-- NAME -->`` ... ``<!-- /NAME -->``,
+    e.g. bench/exec_startup.py's), which this report does not produce."""
+    old = path.read_text() if path.exists() else ""
+    kept = [m.group(0) for m in re.finditer(r"<!-- ([a-z-]+) -->\n.*?<!-- /\1 -->\n", old, re.S)]
+    return text.rstrip("\n") + "\n" + "".join("\n" + k for k in kept) if kept else text
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reps", type=int, default=3, help="repetitions per scenario (default 3)")
@@ -1695,7 +1709,7 @@ def rerender(args: argparse.Namespace) -> int:
     labels = data.get("labels") or {n: n for per in data["runs"].values() for n in per}
     bench.targets = {n: types.SimpleNamespace(label=label) for n, label in labels.items()}  # type: ignore[misc]
     text = report(bench, data["micro"], data["machine"], float(data.get("wall_seconds", 0)))
-    Path(args.out).write_text(text)
+    Path(args.out).write_text(with_kept_sections(Path(args.out), text))
     Path(args.out).with_suffix(".svg").write_text(
         chart(targets(bench, data["micro"]), f"egress-proxy vs bare mitmdump, {data['machine']['date']}")
     )
@@ -1749,7 +1763,7 @@ def main() -> int:
     text = report(bench, micro, info, wall)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    out.write_text(with_kept_sections(out, text))
     raw = (
         BENCH
         / "out"

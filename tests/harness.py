@@ -6,6 +6,7 @@ Only loopback addresses are used. Every process started here is stopped by pid.
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import json
 import os
@@ -85,7 +86,8 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def _body(self) -> tuple[int, str]:
+    def _body(self, keep: list[bytes] | None = None) -> tuple[int, str]:
+        """Read the request body: its length and SHA-256 (and its bytes into ``keep``)."""
         digest = hashlib.sha256()
         total = 0
         if self.headers.get("transfer-encoding", "").lower() == "chunked":
@@ -99,6 +101,8 @@ class _Handler(BaseHTTPRequestHandler):
                 while remaining:
                     chunk = self.rfile.read(min(remaining, 1 << 20))
                     digest.update(chunk)
+                    if keep is not None:
+                        keep.append(chunk)
                     remaining -= len(chunk)
                 total += size
                 self.rfile.readline()
@@ -109,12 +113,17 @@ class _Handler(BaseHTTPRequestHandler):
                 if not chunk:
                     break
                 digest.update(chunk)
+                if keep is not None:
+                    keep.append(chunk)
                 total += len(chunk)
                 remaining -= len(chunk)
         return total, digest.hexdigest()
 
     def _handle(self) -> None:
-        length, sha = self._body()
+        url = urlsplit(self.path)
+        upload_pack = bool(self.server.git_repo) and url.path.endswith("/git-upload-pack")
+        body: list[bytes] | None = [] if upload_pack else None
+        length, sha = self._body(body)
         rec = Record(
             self.command,
             self.path,
@@ -124,12 +133,14 @@ class _Handler(BaseHTTPRequestHandler):
             sha,
         )
         self.server.record(rec)
-        url = urlsplit(self.path)
         if self.headers.get("upgrade", "").lower() == "websocket":
             self._websocket(sink=url.path.endswith("/ws-sink"))
             return
         if url.path.endswith("/info/refs") and self.server.git_repo:
             self._git_advertisement()
+            return
+        if body is not None:
+            self._git_upload_pack(b"".join(body))
             return
         if url.path.startswith("/s3-bucket/"):  # enough of S3 for an SDK to call it done
             self.send_response(200)
@@ -226,7 +237,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.record_ws(frame[1])
 
     def _git_advertisement(self) -> None:
-        """Smart-HTTP ref advertisement, enough for `git ls-remote`."""
+        """Smart-HTTP ref advertisement (protocol v0), enough for `git ls-remote`."""
         refs = subprocess.run(
             ["git", "upload-pack", "--stateless-rpc", "--advertise-refs", str(self.server.git_repo)],
             capture_output=True,
@@ -240,6 +251,23 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def _git_upload_pack(self, request: bytes) -> None:
+        """Smart-HTTP fetch (``POST .../git-upload-pack``): with the advertisement, enough for `git clone`."""
+        if self.headers.get("content-encoding", "").lower() == "gzip":
+            request = gzip.decompress(request)
+        pack = subprocess.run(
+            ["git", "upload-pack", "--stateless-rpc", str(self.server.git_repo)],
+            input=request,
+            capture_output=True,
+            check=True,
+            timeout=60,
+        ).stdout
+        self.send_response(200)
+        self.send_header("content-type", "application/x-git-upload-pack-result")
+        self.send_header("content-length", str(len(pack)))
+        self.end_headers()
+        self.wfile.write(pack)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
 

@@ -85,7 +85,10 @@ def settings_from_args(args: argparse.Namespace, home: Home) -> RunSettings:
         allow_network=tuple(args.allow_network),
         resolve=tuple(args.resolve),
         require_grant=args.require_grant,
-        explain_blocks=is_loopback(host) if args.explain_blocks is None else args.explain_blocks,
+        # A transparent listener explains only when asked (`egress exec` asks: its listener is the step's).
+        explain_blocks=(is_loopback(host) and args.mode == "regular")
+        if args.explain_blocks is None
+        else args.explain_blocks,
         log_format=args.log_format,
         scrub_responses=args.scrub_responses,
         record=not args.no_record,
@@ -256,8 +259,8 @@ def register(sub: Any, command: Any) -> None:
     sp.add_argument("--require-grant", action="store_true", help="every client must present a grant")
     sp.add_argument(
         "--explain-blocks", action=argparse.BooleanOptionalAction, default=None,
-        help="accept the CONNECT of a refused host and answer its requests with the 403 JSON, so SDKs "
-        "show why (default: on for loopback listeners)",
+        help="accept the CONNECT (transparent: the TLS) of a refused host and answer its requests with "
+        "the 403 JSON, so SDKs show why (default: on for loopback listeners in regular mode)",
     )  # fmt: skip
     limits = sp.add_argument_group("limits")
     limits.add_argument("--idle-timeout", type=float, default=600.0, metavar="SECONDS",

@@ -13,19 +13,29 @@ from __future__ import annotations
 import argparse
 import os
 import pwd
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from proxy.cli.run import GRANT_ENV, add_upstream_flags, upstream_flags
-from proxy.errors import ConfigError, EgressError
+from proxy.cli.run import (
+    GRANT_ENV,
+    add_upstream_flags,
+    prepare,
+    prepare_offline,
+    settings_from_args,
+    upstream_flags,
+)
+from proxy.errors import ConfigError, StoreUnavailable
 from proxy.runtime.netns import StepNamespace, check_privileges
-from proxy.service import ca
+from proxy.runtime.settings import LISTEN_FD_ENV, SETTINGS_ENV, RunSettings
+from proxy.service import ca, clientenv
 from proxy.service.home import Home
 
 # Never handed to the step: where the proxy is, its keys, its admin token.
@@ -33,7 +43,8 @@ _WITHHELD = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY", "https_proxy"
              "all_proxy", "no_proxy", "NODE_USE_ENV_PROXY", "NODE_OPTIONS", "JAVA_TOOL_OPTIONS")  # fmt: skip
 _CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO", "PIP_CERT",
                  "NPM_CONFIG_CAFILE", "AWS_CA_BUNDLE", "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH")  # fmt: skip
-READY_TIMEOUT = 60.0
+STOP_TIMEOUT = 10.0
+_IP_FREEBIND = 15  # linux/in.h; not in the socket module
 
 
 def _user(spec: str | None) -> tuple[int, int]:
@@ -51,45 +62,107 @@ def _user(spec: str | None) -> tuple[int, int]:
     return entry.pw_uid, entry.pw_gid
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _trust_files(home: Home, work: Path) -> dict[str, str]:
+    """The CA where every runtime looks, as files the step's user can read, and the variables naming them.
+
+    Most read a PEM bundle from a variable; Node adds NODE_EXTRA_CA_CERTS to its
+    own roots; Debian's wget (GnuTLS) reads only a wgetrc; Java only a truststore.
+    """
+    system = ca.system_bundle()
+    bundle, ca_cert, wgetrc, truststore = (
+        work / n for n in ("ca-bundle.pem", "egress-ca.pem", "wgetrc", "truststore.p12")
+    )
+    ca.write_bundle(bundle, home.ca_cert, system)
+    ca_cert.write_bytes(home.ca_cert.read_bytes())
+    wgetrc.write_text(f"ca_certificate = {bundle}\n")
+    truststore.write_bytes(clientenv.cached_truststore(home, system).read_bytes())
+    for f in (bundle, ca_cert, wgetrc, truststore):
+        f.chmod(0o644)
+    variables = dict.fromkeys(_CA_VARIABLES, str(bundle))
+    variables["NODE_EXTRA_CA_CERTS"] = str(ca_cert)
+    variables["WGETRC"] = str(wgetrc)
+    variables["JAVA_TOOL_OPTIONS"] = clientenv.java_trust_options(
+        os.environ.get("JAVA_TOOL_OPTIONS", ""), truststore
+    )
+    return variables
 
 
-def _step_env(bundle: Path, ca_cert: Path) -> dict[str, str]:
+def _step_env(trust: dict[str, str]) -> dict[str, str]:
     env = {
         k: v for k, v in os.environ.items() if k not in _WITHHELD and not k.startswith(("EGRESS_", "SUDO_"))
     }
-    env.update(dict.fromkeys(_CA_VARIABLES, str(bundle)))
-    env["NODE_EXTRA_CA_CERTS"] = str(ca_cert)
+    env.update(trust)
     return env
 
 
-def _start_proxy(args: argparse.Namespace, home: Home, listen: str, log: Path) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "proxy.cli", "run", "--mode", "transparent", "--listen", listen,
-            "--workers", "1", "--insecure-no-auth"]  # fmt: skip
-    env = {**os.environ, "EGRESS_HOME": str(home.root), "EGRESS_WORKSPACE": home.workspace}
-    if args.grant:  # in the environment: the step can read every command line on the host
-        env[GRANT_ENV] = args.grant
-    else:
+def _settings(args: argparse.Namespace, home: Home, listen: str) -> RunSettings:
+    """The step's proxy, its flags checked as `egress run` checks them (exit 2)."""
+    from proxy.cli import build_parser
+
+    argv = ["run", "--mode", "transparent", "--listen", listen, "--workers", "1", "--insecure-no-auth",
+            "--explain-blocks" if args.explain_blocks else "--no-explain-blocks", *upstream_flags(args)]  # fmt: skip
+    if not args.grant:
         argv += [a for n in args.connector for a in ("--connector", n)]
-    argv += upstream_flags(args)
-    with open(log, "wb") as out:
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
+    run_args = build_parser().parse_args(argv)
+    run_args.grant = args.grant  # never on a command line: the step can read every one on this host
+    return settings_from_args(run_args, home)
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        text = log.read_text(errors="replace")
-        if "listening on" in text:
-            return
-        if proc.poll() is not None:
-            last = text.strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
-            raise EgressError(f"the step's proxy did not start: {last[0]}")
-        time.sleep(0.02)
-    raise EgressError(f"the step's proxy did not start within {READY_TIMEOUT:.0f} s")
+def _check(home: Home, settings: RunSettings) -> None:
+    """The policy opens, the connectors exist, the grant is valid: before the step starts."""
+    try:
+        prepare(home, settings)
+    except StoreUnavailable as down:
+        prepare_offline(home, settings, down)
+
+
+def _listener(host: str) -> socket.socket:
+    """The step's listening socket, made before its address exists (IP_FREEBIND).
+
+    The worker inherits it, so connections made before the worker has started
+    wait in the backlog: the step need not wait for the proxy to be ready.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_IP, _IP_FREEBIND, 1)
+    sock.bind((host, 0))
+    sock.listen(socket.SOMAXCONN)
+    return sock
+
+
+def _start_proxy(
+    settings: RunSettings, home: Home, sock: socket.socket, work: Path
+) -> subprocess.Popen[bytes]:
+    """One worker and no supervisor: nothing to restart, no admin, and the home's
+    recorded proxy address stays that of the proxy `egress env` points at."""
+    env = {**os.environ, "EGRESS_HOME": str(home.root), "EGRESS_WORKSPACE": home.workspace,
+           SETTINGS_ENV: settings.to_json(), "EGRESS_WORKER_READY_FILE": str(work / "ready"),
+           LISTEN_FD_ENV: str(sock.fileno())}  # fmt: skip
+    # Private: the step shares this host's file system, and the log is no business of its.
+    with open(os.open(work / "proxy.log", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "addons.runner"], stdin=subprocess.DEVNULL, stdout=out,
+            stderr=subprocess.STDOUT, env=env, pass_fds=(sock.fileno(),),
+        )  # fmt: skip
+
+
+def _stop_proxy(proxy: subprocess.Popen[bytes], ready: bool) -> None:
+    """A proxy that never got ready has served nothing: kill it. Else let it flush its counts."""
+    if proxy.poll() is not None:
+        return
+    if not ready:
+        proxy.kill()
+    else:
+        proxy.terminate()
+    try:
+        proxy.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proxy.kill()
+        proxy.wait()
+
+
+def _last_line(log: Path, code: int | None) -> str:
+    lines = log.read_text(errors="replace").strip().splitlines()
+    return lines[-1] if lines else f"exit {code}"
 
 
 def _reexec_without_grant(token: str) -> None:
@@ -116,6 +189,7 @@ def _reexec_without_grant(token: str) -> None:
 
 
 def cmd_exec(args: argparse.Namespace, home: Home) -> int:
+    timing = Timing(time.perf_counter())
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if args.grant:
         _reexec_without_grant(args.grant)
@@ -128,16 +202,10 @@ def cmd_exec(args: argparse.Namespace, home: Home) -> int:
     home.require_initialised(need_ca=True)
     check_privileges()
     uid, gid = _user(args.user)
-    started = time.monotonic()
+    ns = StepNamespace(0)
+    sock = _listener(ns.host_address)
+    ns.port = sock.getsockname()[1]
     work = Path(tempfile.mkdtemp(prefix="egress-exec-"))
-    work.chmod(0o755)
-    bundle = work / "ca-bundle.pem"
-    ca.write_bundle(bundle, home.ca_cert, ca.system_bundle())
-    ca_cert = work / "egress-ca.pem"
-    ca_cert.write_bytes(home.ca_cert.read_bytes())
-    for f in (bundle, ca_cert):
-        f.chmod(0o644)
-    ns = StepNamespace(_free_port())
     proxy: subprocess.Popen[bytes] | None = None
     step: subprocess.Popen[bytes] | None = None
 
@@ -149,35 +217,66 @@ def cmd_exec(args: argparse.Namespace, home: Home) -> int:
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
+        work.chmod(0o755)
+        settings = _settings(args, home, f"{ns.host_address}:{ns.port}")
+        # The proxy starts (imports, loads the policy) while we check and build the namespace.
+        proxy = _start_proxy(settings, home, sock, work)
+        sock.close()  # the worker's now: if it dies, waiting connections are reset, not left hanging
+        timing.mark("proxy spawned")
+        _check(home, settings)
+        timing.mark("checks")
+        trust = _trust_files(home, work)
+        timing.mark("trust files")
         ns.open()
-        namespace_ms = (time.monotonic() - started) * 1000
-        proxy = _start_proxy(args, home, f"{ns.host_address}:{ns.port}", work / "proxy.log")
-        _wait_ready(proxy, work / "proxy.log")
-        if args.timing:
-            total_ms = (time.monotonic() - started) * 1000
-            print(f"egress exec: namespace {namespace_ms:.0f} ms, ready {total_ms:.0f} ms", file=sys.stderr)
-        step = subprocess.Popen(ns.command(command, uid, gid), env=_step_env(bundle, ca_cert))
+        timing.mark("namespace")
+        step = subprocess.Popen(ns.command(command, uid, gid), env=_step_env(trust))
+        timing.mark("step started")
         code = step.wait()
+        timing.mark("step")
         return code if code >= 0 else 128 - code
     except KeyboardInterrupt:
         return 130
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        sock.close()
         if step is not None and step.poll() is None:
             step.kill()
             step.wait()
-        if proxy is not None and proxy.poll() is None:
-            proxy.terminate()
-            try:
-                proxy.wait(10)
-            except subprocess.TimeoutExpired:
-                proxy.kill()
-                proxy.wait()
+        ready = (work / "ready").exists()
+        if ready:
+            timing.at("proxy ready", (work / "ready").stat().st_mtime)
+        if proxy is not None:
+            if proxy.poll() is not None:
+                print(f"egress exec: the step's proxy exited: {_last_line(work / 'proxy.log', proxy.returncode)}",
+                      file=sys.stderr)  # fmt: skip
+            _stop_proxy(proxy, ready)
+            # What a worker killed before it served may leave (its own stop removes it).
+            (home.run_dir / f"upstream-ca-{proxy.pid}.pem").unlink(missing_ok=True)
+            timing.mark("proxy stopped")
         ns.close()
-        for f in work.iterdir():
-            f.unlink()
-        work.rmdir()
+        shutil.rmtree(work, ignore_errors=True)
+        timing.mark("cleaned up")
+        if args.timing:
+            print(f"egress exec: {timing}", file=sys.stderr)
+
+
+@dataclass
+class Timing:
+    """Milliseconds since the command started, per stage (``--timing``; bench/exec_startup.py reads them)."""
+
+    start: float
+    marks: list[tuple[str, float]] = field(default_factory=list)
+
+    def mark(self, name: str) -> None:
+        self.marks.append((name, (time.perf_counter() - self.start) * 1000))
+
+    def at(self, name: str, wall: float) -> None:
+        """A stage another process reached at ``wall`` (time.time())."""
+        self.marks.append((name, (time.perf_counter() - self.start - (time.time() - wall)) * 1000))
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name} {ms:.0f} ms" for name, ms in sorted(self.marks, key=lambda m: m[1]))
 
 
 def register(sub: Any, command: Any) -> None:
@@ -191,5 +290,10 @@ def register(sub: Any, command: Any) -> None:
         "--user", metavar="USER", help="run the step as USER (default: the sudo caller, else nobody)"
     )
     add_upstream_flags(sp)
+    sp.add_argument(
+        "--explain-blocks", action=argparse.BooleanOptionalAction, default=True,
+        help="answer a request to a host no connector covers with the 403 JSON inside TLS, instead of "
+        "closing the connection (default: on)",
+    )  # fmt: skip
     sp.add_argument("--timing", action="store_true", help="print the start-up time on stderr")
     sp.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")

@@ -18,6 +18,7 @@ import socket
 import struct
 import subprocess
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,10 +40,42 @@ def check_privileges() -> None:
             raise ConfigError(f"egress exec needs `{tool}` (Debian: apt-get install iproute2 iptables)")
 
 
-def _run(*argv: str) -> None:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+def _run_input(argv: list[str], text: str) -> None:
+    done = subprocess.run(argv, input=text, capture_output=True, text=True, timeout=30)
     if done.returncode != 0:
         raise EgressError(f"{' '.join(argv)}: {done.stderr.strip() or f'exit {done.returncode}'}")
+
+
+def _restore_input(rules: list[tuple[str, str, list[str]]], *action: str) -> str:
+    """``iptables-restore --noflush`` input applying ``action`` (-I 1, -D) to each rule, per table."""
+    out: list[str] = []
+    for table in dict.fromkeys(t for t, _, _ in rules):
+        out.append(f"*{table}")
+        out += [" ".join([action[0], chain, *action[1:], *rule]) for t, chain, rule in rules if t == table]
+        out.append("COMMIT")
+    return "\n".join(out) + "\n"
+
+
+def _in_namespace(name: str, call: Callable[[], object]) -> None:
+    """Run ``call`` in a thread that joined namespace ``name`` (only that thread moves)."""
+    failed: list[BaseException] = []
+
+    def enter() -> None:
+        try:
+            fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+            try:
+                os.setns(fd, os.CLONE_NEWNET)
+            finally:
+                os.close(fd)
+            call()
+        except BaseException as e:
+            failed.append(e)
+
+    thread = threading.Thread(target=enter, name="egress-exec-setns")
+    thread.start()
+    thread.join()
+    if failed:
+        raise EgressError(f"namespace {name}: {failed[0]}")
 
 
 def _addresses(slot: int) -> tuple[str, str]:
@@ -55,13 +88,14 @@ def _addresses(slot: int) -> tuple[str, str]:
 class StepNamespace:
     """Create with ``open()``, always ``close()``: rules, links and files are removed again."""
 
-    port: int  # the transparent listener's port on the host side
+    port: int  # the transparent listener's port on the host side (may be set before ``open``)
     slot: int = field(default_factory=os.getpid)
     name: str = field(init=False)
     host_address: str = field(init=False)
     step_address: str = field(init=False)
-    _rules: list[list[str]] = field(default_factory=list, init=False)
+    _rules: list[tuple[str, str, list[str]]] = field(default_factory=list, init=False)
     _dns: DnsStub | None = field(default=None, init=False)
+    _opened: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self.name = f"{_PREFIX}{self.slot}"
@@ -72,21 +106,31 @@ class StepNamespace:
         return Path("/etc/netns") / self.name
 
     def open(self) -> StepNamespace:
+        """Three commands (``ip -batch`` twice, one ``iptables-restore``) and a sysctl written in-process."""
         host_if, step_if = f"{self.name}h", f"{self.name}n"
-        _run("ip", "netns", "add", self.name)
-        _run("ip", "link", "add", host_if, "type", "veth", "peer", "name", step_if)
-        _run("ip", "link", "set", step_if, "netns", self.name)
-        _run("ip", "addr", "add", f"{self.host_address}/30", "dev", host_if)
-        _run("ip", "link", "set", host_if, "up")
-        _run("ip", "-n", self.name, "link", "set", "lo", "up")
-        _run("ip", "-n", self.name, "addr", "add", f"{self.step_address}/30", "dev", step_if)
-        _run("ip", "-n", self.name, "link", "set", step_if, "up")
-        _run("ip", "-n", self.name, "route", "add", "default", "via", self.host_address)
-        lo_disable = "net.ipv6.conf.all.disable_ipv6=1"
-        _run("ip", "netns", "exec", self.name, "sysctl", "-q", "-w", lo_disable)
+        self._opened = True
+        _run_input(
+            ["ip", "-batch", "-"],
+            f"""netns add {self.name}
+link add {host_if} type veth peer name {step_if}
+link set {step_if} netns {self.name}
+addr add {self.host_address}/30 dev {host_if}
+link set {host_if} up
+""",
+        )
+        _run_input(
+            ["ip", "-n", self.name, "-batch", "-"],
+            f"""link set lo up
+addr add {self.step_address}/30 dev {step_if}
+link set {step_if} up
+route add default via {self.host_address}
+""",
+        )
+        # No IPv6 inside: the host side's rules are IPv4 only. The step's user cannot turn it back on.
+        _in_namespace(self.name, lambda: Path("/proc/sys/net/ipv6/conf/all/disable_ipv6").write_text("1\n"))
         here = ["-i", host_if]
         # Inserted in reverse: the first rule listed ends up first in the chain.
-        for table, chain, rule in (
+        rules = [
             ("filter", "FORWARD", [*here, "-j", "DROP"]),
             ("filter", "INPUT", [*here, "-j", "DROP"]),
             ("filter", "INPUT", [*here, "-p", "udp", "-d", self.host_address, "--dport", "53", "-j", "ACCEPT"]),
@@ -96,9 +140,9 @@ class StepNamespace:
             ("filter", "INPUT", ["!", *here, "-p", "tcp", "-d", self.host_address, "--dport", str(self.port),
                                  "-j", "DROP"]),
             ("nat", "PREROUTING", [*here, "-p", "tcp", "-j", "REDIRECT", "--to-ports", str(self.port)]),
-        ):  # fmt: skip
-            _run("iptables", "-w", "-t", table, "-I", chain, "1", *rule)
-            self._rules.append(["-t", table, "-D", chain, *rule])
+        ]  # fmt: skip
+        self._rules = [(table, chain, rule) for table, chain, rule in rules]
+        _run_input(["iptables-restore", "-w", "--noflush"], _restore_input(self._rules, "-I", "1"))
         self.etc.mkdir(parents=True, exist_ok=True)
         (self.etc / "resolv.conf").write_text(f"nameserver {self.host_address}\n")
         (self.etc / "hosts").write_text("127.0.0.1 localhost\n")
@@ -109,11 +153,20 @@ class StepNamespace:
         """Undo everything ``open`` did, whatever failed; never raises."""
         if self._dns:
             self._dns.stop()
-        for rule in reversed(self._rules):
-            subprocess.run(["iptables", "-w", *rule], capture_output=True, timeout=30)
-        self._rules.clear()
-        subprocess.run(["ip", "link", "del", f"{self.name}h"], capture_output=True, timeout=30)
-        subprocess.run(["ip", "netns", "del", self.name], capture_output=True, timeout=30)
+            self._dns = None
+        if self._rules:
+            text = _restore_input(self._rules, "-D")
+            done = subprocess.run(["iptables-restore", "-w", "--noflush"], input=text, capture_output=True,
+                                  text=True, timeout=30)  # fmt: skip
+            if done.returncode != 0:  # one rule already gone: delete the others one by one
+                for table, chain, rule in self._rules:
+                    subprocess.run(
+                        ["iptables", "-w", "-t", table, "-D", chain, *rule], capture_output=True, timeout=30
+                    )
+        self._rules = []
+        if self._opened:
+            subprocess.run(["ip", "-force", "-batch", "-"], input=f"link del {self.name}h\nnetns del {self.name}\n",
+                           capture_output=True, text=True, timeout=30)  # fmt: skip
         shutil.rmtree(self.etc, ignore_errors=True)
 
     def command(self, argv: list[str], uid: int, gid: int) -> list[str]:
@@ -127,10 +180,10 @@ class StepNamespace:
 class DnsStub:
     """Answers every A query with one dummy address and AAAA with nothing (no IPv6 way out)."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, port: int = 53, timeout: float = 0.5) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((address, 53))
-        self.sock.settimeout(0.5)
+        self.sock.bind((address, port))
+        self.sock.settimeout(timeout)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="egress-exec-dns", daemon=True)
 
@@ -140,7 +193,13 @@ class DnsStub:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(2)
+        if self._thread.is_alive():
+            try:  # wake the blocked recvfrom now rather than at its timeout
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                    s.sendto(b"", self.sock.getsockname())
+            except OSError:
+                pass
+            self._thread.join(2)
         self.sock.close()
 
     def _serve(self) -> None:

@@ -17,6 +17,8 @@ from proxy.hosts import parse_listen
 # every local user (a sandbox included), the environment only by the proxy's uid,
 # and a transparent listener's grant token is a credential.
 SETTINGS_ENV = "EGRESS_RUN_SETTINGS"
+# A listening socket a worker inherits instead of binding its own (`egress exec` makes it).
+LISTEN_FD_ENV = "EGRESS_LISTEN_FD"
 
 
 @dataclass(frozen=True)

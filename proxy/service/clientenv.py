@@ -11,6 +11,7 @@ regenerate: nothing here creates keys, stores or CAs.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -127,6 +128,38 @@ def write_truststore(path: Path, ca_cert: Path, base: bytes | None = None) -> in
     return len(entries)
 
 
+def cached_truststore(home: Home, system: bytes) -> Path:
+    """The home's Java truststore, rebuilt only when our CA or the system roots changed.
+
+    Building one parses every root (~90 ms); `egress exec` needs one per step.
+    """
+    layout = Layout(home.root)
+    digest = hashlib.sha256(home.ca_cert.read_bytes() + b"\0" + system).hexdigest()
+    stamp = layout.truststore.with_name(layout.truststore.name + ".sha256")
+    try:
+        if stamp.read_text() == digest and layout.truststore.is_file():
+            return layout.truststore
+    except OSError:
+        pass
+    write_truststore(layout.truststore, home.ca_cert, system)
+    write_atomic(stamp, digest.encode())
+    return layout.truststore
+
+
+def java_trust_options(existing: str, truststore: Path) -> str:
+    """``JAVA_TOOL_OPTIONS`` trusting ``truststore``, with the caller's proxy and trust settings removed."""
+    kept = [t for t in existing.split() if not t.startswith(JAVA_KEYS)]
+    return " ".join([*kept, *_trust_properties(truststore)])
+
+
+def _trust_properties(truststore: Path) -> list[str]:
+    return [
+        f"-Djavax.net.ssl.trustStore={_java_quote(str(truststore))}",
+        f"-Djavax.net.ssl.trustStorePassword={TRUSTSTORE_PASSWORD}",
+        "-Djavax.net.ssl.trustStoreType=PKCS12",
+    ]
+
+
 def _prepend(existing: str, ours: str, sep: str) -> str:
     """``ours`` first, once: running ``egress env`` twice must not stack copies."""
     parts = [p for p in existing.split(sep) if p and p != ours]
@@ -141,9 +174,7 @@ def _java_options(existing: str, proxy_host: str, proxy_port: int, truststore: P
         f"-Dhttps.proxyPort={proxy_port}",
         f"-Dhttp.proxyHost={host}",
         f"-Dhttp.proxyPort={proxy_port}",
-        f"-Djavax.net.ssl.trustStore={_java_quote(str(truststore))}",
-        f"-Djavax.net.ssl.trustStorePassword={TRUSTSTORE_PASSWORD}",
-        "-Djavax.net.ssl.trustStoreType=PKCS12",
+        *_trust_properties(truststore),
     ]
     return " ".join([*kept, *ours])
 
@@ -167,7 +198,7 @@ def build(home: Home, proxy: str) -> ClientEnv:
     notes: list[str] = []
     system = ca.system_bundle()
     ca.write_bundle(layout.bundle, home.ca_cert, system)
-    write_truststore(layout.truststore, home.ca_cert, system)
+    cached_truststore(home, system)
     bundle = str(layout.bundle)
     wgetrc = layout.wgetrc(proxy)
     wget_text = f"ca_certificate = {bundle}\nuse_proxy = on\n"

@@ -145,6 +145,7 @@ class _Transaction:
 
 class SqliteStore:
     flush_interval = 1.0  # a local file: counters can be written every second
+    pushes_changes = False  # wait_for_change only sleeps: callers may sleep without a thread
 
     def __init__(self, path: Path, *, create: bool = False, clock: Clock = time.time) -> None:
         self.path = path

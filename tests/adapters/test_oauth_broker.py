@@ -584,3 +584,18 @@ def test_client_credentials_ignores_a_refresh_token(cafile: str, ca: trustme.CA)
 
     run(scenario, cafile, ca, Endpoint(rotate=True), on_rotated=lambda c, t: rotated.append((c, t)))
     assert rotated == []
+
+
+def test_the_token_endpoint_context_is_made_at_first_use_only() -> None:
+    made: list[ssl.SSLContext] = []
+
+    def factory() -> ssl.SSLContext:
+        made.append(client_context())
+        return made[-1]
+
+    async def resolve(host: str, port: int) -> str:
+        return "127.0.0.1"
+
+    broker = TokenBroker(resolve, factory)
+    assert made == []  # a proxy with no oauth2 connector never loads the roots
+    assert broker._context() is broker._context() is made[0]

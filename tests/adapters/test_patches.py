@@ -33,3 +33,96 @@ def test_raw_answer_is_a_complete_blocked_response() -> None:
     assert int(fields["content-length"]) == len(body)
     doc = json.loads(body)
     assert doc["reason"] == "bad-request" and doc["request_id"]
+
+
+class _Conn:
+    def __init__(self, **app: object) -> None:
+        self.app = {"client_alpn": None, "server_alpn": None, "http2": True, **app}
+
+    def get_app_data(self) -> dict[str, object]:
+        return self.app
+
+
+@pytest.mark.parametrize(
+    ("offers", "app", "chosen"),
+    [
+        ([b"http/1.1", b"h2"], {}, b"h2"),  # httpx's order: h2 whenever offered, as servers do
+        ([b"h2"], {}, b"h2"),
+        ([b"http/1.1"], {}, b"http/1.1"),
+        ([b"http/1.1", b"h2"], {"http2": False}, b"http/1.1"),  # --no-http2 still wins
+        ([b"http/1.1", b"h2"], {"server_alpn": b"http/1.1"}, b"http/1.1"),  # mirror a known upstream
+        ([b"http/1.1", b"h2"], {"client_alpn": b"http/1.1"}, b"http/1.1"),  # forced (secure web proxy)
+    ],
+)
+def test_alpn_prefers_h2_while_the_upstream_is_unknown(
+    offers: list[bytes], app: dict[str, object], chosen: bytes
+) -> None:
+    assert patches._alpn_prefer_h2(_Conn(**app), offers) == chosen
+
+
+def test_an_inherited_listener_is_adopted_once() -> None:
+    """`egress exec` hands its worker a listening socket: connections made before are served."""
+    import asyncio
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    host, port = sock.getsockname()
+    early = socket.create_connection((host, port))  # waits in the backlog
+
+    class Instance:
+        def __init__(self) -> None:
+            self.accepted: list[object] = []
+
+        async def handle_stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.accepted.append(writer)
+            writer.close()
+
+    async def main() -> int:
+        inst = Instance()
+        patches.LISTENER.append(sock)
+        (server,) = await patches._listen_reuse_port(inst, host, port)  # type: ignore[arg-type]
+        assert patches.LISTENER == []  # a second listener binds its own
+        for _ in range(100):
+            if inst.accepted:
+                break
+            await asyncio.sleep(0.02)
+        server.close()
+        await server.wait_closed()
+        return len(inst.accepted)
+
+    try:
+        assert asyncio.run(main()) == 1
+    finally:
+        early.close()
+
+
+def test_an_inherited_listener_for_another_address_is_refused() -> None:
+    import asyncio
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    patches.LISTENER.append(sock)
+    try:
+        with pytest.raises(OSError, match="inherited listener"):
+            asyncio.run(patches._listen_reuse_port(None, "127.0.0.1", 1))  # type: ignore[arg-type]
+    finally:
+        patches.LISTENER.clear()
+        sock.close()
+
+
+def test_the_worker_imports_only_the_default_addons_it_loads() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, addons.runner\n"
+        "from mitmproxy.addons import core, proxyserver, tlsconfig\n"
+        "assert core.Core and proxyserver.Proxyserver and tlsconfig.TlsConfig\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('flask', 'ldap3', 'mitmproxy.addons.onboarding'))))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -172,6 +172,26 @@ def test_ca_java_truststore(egress: Callable[..., Result], ready: Path, tmp_path
     assert loaded.additional_certs[0].friendly_name == b"egress-proxy-ca"
 
 
+def test_truststore_is_rebuilt_only_when_the_roots_change(ready: Path) -> None:
+    from proxy.service.home import Home
+
+    home = Home(ready, {})
+    roots = home.ca_cert.read_bytes()  # stands in for the system roots
+    path = clientenv.cached_truststore(home, roots)
+    loaded = pkcs12.load_pkcs12(path.read_bytes(), b"egress-proxy")
+    assert [c.friendly_name for c in loaded.additional_certs] == [b"egress-proxy-ca"]
+    os.utime(path, ns=(1, 1))  # a rebuild would show as a new modification time
+    assert clientenv.cached_truststore(home, roots).stat().st_mtime_ns == 1
+    assert clientenv.cached_truststore(home, roots + b"\n").stat().st_mtime_ns != 1
+
+
+def test_java_trust_options_drop_proxy_and_trust_keys() -> None:
+    mixed = "-Xmx1g -Dhttps.proxyHost=127.0.0.1 -Dhttps.proxyPort=8080 -Djavax.net.ssl.trustStore=/old"
+    out = clientenv.java_trust_options(mixed, Path("/w/t.p12")).split()
+    assert out[0] == "-Xmx1g" and "-Djavax.net.ssl.trustStore=/w/t.p12" in out
+    assert not [o for o in out if o.startswith(("-Dhttps.proxy", "-Djavax.net.ssl.trustStore=/old"))]
+
+
 # -- shell forms ----------------------------------------------------------------------------
 
 
