@@ -48,7 +48,11 @@ class Limits:
             "Requests in flight per connector (per worker), then 503.",
         )
         loader.add_option(
-            "egress_h2_max_resets", int, 100, "HTTP/2 stream resets a client may send in 10 s before GOAWAY."
+            "egress_h2_max_resets",
+            int,
+            100,
+            "HTTP/2 stream resets per connection in 10 s, sent by the client or provoked by its frames, "
+            "before GOAWAY.",
         )
 
     def configure(self, updated: set[str]) -> None:

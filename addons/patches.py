@@ -13,8 +13,11 @@ Guards (always, also under ``mitmdump -s``), closing gaps no hook can reach:
 - WebSocket ping/pong payloads and close reasons are relayed without a hook:
   those sent to the client are emptied;
 - HTTP/2 rapid reset (HEADERS then RST_STREAM, over and over) turned each
-  stream into an upstream request: past ``LIMITS.h2_resets`` resets in
-  ``LIMITS.h2_reset_window`` seconds the connection gets GOAWAY;
+  stream into an upstream request, and so did "MadeYouReset" (frames that
+  make the proxy reset the stream): past ``LIMITS.h2_resets`` resets of
+  either kind in ``LIMITS.h2_reset_window`` seconds the connection gets
+  GOAWAY, and a reset that arrives with its request reaches the stream, so
+  the request never goes upstream;
 - an exception from a response stream transform (a decompression bomb, a
   corrupt compressed body) crashed the layer and hung the client: it kills
   the flow instead; so does one from a request stream transform (a secret in
@@ -74,7 +77,7 @@ _installed: set[str] = set()
 class Limits:
     """Tunables of the guards; the limits addon sets them from its options."""
 
-    h2_resets: int = 100  # client stream resets per connection and window, then GOAWAY
+    h2_resets: int = 100  # stream resets (client's or provoked) per connection and window, then GOAWAY
     h2_reset_window: float = 10.0
     handshake_timeout: float = 10.0  # seconds from connect until TLS inside the tunnel
 
@@ -214,7 +217,17 @@ def _quiet_error_page(status_code: int, message: str) -> bytes:
 
 
 def _h2_server_event(self: _http2.Http2Server, event: h2.events.Event) -> Generator[Any, Any, bool]:
-    if isinstance(event, h2.events.StreamReset) and event.remote_reset:
+    """Every stream reset counts against the budget; no reset is lost before it reaches its stream.
+
+    A reset is counted whoever sent the RST_STREAM: the client ("rapid
+    reset"), or h2 in answer to a client frame that is a stream error (DATA or
+    HEADERS after END_STREAM, a flow-control window pushed past 2^31-1:
+    "MadeYouReset"). mitmproxy forgets a stream once h2 reports it closed, and
+    h2 reports the state after the whole read: a request and its reset in one
+    read lost the reset, so the request went upstream anyway. Such a reset is
+    handed to its stream again, which then dies before any upstream contact.
+    """
+    if isinstance(event, h2.events.StreamReset):
         resets: collections.deque[float] = self.__dict__.setdefault("_egress_resets", collections.deque())
         now = time.monotonic()
         resets.append(now)
@@ -226,6 +239,9 @@ def _h2_server_event(self: _http2.Http2Server, event: h2.events.Event) -> Genera
                 error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM,
             )
             return True
+        # A stream no longer tracked here gets the reset anyway (the HTTP layer
+        # ignores it for a stream that is already finished).
+        self.streams.setdefault(event.stream_id, _http2.StreamState.HEADERS_RECEIVED)
     return (yield from _original_h2_event(self, event))
 
 

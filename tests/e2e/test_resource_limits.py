@@ -5,7 +5,8 @@ Regression tests for weaknesses found in review, against the real proxy:
 - HTTP/2 rapid reset (CVE-2023-44487): HEADERS then RST_STREAM, over and over on
   one connection. Reset streams do not count against MAX_CONCURRENT_STREAMS, so
   each becomes an upstream request carrying the secret; the proxy never sends
-  GOAWAY.
+  GOAWAY. The same with frames that make the proxy reset the stream
+  ("MadeYouReset"), and a reset in the same read as its request was lost.
 - Idle and slow connections: a silent socket, a half-sent or trickled CONNECT
   head, a tunnel with no (or a trickled) ClientHello, an idle tunnel. They are
   closed only by mitmproxy's 600 s ``tcp_timeout``, reset by every byte.
@@ -32,6 +33,7 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
+import hyperframe.frame
 import pytest
 
 from tests.conftest import proxy_args
@@ -246,6 +248,85 @@ def test_h2_rapid_reset_gets_goaway(spawn: Spawn, upstream: Upstream) -> None:
     closed, forwarded = reset_flood(proxy, upstream, FLOOD, t)
     assert closed, f"no GOAWAY or close after {FLOOD} reset streams; {forwarded} reached the upstream"
     assert forwarded <= FLOOD // 4, f"{forwarded} of {FLOOD} reset streams reached the upstream"
+    healthy(proxy, upstream)
+
+
+# Frames that make the proxy, not the client, reset a stream ("MadeYouReset",
+# CVE-2025-8671): each follows a complete request (HEADERS with END_STREAM).
+PROVOKE: dict[str, Callable[[int], bytes]] = {
+    "data-after-end-stream": lambda sid: hyperframe.frame.DataFrame(sid, data=b"x").serialize(),
+    "headers-after-end-stream": lambda sid: hyperframe.frame.HeadersFrame(
+        sid,
+        data=b"\x82",
+        flags=["END_HEADERS", "END_STREAM"],  # HPACK ":method: GET"
+    ).serialize(),
+    "window-overflow": lambda sid: hyperframe.frame.WindowUpdateFrame(
+        sid, window_increment=2**31 - 1
+    ).serialize(),
+}
+
+
+def made_you_reset_flood(
+    proxy: Proxy, upstream: Upstream, streams: int, t: str, provoke: Callable[[int], bytes]
+) -> tuple[bool, int]:
+    """Like ``reset_flood``, but the client never resets: after each complete request it
+    sends a frame the proxy must answer with RST_STREAM."""
+    sock, conn = h2_connection(proxy, upstream.port)
+    headers = [(":method", "GET"), (":authority", f"{STRIPE}:{upstream.port}"), (":scheme", "https")]
+    out = bytearray()
+    for i in range(streams):
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, [*headers, (":path", f"/v1/myr?t={t}&i={i}")], end_stream=True)
+        out += conn.data_to_send() + provoke(sid)
+    try:
+        sock.sendall(bytes(out))
+        closed = wait_h2_closed(sock, conn, 5.0)
+        return closed, settled_count(upstream, t)
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("kind", list(PROVOKE))
+def test_h2_resets_the_client_provokes_count_too(spawn: Spawn, upstream: Upstream, kind: str) -> None:
+    """Streams the proxy itself resets because of a client frame (a DATA or HEADERS frame
+    after END_STREAM, a flow-control window pushed past 2^31-1) spend the same budget as
+    client resets: GOAWAY, and at most the budget of them reaches the upstream."""
+    proxy = spawn()
+    t = tag()
+    closed, forwarded = made_you_reset_flood(proxy, upstream, FLOOD, t, PROVOKE[kind])
+    assert closed, f"no GOAWAY or close after {FLOOD} provoked resets; {forwarded} reached the upstream"
+    assert forwarded <= 100, f"{forwarded} of {FLOOD} streams the proxy reset reached the upstream"
+    healthy(proxy, upstream)
+
+
+@pytest.mark.parametrize("kind", ["client-reset", *PROVOKE])
+def test_h2_stream_reset_with_its_request_never_goes_upstream(
+    spawn: Spawn, upstream: Upstream, kind: str
+) -> None:
+    """Twenty complete requests, each with its reset (the client's RST_STREAM or a frame
+    that makes the proxy reset it) in the same write, under the reset budget: the streams
+    are gone before their request is sent, so none may reach the upstream (mitmproxy lost
+    a reset that arrived in the same read as its request's END_STREAM)."""
+    proxy = spawn()
+    t = tag()
+    sock, conn = h2_connection(proxy, upstream.port)
+    headers = [(":method", "GET"), (":authority", f"{STRIPE}:{upstream.port}"), (":scheme", "https")]
+    out = bytearray()
+    try:
+        for i in range(20):
+            sid = conn.get_next_available_stream_id()
+            conn.send_headers(sid, [*headers, (":path", f"/v1/rw?t={t}&i={i}")], end_stream=True)
+            if kind == "client-reset":
+                conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+                out += conn.data_to_send()
+            else:
+                out += conn.data_to_send() + PROVOKE[kind](sid)
+        sock.sendall(bytes(out))
+        assert not wait_h2_closed(sock, conn, 2.0), "twenty resets are within the budget"
+        forwarded = settled_count(upstream, t, seconds=5.0)
+    finally:
+        sock.close()
+    assert forwarded == 0, f"{forwarded} of 20 streams reset with their request reached the upstream"
     healthy(proxy, upstream)
 
 
