@@ -4,6 +4,9 @@ Guards (always, also under ``mitmdump -s``), closing gaps no hook can reach:
 
 - request heads are buffered without limit ("FIXME: protect against header
   size DoS" in ``_http1.py``): heads past MAX_HEAD get 431 and a close;
+  so are an upstream's response heads (502 and a close), and chunk-size
+  lines (with their extensions) and trailer blocks either way (the
+  connection is closed);
 - chunked request trailers raise NotImplementedError, which crashes the
   connection without an answer: they get 400 and a close;
 - chunked response trailers from an HTTP/1 upstream crash the client
@@ -41,7 +44,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
+import re
 import time
 import uuid
 from collections.abc import Generator
@@ -58,15 +63,20 @@ from mitmproxy.net.http import status_codes
 from mitmproxy.proxy import commands, events, layers, mode_servers, server
 from mitmproxy.proxy.layers import http as http_layer
 from mitmproxy.proxy.layers.http import _http1, _http2
+from mitmproxy.proxy.layers.http._base import ReceiveHttp
+from mitmproxy.proxy.layers.http._events import ErrorCode, ResponseProtocolError
 
 from proxy.reasons import Reason, blocked_answer
 
 VERIFIED = ("12.1.", "12.2.", "12.3.")  # keep in step with pyproject.toml's mitmproxy range
-MAX_HEAD = 64 * 1024
+MAX_HEAD = 64 * 1024  # a request or response head, a chunk-size line, a trailer block
+HEAD_END = re.compile(rb"\n\r?\n")  # what h11's ReceiveBuffer takes as the end of a head
 _original_read_headers = _http1.Http1Server.read_headers
+_original_read_response_headers = _http1.Http1Client.read_headers
 _original_read_body = _http1.Http1Connection.read_body
 _original_h2_event = _http2.Http2Server.handle_h2_event
 _original_handle_client = server.ConnectionHandler.handle_client
+_original_handle_connection = server.ConnectionHandler.handle_connection
 _original_ws_send = layers.websocket.WebsocketConnection.send2
 _original_stream_body = http_layer.HttpStream.state_stream_response_body
 _original_stream_request_body = http_layer.HttpStream.state_stream_request_body
@@ -101,6 +111,7 @@ def check_version(version: str = mitmproxy_version.VERSION) -> None:
         name
         for owner, name in (
             (_http1.Http1Server, "read_headers"),
+            (_http1.Http1Client, "read_headers"),
             (_http1.Http1Connection, "read_body"),
             (mode_servers.AsyncioServerInstance, "listen"),
             (_http1, "format_error"),
@@ -108,6 +119,7 @@ def check_version(version: str = mitmproxy_version.VERSION) -> None:
             (_http2.Http2Server, "handle_h2_event"),
             (server.ConnectionHandler, "handle_client"),
             (server.ConnectionHandler, "on_timeout"),
+            (server.ConnectionHandler, "handle_connection"),
             (layers.websocket.WebsocketConnection, "send2"),
             (http_layer.HttpStream, "state_stream_response_body"),
             (http_layer.HttpStream, "state_stream_request_body"),
@@ -129,14 +141,15 @@ def raw_answer(reason: Reason, detail: str, status: int | None = None) -> bytes:
     return "\r\n".join(lines).encode() + body
 
 
+def _over_head_limit(buf: Any) -> bool:
+    """More than MAX_HEAD bytes buffered and no head ending within them."""
+    return len(buf) > MAX_HEAD and HEAD_END.search(bytes(buf), 0, MAX_HEAD + 3) is None
+
+
 def _bounded_read_headers(
     self: _http1.Http1Server, event: events.ConnectionEvent
 ) -> Generator[Any, Any, None]:
-    if (
-        isinstance(event, events.DataReceived)
-        and len(self.buf) > MAX_HEAD
-        and bytes(self.buf).find(b"\r\n\r\n", 0, MAX_HEAD + 4) < 0
-    ):
+    if isinstance(event, events.DataReceived) and _over_head_limit(self.buf):
         yield commands.SendData(self.conn, raw_answer(Reason.BAD_REQUEST, "request head over 64 KiB", 431))
         yield commands.CloseConnection(self.conn)
         self.buf.maybe_extract_at_most(len(self.buf))
@@ -145,15 +158,47 @@ def _bounded_read_headers(
     yield from _original_read_headers(self, event)
 
 
-class _DropTrailers:
-    """An h11 body reader that ends a response at its trailers instead of raising."""
+def _bounded_read_response_headers(
+    self: _http1.Http1Client, event: events.ConnectionEvent
+) -> Generator[Any, Any, None]:
+    """An upstream's response head is bounded like a client's: past MAX_HEAD, 502 and a close.
 
-    def __init__(self, reader: Any) -> None:
+    Unguarded, an endless head is buffered whole. Bytes the upstream sends
+    with no request outstanding are not quoted in the log either.
+    """
+    if isinstance(event, events.DataReceived) and (self.request is None or _over_head_limit(self.buf)):
+        yield commands.CloseConnection(self.conn)
+        self.buf.maybe_extract_at_most(len(self.buf))
+        self.state = self.done
+        if self.stream_id is None or self.request is None:
+            yield commands.Log("closed an upstream connection that sent data no request asked for")
+            return
+        yield ReceiveHttp(
+            ResponseProtocolError(self.stream_id, "response head over 64 KiB", ErrorCode.GENERIC_SERVER_ERROR)
+        )
+        return
+    yield from _original_read_response_headers(self, event)
+
+
+class _GuardedBody:
+    """An h11 body reader whose chunk-size lines and trailer block are bounded.
+
+    A reader that returns None with data still buffered is waiting for the end
+    of a line (a chunk-size line with its extensions) or of the trailer block;
+    past MAX_HEAD that is a protocol error, which mitmproxy answers by closing
+    the connection. Response trailers end the body instead of raising
+    (``drop_trailers``).
+    """
+
+    def __init__(self, reader: Any, drop_trailers: bool) -> None:
         self._reader = reader
+        self._drop_trailers = drop_trailers
 
     def __call__(self, buf: Any) -> Any:
         event = self._reader(buf)
-        if isinstance(event, h11.EndOfMessage) and event.headers:
+        if event is None and len(buf) > MAX_HEAD:
+            raise h11.RemoteProtocolError("chunk-size line or trailers over 64 KiB")
+        if self._drop_trailers and isinstance(event, h11.EndOfMessage) and event.headers:
             return h11.EndOfMessage()
         return event
 
@@ -162,10 +207,18 @@ class _DropTrailers:
 
 
 def _guarded_read_body(self: _http1.Http1Connection, event: events.Event) -> Generator[Any, Any, None]:
-    if isinstance(self, _http1.Http1Client) and not isinstance(self.body_reader, _DropTrailers):
-        self.body_reader = _DropTrailers(self.body_reader)  # type: ignore[assignment]
+    if not isinstance(self.body_reader, _GuardedBody):
+        guarded = _GuardedBody(self.body_reader, drop_trailers=isinstance(self, _http1.Http1Client))
+        self.body_reader = guarded  # type: ignore[assignment]
     try:
-        yield from _original_read_body(self, event)
+        for command in _original_read_body(self, event):
+            yield command
+            if isinstance(command, commands.CloseConnection) and command.connection is self.conn:
+                # A protocol error: read nothing more. Each further read would
+                # close again, and a second close cancels mitmproxy's connection
+                # task before it closes the socket (left open, unread).
+                self.buf.maybe_extract_at_most(len(self.buf))
+                self.state = self.done
     except NotImplementedError:
         if not isinstance(self, _http1.Http1Server):
             raise
@@ -259,6 +312,24 @@ async def _handle_client_with_deadline(self: server.ConnectionHandler) -> None:
         deadline.cancel()
 
 
+async def _handle_connection_closing(self: server.ConnectionHandler, conn: connection.Connection) -> None:
+    """mitmproxy's task for one connection, which now always closes its socket.
+
+    A close asked for by a layer cancels the task; when the cancellation lands
+    on the event lock instead of the read, the task ended without closing the
+    socket or forgetting it: an upstream cut off for sending too much stayed
+    connected, unread, until the client left.
+    """
+    try:
+        await _original_handle_connection(self, conn)
+    finally:
+        io = self.transports.pop(conn, None)  # still there only if the task ended early
+        if io is not None and io.writer is not None:
+            conn.state = connection.ConnectionState.CLOSED
+            with contextlib.suppress(OSError):
+                io.writer.close()
+
+
 def _ws_send(self: Any, event: wsproto.events.Event) -> commands.SendData:
     if isinstance(self.conn, connection.Client):  # towards the sandbox: control payloads carry nothing
         if isinstance(event, wsproto.events.Ping | wsproto.events.Pong) and event.payload:
@@ -284,11 +355,13 @@ def install_guards() -> None:
         return
     check_version()
     _http1.Http1Server.read_headers = _bounded_read_headers  # type: ignore[method-assign]
+    _http1.Http1Client.read_headers = _bounded_read_response_headers  # type: ignore[method-assign]
     _http1.Http1Connection.read_body = _guarded_read_body  # type: ignore[method-assign]
     _http1.format_error = _quiet_error_page  # type: ignore[attr-defined]
     _http2.format_error = _quiet_error_page  # type: ignore[attr-defined]
     _http2.Http2Server.handle_h2_event = _h2_server_event  # type: ignore[method-assign]
     server.ConnectionHandler.handle_client = _handle_client_with_deadline  # type: ignore[method-assign]
+    server.ConnectionHandler.handle_connection = _handle_connection_closing  # type: ignore[method-assign,assignment]
     layers.websocket.WebsocketConnection.send2 = _ws_send  # type: ignore[method-assign]
     http_layer.HttpStream.state_stream_response_body = _stream_body_or_kill  # type: ignore[method-assign]
     http_layer.HttpStream.state_stream_request_body = _stream_request_body_or_kill  # type: ignore[method-assign]

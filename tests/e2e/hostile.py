@@ -136,7 +136,18 @@ class WebSocket:
     close_reason: str = ""
 
 
-Answer = Canned | Raw | WebSocket
+@dataclass
+class Endless:
+    """``prefix``, then ``unit`` over and over: a head, chunk line or trailer block that never
+    ends. Stops after ENDLESS_CAP bytes and then only waits, so a proxy that buffers it all
+    is seen hanging; ``Hostile.cut_off`` records a proxy that closed the connection first."""
+
+    prefix: bytes
+    unit: bytes
+
+
+ENDLESS_CAP = 256 * 1024 * 1024
+Answer = Canned | Raw | WebSocket | Endless
 
 
 @dataclass
@@ -218,6 +229,8 @@ def answer(case: str, secret: str) -> Answer:
             )
         case ["malformed", kind]:
             return Raw(malformed(kind, secret))
+        case ["endless", kind]:
+            return endless(kind, secret)
         case ["ws", kind]:
             return websocket(kind, secret)
     return Canned(status=404, reason="Not Found", body=b"no such case")
@@ -234,6 +247,24 @@ def malformed(kind: str, secret: str) -> bytes:
         "content-length": b"HTTP/1.1 200 OK\r\nContent-Length: " + s + b"\r\n\r\n",
         "transfer-encoding": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + s + b"\r\n\r\n",
         "truncated": b"HTTP/1.1 200 OK\r\nX-Token: " + s,  # the head never ends
+    }[kind]
+
+
+def endless(kind: str, secret: str) -> Endless:
+    """A response whose head, chunk-size line, chunk extension or trailers never end;
+    the secret is in what comes first, so a proxy quoting the start would show it."""
+    s = secret.encode()
+    chunked = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+    first = b"start " + s + b" " + b"." * 4096  # longer than the scrubber holds back
+    body = b"%x\r\n%s\r\n" % (len(first), first)
+    return {
+        "head": Endless(b"HTTP/1.1 200 OK\r\nX-Token: " + s + b"\r\n", b"X-Pad: " + b"a" * 1017 + b"\r\n"),
+        "header-value": Endless(b"HTTP/1.1 200 OK\r\nX-Token: " + s, b"a" * 1024),
+        "chunk-size": Endless(chunked + body + b"1", b"0" * 1024),
+        "chunk-extension": Endless(chunked + body + b"5;ext=" + s, b"a" * 1024),
+        "trailers": Endless(
+            chunked + body + b"0\r\nX-Token: " + s + b"\r\n", b"X-Pad: " + b"a" * 1017 + b"\r\n"
+        ),
     }[kind]
 
 
@@ -258,6 +289,7 @@ class Hostile:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.listener.settimeout(0.2)
         self.seen: list[Seen] = []
+        self.cut_off: dict[str, int] = {}  # path of an Endless answer -> bytes sent before the close
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -357,9 +389,28 @@ class Hostile:
             elif isinstance(reply, Raw):
                 tls.sendall(reply.data)
                 return
+            elif isinstance(reply, Endless):
+                self._endless(tls, path, reply)
+                return
             else:
                 self._websocket(tls, headers, reply)
                 return
+
+    def _endless(self, tls: ssl.SSLSocket, path: str, answer: Endless) -> None:
+        sent = 0
+        block = answer.unit * max(1, 65536 // len(answer.unit))
+        try:
+            tls.sendall(answer.prefix)
+            while sent < ENDLESS_CAP and not self._stop.is_set():
+                tls.sendall(block)
+                sent += len(block)
+        except OSError:  # the proxy closed the connection
+            with self._lock:
+                self.cut_off[path] = sent
+            return
+        with contextlib.suppress(OSError):  # the cap: wait, silently, until the socket times out
+            while tls.recv(4096):
+                pass
 
     def _websocket(self, tls: ssl.SSLSocket, headers: list[tuple[str, str]], ws: WebSocket) -> None:
         key = next(v for k, v in headers if k.lower() == "sec-websocket-key").encode()

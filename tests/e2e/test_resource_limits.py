@@ -361,6 +361,35 @@ def test_h2_many_normal_streams_are_not_mistaken_for_a_flood(spawn: Spawn, upstr
     assert settled_count(upstream, t) == 300
 
 
+# --------------------------------------------------------------------------- endless chunk lines
+
+
+@pytest.mark.parametrize("line", [b"1" + b"0" * 1023, b"5;ext=" + b"a" * 1018], ids=["size", "extension"])
+def test_endless_request_chunk_line_is_cut_off(spawn: Spawn, upstream: Upstream, line: bytes) -> None:
+    """A chunked request body whose chunk-size line (or its extension) never ends was
+    buffered whole: the proxy must close the connection after a bounded amount."""
+    proxy = spawn()
+    t = tag()
+    conn = tunnel(proxy, f"{STRIPE}:{upstream.port}")
+    head = (
+        f"POST /v1/chunks?t={t} HTTP/1.1\r\nHost: {STRIPE}:{upstream.port}\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    ).encode()
+    sent, limit = 0, 64 * 1024 * 1024
+    try:
+        conn.sock.settimeout(10)
+        conn.sock.sendall(head + line[:1])
+        block = line[1:] * 64
+        with contextlib.suppress(OSError):
+            while sent < limit:
+                conn.sock.sendall(block)
+                sent += len(block)
+    finally:
+        conn.close()
+    assert sent < limit // 2, f"the proxy took {sent} bytes of one chunk-size line"
+    healthy(proxy, upstream)
+
+
 # --------------------------------------------------------------------------- idle and slow connections
 
 

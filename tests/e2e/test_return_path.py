@@ -767,6 +767,93 @@ def test_set_cookie2_is_stripped(rproxy: Proxy, upstreams: Upstreams, client: st
     assert_no_problems(problems)
 
 
+# --------------------------------------------------------------------------- 8. endless heads and chunk lines
+
+
+def cut_off_within(server: Hostile, t: str, seconds: float = 10.0) -> int | None:
+    """Bytes of an endless answer tagged ``t`` sent before the proxy closed; None: not closed."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with server._lock:
+            sent = next((n for path, n in server.cut_off.items() if t in path), None)
+        if sent is not None:
+            return sent
+        time.sleep(0.1)
+    return None
+
+
+BOUND = 64 * 1024 * 1024  # what socket buffers may hold before the close is seen; the cap is 256 MiB
+
+
+@pytest.mark.parametrize("client", ["h1", "h2"])
+@pytest.mark.parametrize("kind", ["head", "header-value"])
+def test_endless_response_head_gets_502(rproxy: Proxy, upstreams: Upstreams, kind: str, client: str) -> None:
+    """An upstream whose response head never ends (endless header lines, or one endless
+    value) was buffered whole. The proxy must give up after a bounded head: 502 to
+    the client, without quoting the head (the secret is in it), and close the upstream."""
+    server, secret, t = upstreams.h1, SECRETS["stripe"], tag()
+    host, prefix = STRIPE
+    authority = f"{host}:{server.port}"
+    tls = open_tunnel(rproxy, host, server.port, "h2" if client == "h2" else "http/1.1")
+    try:
+        if client == "h2":
+            c2 = H2(tls)
+            r2 = c2.wait(c2.get(authority, f"{prefix}endless.{kind}?t={t}"), wait=3 * TIMEOUT)
+            status, wire = r2.status, r2.text().encode() + c2.wire
+        else:
+            c1 = H1(tls)
+            r1 = c1.get(authority, f"{prefix}endless.{kind}?t={t}")
+            status, wire = r1.status, c1.wire
+    finally:
+        tls.close()
+    seen_once(server, t, "http/1.1")
+    problems = leak_problem("the proxy's answer", wire, secret)
+    if status != 502:
+        problems.append(f"an endless response head was answered {status}, not 502")
+    sent = cut_off_within(server, t)
+    if sent is None or sent > BOUND:
+        problems.append(f"the upstream was not cut off (sent {sent} bytes before a close)")
+    assert_no_problems(problems)
+
+
+@pytest.mark.parametrize("client", ["h1", "h2"])
+@pytest.mark.parametrize("kind", ["chunk-size", "chunk-extension", "trailers"])
+def test_endless_chunk_line_is_cut_off(rproxy: Proxy, upstreams: Upstreams, kind: str, client: str) -> None:
+    """A chunked body whose next chunk-size line, chunk extension or trailer block never
+    ends was buffered whole. The head and the first chunk have gone to the client by
+    then (the body is streamed), so no 502 is possible: the response must be cut off
+    (connection closed, or the stream reset), never end as if complete, and the
+    upstream must be closed after a bounded amount."""
+    server, secret, t = upstreams.h1, SECRETS["stripe"], tag()
+    host, prefix = STRIPE
+    authority = f"{host}:{server.port}"
+    tls = open_tunnel(rproxy, host, server.port, "h2" if client == "h2" else "http/1.1")
+    try:
+        if client == "h2":
+            c2 = H2(tls)
+            r2 = c2.wait(c2.get(authority, f"{prefix}endless.{kind}?t={t}"), wait=3 * TIMEOUT)
+            status, wire, body = r2.status, r2.text().encode() + c2.wire, r2.body
+            cut = (r2.reset is not None or c2.terminated) and not r2.ended
+        else:
+            c1 = H1(tls)
+            c1.send(f"GET {prefix}endless.{kind}?t={t} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+            r1 = c1.read(wait=3 * TIMEOUT)
+            status, wire, body = r1.status, c1.wire, r1.body
+            cut = c1.closed and not r1.complete
+    finally:
+        tls.close()
+    seen_once(server, t, "http/1.1")
+    problems = leak_problem("the proxy's answer", wire, secret)
+    if status != 200 or not body.startswith(b"start "):
+        problems.append(f"the well-formed start did not arrive: status={status}")
+    if not cut:
+        problems.append("the response was not cut off")
+    sent = cut_off_within(server, t)
+    if sent is None or sent > BOUND:
+        problems.append(f"the upstream was not cut off (sent {sent} bytes before a close)")
+    assert_no_problems(problems)
+
+
 # --------------------------------------------------------------------------- logs
 
 
@@ -777,10 +864,10 @@ def test_proxy_log_never_names_the_secret(rproxy: Proxy, upstreams: Upstreams) -
     host, prefix = STRIPE
     server = upstreams.h1
     websocket_session(rproxy, server, f"{prefix}ws.ping?t={tag()}")
-    for kind in ("status-line", "truncated"):
+    for case in ("malformed.status-line", "malformed.truncated", "endless.head", "endless.chunk-size"):
         tls = open_tunnel(rproxy, host, server.port, "http/1.1")
         with contextlib.closing(H1(tls)) as c:
-            c.get(f"{host}:{server.port}", f"{prefix}malformed.{kind}?t={tag()}")
+            c.get(f"{host}:{server.port}", f"{prefix}{case}?t={tag()}")
     time.sleep(0.2)  # let the proxy flush its log
     log = rproxy.log_text()
     problems: list[str] = []
