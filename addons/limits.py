@@ -3,8 +3,10 @@
 Connections past ``egress_max_client_connections`` from one address are
 closed before any protocol runs; requests past ``egress_max_connector_requests``
 in flight on one connector get 503 ``over-capacity`` (each in-flight request
-holds at most one upstream connection, so this bounds those too). The handshake deadline and the HTTP/2 reset
-limit are enforced by guards in ``patches``; this addon sets their values.
+holds at most one upstream connection, so this bounds those too). The
+handshake deadline, the request-body and upstream-response deadlines and the
+HTTP/2 reset limit are enforced by guards in ``patches``; this addon sets
+their values, and records a request whose body came too late as refused.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from mitmproxy import connection, ctx, http
 from mitmproxy.addonmanager import Loader
 
 from addons import patches
-from addons.respond import block, fail_closed
-from addons.state import peek
+from addons.respond import block, fail_closed, where_failed
+from addons.state import peek, state
 from proxy.policy import Block
 from proxy.reasons import Reason
 
@@ -48,6 +50,18 @@ class Limits:
             "Requests in flight per connector (per worker), then 503.",
         )
         loader.add_option(
+            "egress_request_body_timeout",
+            float,
+            60.0,
+            "Seconds a request body may take from its head (one more per 64 KiB received), then 408.",
+        )
+        loader.add_option(
+            "egress_upstream_timeout",
+            float,
+            600.0,
+            "Seconds an upstream may take to start its response once the request is complete, then 504.",
+        )
+        loader.add_option(
             "egress_h2_max_resets",
             int,
             100,
@@ -58,6 +72,8 @@ class Limits:
     def configure(self, updated: set[str]) -> None:
         patches.LIMITS.handshake_timeout = ctx.options.egress_handshake_timeout
         patches.LIMITS.h2_resets = ctx.options.egress_h2_max_resets
+        patches.LIMITS.request_body_timeout = ctx.options.egress_request_body_timeout
+        patches.LIMITS.upstream_timeout = ctx.options.egress_upstream_timeout
 
     def client_connected(self, client: connection.Client) -> None:
         address = str(client.peername[0]) if client.peername else ""
@@ -101,4 +117,16 @@ class Limits:
             else:
                 self.inflight.pop(name, None)
 
-    response = error = _finished
+    response = _finished
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._finished(flow)
+        try:
+            if flow.error is None or flow.error.msg != patches.BODY_TIMEOUT or flow.response is not None:
+                return
+            s = state(flow)  # the client's fault, answered 408: a refusal, not the connector's error
+            s.blocked = Block(Reason.BAD_REQUEST, "the request body did not arrive in time")
+            s.note("blocked", str(Reason.BAD_REQUEST))
+            logger.info("blocked %s: request body timed out id=%s", Reason.BAD_REQUEST, flow.id)
+        except Exception as e:
+            logger.error("error hook failed (%s)", where_failed(e))

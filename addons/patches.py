@@ -64,7 +64,18 @@ from mitmproxy.proxy import commands, events, layers, mode_servers, server
 from mitmproxy.proxy.layers import http as http_layer
 from mitmproxy.proxy.layers.http import _http1, _http2
 from mitmproxy.proxy.layers.http._base import ReceiveHttp
-from mitmproxy.proxy.layers.http._events import ErrorCode, ResponseProtocolError
+from mitmproxy.proxy.layers.http._events import (
+    ErrorCode,
+    RequestData,
+    RequestEndOfMessage,
+    RequestHeaders,
+    RequestProtocolError,
+    ResponseData,
+    ResponseEndOfMessage,
+    ResponseHeaders,
+    ResponseProtocolError,
+)
+from mitmproxy.proxy.layers.http._hooks import HttpErrorHook
 
 from proxy.reasons import Reason, blocked_answer
 
@@ -80,6 +91,8 @@ _original_handle_connection = server.ConnectionHandler.handle_connection
 _original_ws_send = layers.websocket.WebsocketConnection.send2
 _original_stream_body = http_layer.HttpStream.state_stream_response_body
 _original_stream_request_body = http_layer.HttpStream.state_stream_request_body
+_original_stream_event = http_layer.HttpStream._handle_event
+_original_stream_handle_event = http_layer.HttpStream.handle_event
 _installed: set[str] = set()
 
 
@@ -90,9 +103,19 @@ class Limits:
     h2_resets: int = 100  # stream resets (client's or provoked) per connection and window, then GOAWAY
     h2_reset_window: float = 10.0
     handshake_timeout: float = 10.0  # seconds from connect until TLS inside the tunnel
+    request_body_timeout: float = 60.0  # seconds for a request body, plus one per BODY_RATE bytes
+    upstream_timeout: float = 600.0  # seconds from the end of a request until its response head
 
 
 LIMITS = Limits()
+BODY_RATE = 64 * 1024  # bytes a second that earn a request body one more second
+# Wakeups of a request's deadlines: the first after at most FIRST_TICK (a pending wakeup keeps its
+# finished stream, and most answers come sooner), then every TICK (the idle watchdog sees activity).
+FIRST_TICK = 1.0
+TICK = 5.0
+BODY_TIMEOUT = "request body timed out"
+UPSTREAM_TIMEOUT = "upstream response timed out"
+
 _expiring: set[asyncio.Future[None]] = set()
 
 
@@ -124,6 +147,8 @@ def check_version(version: str = mitmproxy_version.VERSION) -> None:
             (http_layer.HttpStream, "state_stream_response_body"),
             (http_layer.HttpStream, "state_stream_request_body"),
             (http_layer.HttpStream, "check_killed"),
+            (http_layer.HttpStream, "state_consume_request_body"),
+            (http_layer.HttpStream, "state_wait_for_response_headers"),
             (http.MessageData, "__post_init__"),
         )
         if not hasattr(owner, name)
@@ -263,6 +288,113 @@ def _stream_request_body_or_kill(
         yield from self.check_killed(True)
 
 
+class _Timer(commands.RequestWakeup):
+    """A deadline wakeup, and the stream it belongs to."""
+
+    def __init__(self, delay: float, stream: http_layer.HttpStream) -> None:
+        super().__init__(delay)
+        self.stream = stream
+
+
+def _stream_handle_event(self: http_layer.HttpStream, event: events.Event) -> Generator[Any, Any, None]:
+    """Drop this stream's deadline wakeup if stale, or if the stream is a tunnel now.
+
+    Other wakeups pass: a CONNECT's stream relays those of the streams inside.
+    """
+    if (
+        isinstance(event, events.Wakeup)
+        and isinstance(event.command, _Timer)
+        and event.command.stream is self
+        and (event.command is not self.__dict__.get("_egress_timer") or "_handle_event" in self.__dict__)
+    ):
+        return  # "_handle_event" set on the instance: passthrough (a WebSocket now)
+    yield from _original_stream_handle_event(self, event)
+
+
+def _stream_event(self: http_layer.HttpStream, event: events.Event) -> Generator[Any, Any, None]:
+    """Deadlines for one request: its body must arrive, then its upstream must answer.
+
+    Nothing bounded either: a client trickling a body (a byte a second resets
+    any idle timer) held the stream, and with it the connector's in-flight
+    slot and an upstream connection, forever; an upstream that accepts and
+    never answers was cut only by the idle timeout, which closed the client's
+    connection without an answer. A body gets ``LIMITS.request_body_timeout``
+    seconds from its head, one more per BODY_RATE bytes received (a large
+    upload is not a slow one), then 408 and a close. A response head gets
+    ``LIMITS.upstream_timeout`` seconds from the end of the request, then
+    504; the wakeups while it waits keep the idle timeout from closing the
+    connection first.
+    """
+    if isinstance(event, events.Wakeup) and isinstance(event.command, _Timer):
+        yield from _deadline(self)
+        return
+    if isinstance(event, RequestData):
+        self.__dict__["_egress_body_bytes"] = self.__dict__.get("_egress_body_bytes", 0) + len(event.data)
+    yield from _original_stream_event(self, event)
+    if "_handle_event" in self.__dict__:
+        return  # a CONNECT or a WebSocket: no deadlines
+    if isinstance(event, RequestEndOfMessage) or (isinstance(event, RequestHeaders) and not event.end_stream):
+        yield from _deadline(self)
+
+
+def _deadline(self: http_layer.HttpStream) -> Generator[Any, Any, None]:
+    """Act on a deadline that has passed, or wake up again (at most TICK from now)."""
+    now = time.time()
+    request = self.flow.request
+    if self.client_state in (self.state_consume_request_body, self.state_stream_request_body):
+        received = self.__dict__.get("_egress_body_bytes", 0)
+        due = request.timestamp_start + LIMITS.request_body_timeout + received / BODY_RATE
+        if now >= due:
+            yield from _answer_timeout(self, BODY_TIMEOUT)
+            return
+    elif self.server_state == self.state_wait_for_response_headers and request.timestamp_end:
+        due = request.timestamp_end + LIMITS.upstream_timeout
+        if now >= due:
+            yield from _answer_timeout(self, UPSTREAM_TIMEOUT)
+            return
+    else:
+        return  # the response has begun, or the flow is over
+    idle = self.context.options.tcp_timeout / 2 or TICK
+    tick = TICK if "_egress_timer" in self.__dict__ else FIRST_TICK
+    timer = _Timer(max(0.05, min(due - now, tick, idle)), self)
+    self.__dict__["_egress_timer"] = timer
+    yield timer
+
+
+def _answer_timeout(self: http_layer.HttpStream, what: str) -> Generator[Any, Any, None]:
+    """408 (the body) or 504 (the upstream), the flow ended as an error, the upstream closed.
+
+    Neither is the flow's response: the ``error`` hook sees a flow without one
+    (counted as a failure, or as a refusal for a body). A 408 also ends the
+    client's stream (HTTP/2) or connection (HTTP/1), whose body never finished.
+    """
+    body_late = what == BODY_TIMEOUT
+    flow_id = self.flow.id
+    self.flow.error = flow.Error(what)
+    yield HttpErrorHook(self.flow)
+    if body_late:
+        seconds = f"{LIMITS.request_body_timeout:g}"
+        code, headers, body = blocked_answer(
+            Reason.BAD_REQUEST, f"the request body did not arrive within {seconds} s", flow_id, 408
+        )
+        answer = http.Response.make(code, body, headers)
+    else:
+        answer = http.Response.make(504, _quiet_error_page(504, ""), {"content-type": "text/html"})
+    if self.server_state != self.state_done and self.context.server.connected:
+        yield http_layer.SendHttp(
+            RequestProtocolError(self.stream_id, what, ErrorCode.CANCEL), self.context.server
+        )
+    client = self.context.client
+    yield http_layer.SendHttp(ResponseHeaders(self.stream_id, answer, False), client)
+    yield http_layer.SendHttp(ResponseData(self.stream_id, answer.raw_content or b""), client)
+    yield http_layer.SendHttp(ResponseEndOfMessage(self.stream_id), client)
+    if body_late:
+        yield http_layer.SendHttp(ResponseProtocolError(self.stream_id, what, ErrorCode.CANCEL), client)
+    self.flow.live = False
+    self.client_state = self.server_state = self.state_errored
+    yield http_layer.DropStream(self.stream_id)
+
+
 def _quiet_error_page(status_code: int, message: str) -> bytes:
     """An error page that never quotes what failed to parse (it may be an echoed secret)."""
     reason = status_codes.RESPONSES.get(status_code, "Error")
@@ -365,6 +497,8 @@ def install_guards() -> None:
     layers.websocket.WebsocketConnection.send2 = _ws_send  # type: ignore[method-assign]
     http_layer.HttpStream.state_stream_response_body = _stream_body_or_kill  # type: ignore[method-assign]
     http_layer.HttpStream.state_stream_request_body = _stream_request_body_or_kill  # type: ignore[method-assign]
+    http_layer.HttpStream._handle_event = _stream_event  # type: ignore[method-assign]
+    http_layer.HttpStream.handle_event = _stream_handle_event  # type: ignore[method-assign,assignment]
     _installed.add("guards")
 
 

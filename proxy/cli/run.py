@@ -59,7 +59,9 @@ def settings_from_args(args: argparse.Namespace, home: Home) -> RunSettings:
     for flag, value in (("--idle-timeout", args.idle_timeout), ("--handshake-timeout", args.handshake_timeout),
                         ("--max-client-connections", args.max_client_connections),
                         ("--max-connector-requests", args.max_connector_requests),
-                        ("--h2-max-resets", args.h2_max_resets)):  # fmt: skip
+                        ("--h2-max-resets", args.h2_max_resets),
+                        ("--request-body-timeout", args.request_body_timeout),
+                        ("--upstream-timeout", args.upstream_timeout)):  # fmt: skip
         if value <= 0:
             raise ConfigError(f"{flag} must be positive, not {value}")
     return RunSettings(
@@ -86,6 +88,8 @@ def settings_from_args(args: argparse.Namespace, home: Home) -> RunSettings:
         max_client_connections=args.max_client_connections,
         max_connector_requests=args.max_connector_requests,
         h2_max_resets=args.h2_max_resets,
+        request_body_timeout=args.request_body_timeout,
+        upstream_timeout=args.upstream_timeout,
     )
 
 
@@ -197,7 +201,13 @@ def register(sub: Any, command: Any) -> None:
     )  # fmt: skip
     limits = sp.add_argument_group("limits")
     limits.add_argument("--idle-timeout", type=float, default=600.0, metavar="SECONDS",
-                        help="close a connection idle this long (default 600; keep it above your slowest upstream)")  # fmt: skip
+                        help="close a connection idle this long (default 600; waiting for an upstream is not idle)")  # fmt: skip
+    limits.add_argument("--request-body-timeout", type=float, default=60.0, metavar="SECONDS",
+                        help="time for a request body from its head, plus 1 s per 64 KiB received, then 408 "
+                        "(default 60)")  # fmt: skip
+    limits.add_argument("--upstream-timeout", type=float, default=600.0, metavar="SECONDS",
+                        help="time for an upstream to start its response once the request is sent, then 504 "
+                        "(default 600)")  # fmt: skip
     limits.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS",
                         help="time from connect until TLS inside the tunnel (default 10)")  # fmt: skip
     limits.add_argument("--max-client-connections", type=int, default=256, metavar="N",

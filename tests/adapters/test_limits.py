@@ -65,3 +65,32 @@ def test_addons_run_in_the_order_a_request_walks() -> None:
     assert names.index("Gate") < names.index("TransparentGate") < names.index("Inject")
     assert names.index("Inject") < names.index("OAuth")
     assert names.index("OAuth") < min(names.index(n) for n in ("Limits", "Scrub", "Recorder"))
+
+
+def test_deadlines_are_set_and_a_late_body_is_a_refusal() -> None:
+    """The body and upstream deadlines reach the guards; a flow the guard ended for a late
+    body frees its slot and is recorded as refused (bad-request), not as the connector's error."""
+    from mitmproxy import flow as mflow
+
+    from addons.state import peek
+    from tests.adapters.helpers import stripe_policy, tunnel_flow, wired
+
+    limits = Limits()
+    _, tunnels, inject = wired(stripe_policy())
+    with taddons.context(limits) as tctx:
+        tctx.configure(limits, egress_request_body_timeout=7.0, egress_upstream_timeout=9.0)
+        assert (patches.LIMITS.request_body_timeout, patches.LIMITS.upstream_timeout) == (7.0, 9.0)
+        late, silent = tunnel_flow(tunnels), tunnel_flow(tunnels)
+        for f in (late, silent):
+            inject.requestheaders(f)
+            limits.requestheaders(f)
+        late.error = mflow.Error(patches.BODY_TIMEOUT)
+        silent.error = mflow.Error(patches.UPSTREAM_TIMEOUT)
+        limits.error(late)
+        limits.error(silent)
+        assert limits.inflight == {}
+        late_state, silent_state = peek(late), peek(silent)
+        assert late_state is not None and late_state.blocked is not None
+        assert str(late_state.blocked.reason) == "bad-request"
+        assert silent_state is not None and silent_state.blocked is None  # the connector's error
+        tctx.configure(limits, egress_request_body_timeout=60.0, egress_upstream_timeout=600.0)

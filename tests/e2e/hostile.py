@@ -146,8 +146,13 @@ class Endless:
     unit: bytes
 
 
+@dataclass
+class Silent:
+    """Accept the request and never answer; ``Hostile.cut_off`` records the proxy's close (0)."""
+
+
 ENDLESS_CAP = 256 * 1024 * 1024
-Answer = Canned | Raw | WebSocket | Endless
+Answer = Canned | Raw | WebSocket | Endless | Silent
 
 
 @dataclass
@@ -231,6 +236,8 @@ def answer(case: str, secret: str) -> Answer:
             return Raw(malformed(kind, secret))
         case ["endless", kind]:
             return endless(kind, secret)
+        case ["silent"]:
+            return Silent()
         case ["ws", kind]:
             return websocket(kind, secret)
     return Canned(status=404, reason="Not Found", body=b"no such case")
@@ -391,6 +398,14 @@ class Hostile:
                 return
             elif isinstance(reply, Endless):
                 self._endless(tls, path, reply)
+                return
+            elif isinstance(reply, Silent):
+                with contextlib.suppress(OSError):
+                    tls.settimeout(60)
+                    while tls.recv(4096):
+                        pass
+                    with self._lock:
+                        self.cut_off[path] = 0
                 return
             else:
                 self._websocket(tls, headers, reply)

@@ -21,6 +21,7 @@ Until then ``egress run`` exits 2 and those tests error at setup.
 from __future__ import annotations
 
 import contextlib
+import json
 import select
 import socket
 import ssl
@@ -37,8 +38,9 @@ import hyperframe.frame
 import pytest
 
 from tests.conftest import proxy_args
+from tests.e2e.hostile import Hostile
 from tests.e2e.test_adversarial import exchange, tag, tunnel
-from tests.harness import Proxy, Upstream, egress, start_proxy
+from tests.harness import Proxy, Record, Upstream, egress, start_proxy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -72,8 +74,8 @@ def spawn(tmp_path: Path, pki: tuple[Path, object], upstream: Upstream) -> Itera
     """Start a proxy of its own (extra flags as given), stopped after the test."""
     started: list[Proxy] = []
 
-    def start(*flags: str) -> Proxy:
-        home = stripe_home(tmp_path / f"home{len(started)}", upstream.port)
+    def start(*flags: str, port: int | None = None) -> Proxy:
+        home = stripe_home(tmp_path / f"home{len(started)}", port or upstream.port)
         proxy = start_proxy(home, *proxy_args(pki[0]), *flags)
         started.append(proxy)
         return proxy
@@ -448,6 +450,175 @@ def test_active_tunnel_outlives_the_timeouts(timed: Proxy, upstream: Upstream) -
             time.sleep(0.5)
     finally:
         conn.close()
+
+
+# --------------------------------------------------------------------------- request bodies and upstream answers
+
+
+def log_rows(proxy: Proxy, kind: str, t: str, seconds: float = 10.0) -> list[dict[str, object]]:
+    """``egress logs --json`` rows of ``kind`` whose flow carried tag ``t`` (the store is
+    written about once a second; waits a bounded time for the first)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        out = egress(proxy.home, "logs", "--json").stdout
+        rows = [r for r in map(json.loads, out.splitlines()) if r["kind"] == kind]
+        if rows or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.3)
+
+
+def trickle(sock: ssl.SSLSocket, seconds: float, every: float = 0.5) -> tuple[bool, bytes]:
+    """Send one body byte each ``every`` s until the peer closes or ``seconds`` pass.
+    Returns whether it closed, and what it sent meanwhile."""
+    deadline = time.monotonic() + seconds
+    sock.settimeout(every)
+    received = b""
+    while time.monotonic() < deadline:
+        try:
+            if not received:
+                sock.sendall(b"a")
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except OSError:
+            return True, received
+        if not chunk:
+            return True, received
+        received += chunk
+    return False, received
+
+
+@pytest.mark.parametrize("length", [1000, 200_000], ids=["read-whole", "streamed"])
+def test_trickled_request_body_gets_408(spawn: Spawn, upstream: Upstream, length: int) -> None:
+    """A client that sends a head and then trickles its body (a byte every 0.5 s, so no idle
+    timer ever fires) held its stream, a connector slot and, for a streamed body, an
+    upstream connection forever. Past --request-body-timeout: 408, the connection
+    closed, the request refused (blocked, bad-request), never complete upstream."""
+    proxy = spawn("--request-body-timeout", str(TIMEOUT))
+    t = tag()
+    conn = tunnel(proxy, f"{STRIPE}:{upstream.port}")
+    try:
+        sock = conn.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        sock.sendall(
+            f"POST /v1/slow?t={t} HTTP/1.1\r\nHost: {STRIPE}:{upstream.port}\r\n"
+            f"Content-Length: {length}\r\n\r\n".encode()
+        )
+        cut, answer = trickle(sock, TIMEOUT + GRACE)
+    finally:
+        conn.close()
+    assert cut, f"a body trickled for {TIMEOUT + GRACE:.0f} s is still being accepted"
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"x-egress-blocked: bad-request" in answer.lower()
+    records: list[Record] = upstream.find(t)
+    assert all(r.body_len < length for r in records), "a trickled body reached the upstream whole"
+    rows = [r for r in log_rows(proxy, "blocked", t) if r.get("reason") == "bad-request"]
+    assert rows, "the refusal was not recorded"
+    healthy(proxy, upstream)
+
+
+def test_trickled_h2_request_body_gets_408(spawn: Spawn, upstream: Upstream) -> None:
+    """The same over HTTP/2: the stream gets 408 and is reset; the connection goes on."""
+    proxy = spawn("--request-body-timeout", str(TIMEOUT))
+    t = tag()
+    sock, conn = h2_connection(proxy, upstream.port)
+    headers = [
+        (":method", "POST"),
+        (":authority", f"{STRIPE}:{upstream.port}"),
+        (":scheme", "https"),
+        (":path", f"/v1/slow?t={t}"),
+        ("content-length", "200000"),
+    ]
+    status: str | None = None
+    ended = False
+    try:
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, headers)
+        sock.sendall(conn.data_to_send())
+        sock.settimeout(0.5)
+        deadline = time.monotonic() + TIMEOUT + GRACE
+        while time.monotonic() < deadline and not ended:
+            with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                conn.send_data(sid, b"a")
+            sock.sendall(conn.data_to_send())
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                continue
+            assert data, "the proxy closed the whole HTTP/2 connection"
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.ResponseReceived):
+                    status = dict(ev.headers or [])[":status"]
+                elif isinstance(ev, h2.events.StreamEnded | h2.events.StreamReset) and ev.stream_id == sid:
+                    ended = True
+            sock.sendall(conn.data_to_send())
+        # the connection still serves requests
+        sid2 = conn.get_next_available_stream_id()
+        conn.send_headers(sid2, [*headers[:3], (":path", f"/v1/after?t={t}")], end_stream=True)
+        sock.sendall(conn.data_to_send())
+        assert wait_h2_stream(sock, conn, sid2) == "200"
+    finally:
+        sock.close()
+    assert status == "408" and ended, f"status {status}, stream ended {ended}"
+    assert all(r.body_len < 200_000 for r in upstream.find("/v1/slow?t=" + t))
+
+
+def wait_h2_stream(sock: ssl.SSLSocket, conn: h2.connection.H2Connection, sid: int) -> str | None:
+    """The status of stream ``sid`` once it ends (bounded)."""
+    status = None
+    deadline = time.monotonic() + 5
+    sock.settimeout(0.5)
+    while time.monotonic() < deadline:
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            continue
+        if not data:
+            break
+        for ev in conn.receive_data(data):
+            if isinstance(ev, h2.events.ResponseReceived) and ev.stream_id == sid:
+                status = dict(ev.headers or [])[":status"]
+            if isinstance(ev, h2.events.DataReceived):
+                conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            if isinstance(ev, h2.events.StreamEnded) and ev.stream_id == sid:
+                return status
+        sock.sendall(conn.data_to_send())
+    return status
+
+
+@pytest.fixture
+def silent(pki: tuple[Path, object]) -> Iterator[Hostile]:
+    """An upstream that accepts a request and never answers it."""
+    server = Hostile(pki[1]).start()  # type: ignore[arg-type]
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("idle", [False, True], ids=["default-idle", "idle-shorter"])
+def test_silent_upstream_gets_504(spawn: Spawn, silent: Hostile, idle: bool) -> None:
+    """An upstream that accepts and never answers was cut only by the idle timeout, which
+    closed the client's connection without a word. Past --upstream-timeout: 504, counted
+    as the connector's error, the upstream connection closed. A shorter --idle-timeout
+    does not cut the wait short (waiting for an upstream is not idleness)."""
+    wait = 2 * TIMEOUT
+    flags = ["--upstream-timeout", str(wait)] + (["--idle-timeout", str(TIMEOUT)] if idle else [])
+    proxy = spawn(*flags, port=silent.port)
+    t = tag()
+    conn = tunnel(proxy, f"{STRIPE}:{silent.port}")
+    try:
+        sock = conn.sock
+        sock.sendall(f"GET /v1/leak/silent?t={t} HTTP/1.1\r\nHost: {STRIPE}:{silent.port}\r\n\r\n".encode())
+        (reply,) = [conn.response(wait=wait + GRACE)]
+    finally:
+        conn.close()
+    assert reply.status == 504, str(reply)
+    assert len(silent.find(t)) == 1, "the request did not reach the upstream"
+    deadline = time.monotonic() + 5
+    while not any(t in p for p in silent.cut_off) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert any(t in p for p in silent.cut_off), "the silent upstream's connection was left open"
+    rows = [r for r in log_rows(proxy, "error", t) if r.get("failure") == "timeout"]
+    assert rows, "the 504 was not counted as an error"
 
 
 # --------------------------------------------------------------------------- connections per client
