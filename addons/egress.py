@@ -4,7 +4,7 @@ The product runs these addons in its own trimmed Master (``egress run``); this
 file lets them load into a stock mitmdump too. Options: ``egress_home``,
 ``egress_allow_network``, ``egress_resolve``, ``egress_require_grant``,
 ``egress_record``, ``egress_admin``, ``egress_scrub_responses``, ``egress_explain_blocks``,
-``egress_max_client_connections``, ``egress_max_connector_requests``,
+``egress_max_client_connections``, ``egress_max_connector_requests``, ``egress_max_client_share``,
 ``egress_handshake_timeout``, ``egress_h2_max_resets``, ``egress_request_body_timeout``,
 ``egress_upstream_timeout``.
 """

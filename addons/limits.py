@@ -3,7 +3,10 @@
 Connections past ``egress_max_client_connections`` from one address are
 closed before any protocol runs; requests past ``egress_max_connector_requests``
 in flight on one connector get 503 ``over-capacity`` (each in-flight request
-holds at most one upstream connection, so this bounds those too). The
+holds at most one upstream connection, so this bounds those too), and so do a
+client address's requests past its share (``egress_max_client_share``) of
+that allowance, so one sandbox cannot hold a connector all by itself. Every
+count is per worker. The
 handshake deadline, the request-body and upstream-response deadlines and the
 HTTP/2 reset limit are enforced by guards in ``patches``; this addon sets
 their values, and records a request whose body came too late as refused.
@@ -12,9 +15,10 @@ their values, and records a request whose body came too late as refused.
 from __future__ import annotations
 
 import logging
+import math
 import weakref
 
-from mitmproxy import connection, ctx, http
+from mitmproxy import connection, ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
 from addons import patches
@@ -31,7 +35,8 @@ class Limits:
         self.open: dict[str, int] = {}
         self._counted: set[str] = set()
         self.inflight: dict[str, int] = {}
-        self._flows: weakref.WeakKeyDictionary[http.HTTPFlow, str] = weakref.WeakKeyDictionary()
+        self.by_client: dict[tuple[str, str], int] = {}  # (connector, client address) -> in flight
+        self._flows: weakref.WeakKeyDictionary[http.HTTPFlow, tuple[str, str]] = weakref.WeakKeyDictionary()
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -48,6 +53,12 @@ class Limits:
             int,
             256,
             "Requests in flight per connector (per worker), then 503.",
+        )
+        loader.add_option(
+            "egress_max_client_share",
+            float,
+            0.5,
+            "The share of a connector's requests in flight one client address may hold (per worker).",
         )
         loader.add_option(
             "egress_request_body_timeout",
@@ -70,6 +81,8 @@ class Limits:
         )
 
     def configure(self, updated: set[str]) -> None:
+        if not 0 < ctx.options.egress_max_client_share <= 1:
+            raise exceptions.OptionsError("egress_max_client_share must be above 0 and at most 1")
         patches.LIMITS.handshake_timeout = ctx.options.egress_handshake_timeout
         patches.LIMITS.h2_resets = ctx.options.egress_h2_max_resets
         patches.LIMITS.request_body_timeout = ctx.options.egress_request_body_timeout
@@ -85,14 +98,12 @@ class Limits:
         self._counted.add(client.id)
 
     def client_disconnected(self, client: connection.Client) -> None:
+        for flow in [f for f in self._flows if f.client_conn.id == client.id]:
+            self._finished(flow)  # never ended (a crashed connection): its slots come back
         if client.id not in self._counted:
             return
         self._counted.discard(client.id)
-        address = str(client.peername[0]) if client.peername else ""
-        if self.open.get(address, 0) > 1:
-            self.open[address] -= 1
-        else:
-            self.open.pop(address, None)
+        _give(self.open, str(client.peername[0]) if client.peername else "")
 
     @fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -101,21 +112,27 @@ class Limits:
         if s is None or s.route is None or flow.response is not None:
             return
         name = s.route.connector
-        if self.inflight.get(name, 0) >= ctx.options.egress_max_connector_requests:
+        cap = ctx.options.egress_max_connector_requests
+        if self.inflight.get(name, 0) >= cap:
             block(
                 flow, Block(Reason.OVER_CAPACITY, f"connector {name} is at its limit of requests in flight")
             )
             return
-        self.inflight[name] = self.inflight.get(name, 0) + 1
-        self._flows[flow] = name
+        key = (name, str(flow.client_conn.peername[0]) if flow.client_conn.peername else "")
+        share = max(1, math.floor(cap * ctx.options.egress_max_client_share))
+        if self.by_client.get(key, 0) >= share:
+            detail = f"this client holds its share ({share}) of connector {name}'s requests in flight"
+            block(flow, Block(Reason.OVER_CAPACITY, detail))
+            return
+        _take(self.inflight, name)
+        _take(self.by_client, key)
+        self._flows[flow] = key
 
     def _finished(self, flow: http.HTTPFlow) -> None:
-        name = self._flows.pop(flow, None)
-        if name is not None:
-            if self.inflight.get(name, 0) > 1:
-                self.inflight[name] -= 1
-            else:
-                self.inflight.pop(name, None)
+        key = self._flows.pop(flow, None)
+        if key is not None:
+            _give(self.inflight, key[0])
+            _give(self.by_client, key)
 
     response = _finished
 
@@ -130,3 +147,14 @@ class Limits:
             logger.info("blocked %s: request body timed out id=%s", Reason.BAD_REQUEST, flow.id)
         except Exception as e:
             logger.error("error hook failed (%s)", where_failed(e))
+
+
+def _take[K](counts: dict[K, int], key: K) -> None:
+    counts[key] = counts.get(key, 0) + 1
+
+
+def _give[K](counts: dict[K, int], key: K) -> None:
+    if counts.get(key, 0) > 1:
+        counts[key] -= 1
+    else:
+        counts.pop(key, None)

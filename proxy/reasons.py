@@ -96,7 +96,9 @@ REASONS: dict[Reason, ReasonInfo] = {
         "malformed or unsupported request (request trailers, a second tunnel; 431 for a head over 64 KiB)",
     ),
     Reason.OVER_CAPACITY: ReasonInfo(
-        503, "the connector already has `--max-connector-requests` requests in flight (per worker)"
+        503,
+        "the connector already has `--max-connector-requests` requests in flight, or this client address "
+        "its `--max-client-share` of them (per worker)",
     ),
     Reason.CLIENT_TLS: ReasonInfo(
         0, "the client gave up the TLS handshake with the proxy: most often it does not trust the proxy CA"

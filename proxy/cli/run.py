@@ -60,10 +60,15 @@ def settings_from_args(args: argparse.Namespace, home: Home) -> RunSettings:
                         ("--max-client-connections", args.max_client_connections),
                         ("--max-connector-requests", args.max_connector_requests),
                         ("--h2-max-resets", args.h2_max_resets),
+                        ("--max-client-share", args.max_client_share),
                         ("--request-body-timeout", args.request_body_timeout),
                         ("--upstream-timeout", args.upstream_timeout)):  # fmt: skip
         if value <= 0:
             raise ConfigError(f"{flag} must be positive, not {value}")
+    if args.max_client_share > 1:
+        raise ConfigError(
+            f"--max-client-share is a fraction of --max-connector-requests, at most 1, not {args.max_client_share}"
+        )
     return RunSettings(
         home=str(home.root),
         run_dir=str(home.run_dir),
@@ -88,6 +93,7 @@ def settings_from_args(args: argparse.Namespace, home: Home) -> RunSettings:
         max_client_connections=args.max_client_connections,
         max_connector_requests=args.max_connector_requests,
         h2_max_resets=args.h2_max_resets,
+        max_client_share=args.max_client_share,
         request_body_timeout=args.request_body_timeout,
         upstream_timeout=args.upstream_timeout,
     )
@@ -214,6 +220,9 @@ def register(sub: Any, command: Any) -> None:
                         help="open connections per client address and worker (default 256)")  # fmt: skip
     limits.add_argument("--max-connector-requests", type=int, default=256, metavar="N",
                         help="requests in flight per connector and worker, then 503 (default 256)")  # fmt: skip
+    limits.add_argument("--max-client-share", type=float, default=0.5, metavar="FRACTION",
+                        help="of a connector's requests in flight, the share one client address may hold "
+                        "(default 0.5)")  # fmt: skip
     limits.add_argument("--h2-max-resets", type=int, default=100, metavar="N",
                         help="HTTP/2 stream resets per connection in 10 s before GOAWAY (default 100)")  # fmt: skip
     sp.add_argument("--no-record", action="store_true", help=argparse.SUPPRESS)  # benchmarks only

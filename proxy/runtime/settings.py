@@ -43,6 +43,7 @@ class RunSettings:
     handshake_timeout: float = 10.0  # from connect until TLS inside the tunnel
     max_client_connections: int = 256  # per client address and worker
     max_connector_requests: int = 256  # in flight per connector and worker
+    max_client_share: float = 0.5  # of those, what one client address may hold
     h2_max_resets: int = 100  # per HTTP/2 connection in 10 s, then GOAWAY
     request_body_timeout: float = 60.0  # from a request's head to the end of its body (+1 s per 64 KiB)
     upstream_timeout: float = 600.0  # from the end of a request to its response head

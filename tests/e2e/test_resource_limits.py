@@ -39,7 +39,7 @@ import pytest
 
 from tests.conftest import proxy_args
 from tests.e2e.hostile import Hostile
-from tests.e2e.test_adversarial import exchange, tag, tunnel
+from tests.e2e.test_adversarial import Conn, exchange, tag, tls_context, tunnel
 from tests.harness import Proxy, Record, Upstream, egress, start_proxy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -664,6 +664,57 @@ def test_connections_per_client_capped(spawn: Spawn, upstream: Upstream) -> None
             s.close()
     time.sleep(1)
     healthy(proxy, upstream)  # the cap counts live connections, not all-time ones
+
+
+# --------------------------------------------------------------------------- a client's share of a connector
+
+
+def tunnel_from(proxy: Proxy, source: str, port: int) -> Conn:
+    """A TLS tunnel to the stripe host from the loopback address ``source``."""
+    sock = socket.create_connection((proxy.host, proxy.port), timeout=5, source_address=(source, 0))
+    conn = Conn(sock)
+    conn.send(connect_head(port))
+    reply = conn.response(to_connect=True)
+    assert reply.status == 200, str(reply)
+    return Conn(tls_context(proxy).wrap_socket(sock, server_hostname=STRIPE))
+
+
+def test_one_client_cannot_hold_a_whole_connector(spawn: Spawn, silent: Hostile) -> None:
+    """Requests in flight per connector are capped (--max-connector-requests), but one
+    client address could hold every slot with requests that never end, and every other
+    sandbox got 503. It now holds at most its share (--max-client-share)."""
+    proxy = spawn("--max-connector-requests", "4", "--max-client-share", "0.5", port=silent.port)
+    t = tag()
+    conns: list[Conn] = []
+
+    def send(source: str, i: int) -> Conn:
+        conn = tunnel_from(proxy, source, silent.port)
+        conns.append(conn)
+        conn.send(
+            f"GET /v1/leak/silent?t={t}&from={source}&i={i} HTTP/1.1\r\n"
+            f"Host: {STRIPE}:{silent.port}\r\n\r\n".encode()
+        )
+        return conn
+
+    def arrived(source: str, n: int) -> int:
+        deadline = time.monotonic() + 5
+        while len(silent.find(f"from={source}")) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return len(silent.find(f"from={source}"))
+
+    try:
+        for i in range(2):
+            send("127.0.0.1", i)
+        assert arrived("127.0.0.1", 2) == 2
+        third = send("127.0.0.1", 2).response()
+        assert third.status == 503 and third.blocked == "over-capacity", str(third)
+        for i in range(2):
+            send("127.0.0.2", i)
+        assert arrived("127.0.0.2", 2) == 2, "another client was refused while one held the connector"
+        assert len(silent.find("from=127.0.0.1")) == 2, "one client got more than its share"
+    finally:
+        for conn in conns:
+            conn.close()
 
 
 # --------------------------------------------------------------------------- memory
