@@ -6,7 +6,7 @@ file lets them load into a stock mitmdump too. Options: ``egress_home``,
 ``egress_record``, ``egress_admin``, ``egress_scrub_responses``, ``egress_explain_blocks``,
 ``egress_max_client_connections``, ``egress_max_connector_requests``, ``egress_max_client_share``,
 ``egress_handshake_timeout``, ``egress_h2_max_resets``, ``egress_request_body_timeout``,
-``egress_upstream_timeout``.
+``egress_upstream_timeout``, ``egress_max_websocket_message``.
 """
 
 from __future__ import annotations

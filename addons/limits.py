@@ -73,6 +73,12 @@ class Limits:
             "Seconds an upstream may take to start its response once the request is complete, then 504.",
         )
         loader.add_option(
+            "egress_max_websocket_message",
+            int,
+            16 * 1024 * 1024,
+            "Bytes of one WebSocket message (it is held until its last fragment), then close 1009.",
+        )
+        loader.add_option(
             "egress_h2_max_resets",
             int,
             100,
@@ -87,6 +93,7 @@ class Limits:
         patches.LIMITS.h2_resets = ctx.options.egress_h2_max_resets
         patches.LIMITS.request_body_timeout = ctx.options.egress_request_body_timeout
         patches.LIMITS.upstream_timeout = ctx.options.egress_upstream_timeout
+        patches.LIMITS.websocket_message = ctx.options.egress_max_websocket_message
 
     def client_connected(self, client: connection.Client) -> None:
         address = str(client.peername[0]) if client.peername else ""

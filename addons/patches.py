@@ -14,7 +14,8 @@ Guards (always, also under ``mitmdump -s``), closing gaps no hook can reach:
 - mitmproxy's error pages quote the bytes it could not parse, which may be an
   upstream echoing the secret: they say only the status;
 - WebSocket ping/pong payloads and close reasons are relayed without a hook:
-  those sent to the client are emptied;
+  those sent to the client are emptied; a message is buffered until its last
+  fragment: past ``LIMITS.websocket_message`` bytes both sides get close 1009;
 - HTTP/2 rapid reset (HEADERS then RST_STREAM, over and over) turned each
   stream into an upstream request, and so did "MadeYouReset" (frames that
   make the proxy reset the stream): past ``LIMITS.h2_resets`` resets of
@@ -89,6 +90,7 @@ _original_h2_event = _http2.Http2Server.handle_h2_event
 _original_handle_client = server.ConnectionHandler.handle_client
 _original_handle_connection = server.ConnectionHandler.handle_connection
 _original_ws_send = layers.websocket.WebsocketConnection.send2
+_original_ws_events = layers.websocket.WebsocketConnection.events
 _original_stream_body = http_layer.HttpStream.state_stream_response_body
 _original_stream_request_body = http_layer.HttpStream.state_stream_request_body
 _original_stream_event = http_layer.HttpStream._handle_event
@@ -105,6 +107,7 @@ class Limits:
     handshake_timeout: float = 10.0  # seconds from connect until TLS inside the tunnel
     request_body_timeout: float = 60.0  # seconds for a request body, plus one per BODY_RATE bytes
     upstream_timeout: float = 600.0  # seconds from the end of a request until its response head
+    websocket_message: int = 16 * 1024 * 1024  # bytes of one WebSocket message, then close 1009
 
 
 LIMITS = Limits()
@@ -144,6 +147,7 @@ def check_version(version: str = mitmproxy_version.VERSION) -> None:
             (server.ConnectionHandler, "on_timeout"),
             (server.ConnectionHandler, "handle_connection"),
             (layers.websocket.WebsocketConnection, "send2"),
+            (layers.websocket.WebsocketConnection, "events"),
             (http_layer.HttpStream, "state_stream_response_body"),
             (http_layer.HttpStream, "state_stream_request_body"),
             (http_layer.HttpStream, "check_killed"),
@@ -471,6 +475,31 @@ def _ws_send(self: Any, event: wsproto.events.Event) -> commands.SendData:
     return _original_ws_send(self, event)
 
 
+def _ws_events(self: Any) -> Generator[wsproto.events.Event, None, None]:
+    """One side's WebSocket events; a message past ``LIMITS.websocket_message`` ends the connection.
+
+    mitmproxy keeps a message's fragments until the last one (to hand the
+    whole message to ``websocket_message``); a message that never ends grew
+    without bound. Past the limit the message is dropped unsent and both sides
+    get close 1009 (message too big), as if this side had closed.
+    """
+    for event in _original_ws_events(self):
+        if isinstance(event, wsproto.events.Message):
+            data = event.data
+            size = self.__dict__.get("_egress_message", 0) + len(
+                data.encode(errors="surrogatepass") if isinstance(data, str) else data
+            )
+            if size > LIMITS.websocket_message:
+                self.__dict__["_egress_message"] = 0
+                logging.getLogger(__name__).warning(
+                    "closed a WebSocket: a message over %d bytes", LIMITS.websocket_message
+                )
+                yield wsproto.events.CloseConnection(code=1009, reason="")
+                return
+            self.__dict__["_egress_message"] = 0 if event.message_finished else size
+        yield event
+
+
 async def _listen_reuse_port(
     self: mode_servers.RegularInstance, host: str, port: int
 ) -> list[asyncio.Server]:
@@ -495,6 +524,7 @@ def install_guards() -> None:
     server.ConnectionHandler.handle_client = _handle_client_with_deadline  # type: ignore[method-assign]
     server.ConnectionHandler.handle_connection = _handle_connection_closing  # type: ignore[method-assign,assignment]
     layers.websocket.WebsocketConnection.send2 = _ws_send  # type: ignore[method-assign]
+    layers.websocket.WebsocketConnection.events = _ws_events
     http_layer.HttpStream.state_stream_response_body = _stream_body_or_kill  # type: ignore[method-assign]
     http_layer.HttpStream.state_stream_request_body = _stream_request_body_or_kill  # type: ignore[method-assign]
     http_layer.HttpStream._handle_event = _stream_event  # type: ignore[method-assign]

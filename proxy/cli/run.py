@@ -62,7 +62,8 @@ def settings_from_args(args: argparse.Namespace, home: Home) -> RunSettings:
                         ("--h2-max-resets", args.h2_max_resets),
                         ("--max-client-share", args.max_client_share),
                         ("--request-body-timeout", args.request_body_timeout),
-                        ("--upstream-timeout", args.upstream_timeout)):  # fmt: skip
+                        ("--upstream-timeout", args.upstream_timeout),
+                        ("--max-websocket-message", args.max_websocket_message)):  # fmt: skip
         if value <= 0:
             raise ConfigError(f"{flag} must be positive, not {value}")
     if args.max_client_share > 1:
@@ -96,6 +97,7 @@ def settings_from_args(args: argparse.Namespace, home: Home) -> RunSettings:
         max_client_share=args.max_client_share,
         request_body_timeout=args.request_body_timeout,
         upstream_timeout=args.upstream_timeout,
+        max_websocket_message=args.max_websocket_message,
     )
 
 
@@ -223,6 +225,8 @@ def register(sub: Any, command: Any) -> None:
     limits.add_argument("--max-client-share", type=float, default=0.5, metavar="FRACTION",
                         help="of a connector's requests in flight, the share one client address may hold "
                         "(default 0.5)")  # fmt: skip
+    limits.add_argument("--max-websocket-message", type=int, default=16 * 1024 * 1024, metavar="BYTES",
+                        help="size of one WebSocket message, then close 1009 (default 16 MiB)")  # fmt: skip
     limits.add_argument("--h2-max-resets", type=int, default=100, metavar="N",
                         help="HTTP/2 stream resets per connection in 10 s before GOAWAY (default 100)")  # fmt: skip
     sp.add_argument("--no-record", action="store_true", help=argparse.SUPPRESS)  # benchmarks only

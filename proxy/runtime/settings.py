@@ -47,6 +47,7 @@ class RunSettings:
     h2_max_resets: int = 100  # per HTTP/2 connection in 10 s, then GOAWAY
     request_body_timeout: float = 60.0  # from a request's head to the end of its body (+1 s per 64 KiB)
     upstream_timeout: float = 600.0  # from the end of a request to its response head
+    max_websocket_message: int = 16 * 1024 * 1024  # bytes, then close 1009
 
     @property
     def listen_address(self) -> tuple[str, int]:

@@ -130,10 +130,15 @@ class Raw:
 
 @dataclass
 class WebSocket:
-    """Accept a WebSocket handshake, send these frames, then a final "end" and close."""
+    """Accept a WebSocket handshake, send these frames, then a final "end" and close.
+
+    ``endless``: after the frames, continuation frames until the proxy closes (``cut_off``);
+    ``listen``: send nothing, read until the proxy's close frame (its code in ``ws_closes``)."""
 
     frames: list[bytes]
     close_reason: str = ""
+    endless: bool = False
+    listen: bool = False
 
 
 @dataclass
@@ -185,6 +190,37 @@ def ws_frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
     if n < 126:
         return bytes([first, n]) + payload
     return bytes([first, 126]) + n.to_bytes(2, "big") + payload
+
+
+def read_close(sock: ssl.SSLSocket, seconds: float = 30.0) -> int | None:
+    """Read (masked, client-to-server) frames until a close frame; its code, or None on EOF."""
+    sock.settimeout(seconds)
+    buf = b""
+
+    def take(n: int) -> bytes | None:
+        nonlocal buf
+        while len(buf) < n:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return None
+            buf += chunk
+        out, buf = buf[:n], buf[n:]
+        return out
+
+    with contextlib.suppress(OSError):
+        while (head := take(2)) is not None:
+            n = head[1] & 0x7F
+            if n >= 126:
+                ext = take(2 if n == 126 else 8)
+                n = int.from_bytes(ext or b"", "big")
+            mask = take(4) if head[1] & 0x80 else b"\0\0\0\0"
+            payload = take(n)
+            if mask is None or payload is None:
+                return None
+            payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload[:2])) + payload[2:]
+            if head[0] & 0x0F == 0x8:
+                return int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+    return None
 
 
 def echo_json(text: str) -> bytes:
@@ -284,8 +320,15 @@ def websocket(kind: str, secret: str) -> WebSocket:
         "binary": [ws_frame(0x2, b"\x00" + s)],
         "ping": [ws_frame(0x9, s)],
         "close-reason": [],
+        "endless": [ws_frame(0x1, b"start " + s, fin=False)],  # the message never ends
+        "listen": [],
     }[kind]
-    return WebSocket(frames, close_reason=secret if kind == "close-reason" else "")
+    return WebSocket(
+        frames,
+        close_reason=secret if kind == "close-reason" else "",
+        endless=kind == "endless",
+        listen=kind == "listen",
+    )
 
 
 class Hostile:
@@ -297,6 +340,7 @@ class Hostile:
         self.listener.settimeout(0.2)
         self.seen: list[Seen] = []
         self.cut_off: dict[str, int] = {}  # path of an Endless answer -> bytes sent before the close
+        self.ws_closes: dict[str, int | None] = {}  # path of a listening WebSocket -> close code it got
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -408,7 +452,7 @@ class Hostile:
                         self.cut_off[path] = 0
                 return
             else:
-                self._websocket(tls, headers, reply)
+                self._websocket(tls, path, headers, reply)
                 return
 
     def _endless(self, tls: ssl.SSLSocket, path: str, answer: Endless) -> None:
@@ -427,7 +471,9 @@ class Hostile:
             while tls.recv(4096):
                 pass
 
-    def _websocket(self, tls: ssl.SSLSocket, headers: list[tuple[str, str]], ws: WebSocket) -> None:
+    def _websocket(
+        self, tls: ssl.SSLSocket, path: str, headers: list[tuple[str, str]], ws: WebSocket
+    ) -> None:
         key = next(v for k, v in headers if k.lower() == "sec-websocket-key").encode()
         accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest()).decode()
         tls.sendall(
@@ -436,6 +482,14 @@ class Hostile:
                 f"Sec-WebSocket-Accept: {accept}\r\n\r\n"
             ).encode()
         )
+        if ws.endless:
+            self._endless(tls, path, Endless(b"".join(ws.frames), ws_frame(0x0, b"x" * 60000, fin=False)))
+            return
+        if ws.listen:
+            code = read_close(tls)
+            with self._lock:
+                self.ws_closes[path] = code
+            return
         close = (1000).to_bytes(2, "big") + ws.close_reason.encode()
         tls.sendall(b"".join(ws.frames) + ws_frame(0x1, b"end") + ws_frame(0x8, close))
         with contextlib.suppress(OSError):  # wait for the peer's close, briefly

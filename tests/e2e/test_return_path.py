@@ -854,6 +854,100 @@ def test_endless_chunk_line_is_cut_off(rproxy: Proxy, upstreams: Upstreams, kind
     assert_no_problems(problems)
 
 
+# --------------------------------------------------------------------------- 9. unfinished WebSocket messages
+
+
+def client_frame(opcode: int, payload: bytes, *, fin: bool) -> bytes:
+    """A client-to-server frame, masked with a zero key (legal, and the payload stays as is)."""
+    n = len(payload)
+    size = bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    return bytes([(0x80 if fin else 0) | opcode]) + size + b"\0\0\0\0" + payload
+
+
+def ws_open(proxy: Proxy, server: Hostile, path: str) -> H1:
+    host = STRIPE[0]
+    c = H1(open_tunnel(proxy, host, server.port, "http/1.1"))
+    key = base64.b64encode(os.urandom(16)).decode()
+    c.send(
+        (
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{server.port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    head = c.read()
+    assert head.status == 101, head
+    return c
+
+
+def close_code_from(c: H1, wait: float) -> tuple[int | None, bytes]:
+    """Read server frames until a close; its code (None: none came) and the data frames' payloads."""
+    deadline = time.monotonic() + wait
+    data = b""
+    while (hdr := c.take(2, deadline)) is not None:
+        n = hdr[1] & 0x7F
+        if n >= 126:
+            n = int.from_bytes(c.take(2 if n == 126 else 8, deadline) or b"", "big")
+        payload = c.take(n, deadline)
+        if payload is None:
+            break
+        if hdr[0] & 0x0F == 0x8:
+            return (int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None), data
+        data += payload
+    return None, data
+
+
+def test_endless_websocket_message_from_the_upstream_closes_1009(rproxy: Proxy, upstreams: Upstreams) -> None:
+    """A WebSocket message is held until its last fragment; an upstream that never sends
+    it grew the proxy without bound. Past the message limit both sides get close 1009,
+    nothing of the message reaches the client, and the upstream is cut off."""
+    server, secret, t = upstreams.h1, SECRETS["stripe"], tag()
+    c = ws_open(rproxy, server, f"{STRIPE[1]}ws.endless?t={t}")
+    try:
+        code, data = close_code_from(c, 3 * TIMEOUT)
+    finally:
+        c.close()
+    problems = leak_problem("the WebSocket stream", c.wire, secret)
+    if code != 1009:
+        problems.append(f"the client got close {code}, not 1009 (message too big)")
+    if data:
+        problems.append(f"{len(data)} bytes of the unfinished message reached the client")
+    sent = cut_off_within(server, t)
+    if sent is None or sent > BOUND:
+        problems.append(f"the upstream was not cut off (sent {sent} bytes before a close)")
+    assert_no_problems(problems)
+
+
+def test_endless_websocket_message_from_the_client_closes_1009(rproxy: Proxy, upstreams: Upstreams) -> None:
+    """The same from the sandbox: a message that never ends is not buffered past the
+    limit; the upstream gets close 1009 and none of the message, and so does the client."""
+    server, t = upstreams.h1, tag()
+    c = ws_open(rproxy, server, f"{STRIPE[1]}ws.listen?t={t}")
+    sent, limit = 0, 256 * 1024 * 1024
+    try:
+        c.sock.settimeout(10)
+        block = client_frame(0x0, b"x" * 60000, fin=False) * 16
+        with contextlib.suppress(OSError):
+            c.send(client_frame(0x1, b"start", fin=False))
+            while sent < limit:
+                c.send(block)
+                sent += len(block)
+        code, _ = close_code_from(c, TIMEOUT)
+    finally:
+        c.close()
+    deadline = time.monotonic() + 5
+    while not any(t in p for p in server.ws_closes) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    upstream_code = next((v for p, v in server.ws_closes.items() if t in p), None)
+    problems = []
+    if sent >= limit // 2:
+        problems.append(f"the proxy took {sent} bytes of one unfinished message")
+    if upstream_code != 1009:
+        problems.append(f"the upstream got close {upstream_code}, not 1009")
+    if code not in (1009, None):  # the close may be lost when the proxy resets mid-send
+        problems.append(f"the client got close {code}")
+    assert_no_problems(problems)
+
+
 # --------------------------------------------------------------------------- logs
 
 
