@@ -32,6 +32,7 @@ class Reason(StrEnum):
     AMBIGUOUS = "ambiguous"
     METHOD_NOT_ALLOWED = "method-not-allowed"
     SECRET_EXFILTRATION = "secret-exfiltration"
+    COPY_SOURCE = "copy-source"
     CREDENTIAL_UNAVAILABLE = "credential-unavailable"
     BAD_REQUEST = "bad-request"
     OVER_CAPACITY = "over-capacity"
@@ -94,6 +95,10 @@ REASONS: dict[Reason, ReasonInfo] = {
     Reason.BAD_REQUEST: ReasonInfo(
         400,
         "malformed or unsupported request (request trailers, a second tunnel; 431 for a head over 64 KiB)",
+    ),
+    Reason.COPY_SOURCE: ReasonInfo(
+        403,
+        "an S3 copy's source (`x-amz-copy-source`) is not a bucket and key the same connector allows",
     ),
     Reason.OVER_CAPACITY: ReasonInfo(
         503,
