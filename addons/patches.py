@@ -369,10 +369,13 @@ def _answer_timeout(self: http_layer.HttpStream, what: str) -> Generator[Any, An
     """408 (the body) or 504 (the upstream), the flow ended as an error, the upstream closed.
 
     Neither is the flow's response: the ``error`` hook sees a flow without one
-    (counted as a failure, or as a refusal for a body). A 408 also ends the
-    client's stream (HTTP/2) or connection (HTTP/1), whose body never finished.
+    (counted as a failure, or as a refusal for a body). A late body also ends
+    the client's stream (HTTP/2) or connection (HTTP/1); if a response to it
+    is already set (the upstream answered early, or the proxy refused it),
+    that is all: a second response cannot follow.
     """
     body_late = what == BODY_TIMEOUT
+    answered = self.flow.response is not None
     flow_id = self.flow.id
     self.flow.error = flow.Error(what)
     yield HttpErrorHook(self.flow)
@@ -389,9 +392,10 @@ def _answer_timeout(self: http_layer.HttpStream, what: str) -> Generator[Any, An
             RequestProtocolError(self.stream_id, what, ErrorCode.CANCEL), self.context.server
         )
     client = self.context.client
-    yield http_layer.SendHttp(ResponseHeaders(self.stream_id, answer, False), client)
-    yield http_layer.SendHttp(ResponseData(self.stream_id, answer.raw_content or b""), client)
-    yield http_layer.SendHttp(ResponseEndOfMessage(self.stream_id), client)
+    if not answered:
+        yield http_layer.SendHttp(ResponseHeaders(self.stream_id, answer, False), client)
+        yield http_layer.SendHttp(ResponseData(self.stream_id, answer.raw_content or b""), client)
+        yield http_layer.SendHttp(ResponseEndOfMessage(self.stream_id), client)
     if body_late:
         yield http_layer.SendHttp(ResponseProtocolError(self.stream_id, what, ErrorCode.CANCEL), client)
     self.flow.live = False

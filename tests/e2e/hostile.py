@@ -274,6 +274,8 @@ def answer(case: str, secret: str) -> Answer:
             return endless(kind, secret)
         case ["silent"]:
             return Silent()
+        case ["early"]:
+            return Canned(headers=[json_type], body=b'{"early": true}')
         case ["ws", kind]:
             return websocket(kind, secret)
     return Canned(status=404, reason="Not Found", body=b"no such case")
@@ -426,6 +428,13 @@ class Hostile:
             path = lines[0].split(" ")[1]
             headers = [(k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in lines[1:])]
             length = int(next((v for k, v in headers if k.lower() == "content-length"), "0"))
+            if "/leak/early" in path:  # answer at once, then read and drop whatever comes
+                early = self._answer("http/1.1", path, headers)
+                assert isinstance(early, Canned)
+                tls.sendall(early.h1())
+                while tls.recv(65536):
+                    pass
+                return
             while len(buf) < length:
                 chunk = tls.recv(65536)
                 if not chunk:

@@ -467,15 +467,17 @@ def log_rows(proxy: Proxy, kind: str, t: str, seconds: float = 10.0) -> list[dic
         time.sleep(0.3)
 
 
-def trickle(sock: ssl.SSLSocket, seconds: float, every: float = 0.5) -> tuple[bool, bytes]:
-    """Send one body byte each ``every`` s until the peer closes or ``seconds`` pass.
-    Returns whether it closed, and what it sent meanwhile."""
+def trickle(
+    sock: ssl.SSLSocket, seconds: float, every: float = 0.5, *, keep_sending: bool = False
+) -> tuple[bool, bytes]:
+    """Send one body byte each ``every`` s until the peer closes or ``seconds`` pass (once
+    an answer arrives, only if ``keep_sending``). Returns whether it closed, and what it sent."""
     deadline = time.monotonic() + seconds
     sock.settimeout(every)
     received = b""
     while time.monotonic() < deadline:
         try:
-            if not received:
+            if keep_sending or not received:
                 sock.sendall(b"a")
             chunk = sock.recv(65536)
         except TimeoutError:
@@ -515,6 +517,30 @@ def test_trickled_request_body_gets_408(spawn: Spawn, upstream: Upstream, length
     rows = [r for r in log_rows(proxy, "blocked", t) if r.get("reason") == "bad-request"]
     assert rows, "the refusal was not recorded"
     healthy(proxy, upstream)
+
+
+def test_trickled_body_after_an_early_answer_is_cut_without_a_second_response(
+    spawn: Spawn, silent: Hostile
+) -> None:
+    """An upstream may answer before the body is in (here at once). The body deadline
+    still ends the trickle, but by closing the connection: a 408 after the upstream's
+    200 would be a second response on one request."""
+    proxy = spawn("--request-body-timeout", str(TIMEOUT), port=silent.port)
+    t = tag()
+    conn = tunnel(proxy, f"{STRIPE}:{silent.port}")
+    try:
+        sock = conn.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        sock.sendall(
+            f"POST /v1/leak/early?t={t} HTTP/1.1\r\nHost: {STRIPE}:{silent.port}\r\n"
+            "Content-Length: 200000\r\n\r\n".encode()
+        )
+        cut, answer = trickle(sock, TIMEOUT + GRACE, keep_sending=True)
+    finally:
+        conn.close()
+    assert answer.startswith(b"HTTP/1.1 200") and b'{"early": true}' in answer, answer[:300]
+    assert answer.count(b"HTTP/1.1 ") == 1, answer[:600]
+    assert cut, "the trickle went on past the body deadline"
 
 
 def test_trickled_h2_request_body_gets_408(spawn: Spawn, upstream: Upstream) -> None:
