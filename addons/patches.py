@@ -22,6 +22,8 @@ Guards (always, also under ``mitmdump -s``), closing gaps no hook can reach:
   either kind in ``LIMITS.h2_reset_window`` seconds the connection gets
   GOAWAY, and a reset that arrives with its request reaches the stream, so
   the request never goes upstream;
+- the body of a request refused at its head was kept whole until the
+  refusal could be sent: it is dropped as it arrives;
 - an exception from a response stream transform (a decompression bomb, a
   corrupt compressed body) crashed the layer and hung the client: it kills
   the flow instead; so does one from a request stream transform (a secret in
@@ -94,6 +96,7 @@ _original_ws_events = layers.websocket.WebsocketConnection.events
 _original_stream_body = http_layer.HttpStream.state_stream_response_body
 _original_stream_request_body = http_layer.HttpStream.state_stream_request_body
 _original_stream_event = http_layer.HttpStream._handle_event
+_original_consume_request_body = http_layer.HttpStream.state_consume_request_body
 _original_stream_handle_event = http_layer.HttpStream.handle_event
 _installed: set[str] = set()
 
@@ -403,6 +406,17 @@ def _answer_timeout(self: http_layer.HttpStream, what: str) -> Generator[Any, An
     yield http_layer.DropStream(self.stream_id)
 
 
+def _consume_request_body(self: http_layer.HttpStream, event: events.Event) -> Generator[Any, Any, None]:
+    """The body of a request already refused (its response set at its head) is read and dropped.
+
+    mitmproxy sends that response once the body is in, and kept the whole
+    body meanwhile: 200 MiB posted to a refused URL grew a worker by 200 MiB.
+    """
+    if isinstance(event, RequestData) and self.flow.response is not None:
+        return
+    yield from _original_consume_request_body(self, event)
+
+
 def _quiet_error_page(status_code: int, message: str) -> bytes:
     """An error page that never quotes what failed to parse (it may be an echoed secret)."""
     reason = status_codes.RESPONSES.get(status_code, "Error")
@@ -532,6 +546,7 @@ def install_guards() -> None:
     http_layer.HttpStream.state_stream_response_body = _stream_body_or_kill  # type: ignore[method-assign]
     http_layer.HttpStream.state_stream_request_body = _stream_request_body_or_kill  # type: ignore[method-assign]
     http_layer.HttpStream._handle_event = _stream_event  # type: ignore[method-assign]
+    http_layer.HttpStream.state_consume_request_body = _consume_request_body  # type: ignore[method-assign]
     http_layer.HttpStream.handle_event = _stream_handle_event  # type: ignore[method-assign,assignment]
     _installed.add("guards")
 

@@ -807,3 +807,27 @@ def test_rss_bounded_under_slow_head_flood(spawn: Spawn, upstream: Upstream) -> 
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+def test_refused_request_body_is_not_kept(spawn: Spawn, upstream: Upstream) -> None:
+    """A request refused at its head (here: a path no connector allows) is answered once
+    its body is in; mitmproxy kept that whole body meanwhile, so 200 MiB posted to a
+    refused URL grew the worker by 200 MiB. It is dropped as it arrives."""
+    proxy = spawn()
+    pid, base = baseline(proxy, upstream)
+    size = 200 * 1024 * 1024
+    conn = tunnel(proxy, f"{STRIPE}:{upstream.port}")
+    try:
+        conn.sock.settimeout(30)
+        conn.send(
+            f"POST /v2/refused HTTP/1.1\r\nHost: {STRIPE}:{upstream.port}\r\nContent-Length: {size}\r\n\r\n".encode()
+        )
+        block = b"a" * (1 << 20)
+        for _ in range(size // len(block)):
+            assert conn.send(block), "the proxy stopped reading the body"
+        grown = rss_mib(pid) - base
+        reply = conn.response(wait=10)
+    finally:
+        conn.close()
+    assert reply.status == 403 and reply.blocked == "no-connector", str(reply)
+    assert grown <= MARGIN_MIB, f"the worker grew {grown:.0f} MiB reading a refused 200 MiB body"
