@@ -5,7 +5,9 @@ file lets them load into a stock mitmdump too. Options: ``egress_home``,
 ``egress_allow_network``, ``egress_resolve``, ``egress_require_grant``,
 ``egress_record``, ``egress_flush_interval``, ``egress_admin``, ``egress_scrub_responses``,
 ``egress_explain_blocks``, ``egress_max_client_connections``, ``egress_max_connector_requests``,
-``egress_handshake_timeout``, ``egress_h2_max_resets``.
+``egress_max_client_share``, ``egress_handshake_timeout``, ``egress_h2_max_resets``,
+``egress_request_body_timeout``, ``egress_upstream_timeout``, ``egress_max_websocket_message``,
+``egress_audit_log``, ``egress_audit_max_bytes``.
 """
 
 from __future__ import annotations

@@ -64,7 +64,11 @@ def option_values(settings: RunSettings, upstream_bundle: str | None) -> dict[st
         "egress_handshake_timeout": settings.handshake_timeout,
         "egress_max_client_connections": settings.max_client_connections,
         "egress_max_connector_requests": settings.max_connector_requests,
+        "egress_max_client_share": settings.max_client_share,
         "egress_h2_max_resets": settings.h2_max_resets,
+        "egress_request_body_timeout": settings.request_body_timeout,
+        "egress_upstream_timeout": settings.upstream_timeout,
+        "egress_max_websocket_message": settings.max_websocket_message,
         "egress_transparent_grant": settings.transparent_grant,
         "egress_transparent_connectors": list(settings.transparent_connectors),
     }

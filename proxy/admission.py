@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from proxy.context import Tunnel
+from proxy.credentials.sigv4 import COPY_SOURCE, SigV4Signer, copy_source_location
 from proxy.grants import Grant, GrantKey, grant_problem, token_from_proxy_authorization
 from proxy.hosts import normalize_host, split_authority
-from proxy.policy import Allow, Block, Policy, Target
+from proxy.policy import Allow, Block, Policy, Target, header_key
 from proxy.reasons import Reason, help_of
 
 
@@ -97,7 +98,35 @@ def admit(tunnel: Tunnel | None, request: RequestFacts, rules: Rules, now: float
         reason = grant_problem(tunnel.grant, rules.grant_key, rules.revoked, now)
         if reason:
             return grant_block(reason)
-    return rules.policy.route(tunnel.target, request.path, tunnel.allowed, request.method.decode("ascii"))
+    decision = rules.policy.route(tunnel.target, request.path, tunnel.allowed, request.method.decode("ascii"))
+    if isinstance(decision, Allow) and isinstance(decision.rendered.signer, SigV4Signer):
+        return check_copy_source(tunnel, request, rules.policy, decision) or decision
+    return decision
+
+
+def check_copy_source(tunnel: Tunnel, request: RequestFacts, policy: Policy, decision: Allow) -> Block | None:
+    """An S3 copy reads its source with the connector's key: the source must be the connector's too.
+
+    ``x-amz-copy-source`` (names folded, so ``X_Amz_Copy_Source`` counts) names
+    a bucket and key; read as a URL on the tunnel's port, it must route to the
+    same connector, as a request for it would (grant included; methods aside:
+    the copy is the request the connector allowed).
+    """
+    values = [v for k, v in request.fields if header_key(k.decode("latin-1")) == COPY_SOURCE]
+    if not values:
+        return None
+    if len(values) > 1:
+        return Block(Reason.COPY_SOURCE, "more than one x-amz-copy-source header")
+    where = copy_source_location(values[0].decode("latin-1"), tunnel.target.host)
+    if where is None:
+        return Block(Reason.COPY_SOURCE, "x-amz-copy-source is not BUCKET/KEY[?versionId=V]")
+    host, path = where
+    source = policy.route(Target(host, tunnel.target.port), path, tunnel.allowed)
+    if isinstance(source, Allow) and source.connector == decision.connector:
+        return None
+    shown = f"{host}{path}"
+    shown = shown if len(shown) <= 200 else shown[:200] + "..."
+    return Block(Reason.COPY_SOURCE, f"x-amz-copy-source {shown} is outside connector {decision.connector}")
 
 
 def _not_tunnelled(request: RequestFacts, rules: Rules) -> Block:

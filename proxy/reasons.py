@@ -32,6 +32,7 @@ class Reason(StrEnum):
     AMBIGUOUS = "ambiguous"
     METHOD_NOT_ALLOWED = "method-not-allowed"
     SECRET_EXFILTRATION = "secret-exfiltration"
+    COPY_SOURCE = "copy-source"
     CREDENTIAL_UNAVAILABLE = "credential-unavailable"
     BAD_REQUEST = "bad-request"
     OVER_CAPACITY = "over-capacity"
@@ -97,8 +98,14 @@ REASONS: dict[Reason, ReasonInfo] = {
         "malformed or unsupported request (request trailers, a second tunnel; 431 for a head over 64 KiB; "
         "415 for a compressed body over 64 KiB or not announced, or that cannot be decoded to be checked)",
     ),
+    Reason.COPY_SOURCE: ReasonInfo(
+        403,
+        "an S3 copy's source (`x-amz-copy-source`) is not a bucket and key the same connector allows",
+    ),
     Reason.OVER_CAPACITY: ReasonInfo(
-        503, "the connector already has `--max-connector-requests` requests in flight (per worker)"
+        503,
+        "the connector already has `--max-connector-requests` requests in flight, or this client address "
+        "its `--max-client-share` of them (per worker)",
     ),
     Reason.CLIENT_TLS: ReasonInfo(
         0, "the client gave up the TLS handshake with the proxy: most often it does not trust the proxy CA"

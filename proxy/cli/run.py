@@ -65,11 +65,19 @@ def settings_from_args(args: argparse.Namespace, home: Home) -> RunSettings:
     for flag, value in (("--idle-timeout", args.idle_timeout), ("--handshake-timeout", args.handshake_timeout),
                         ("--max-client-connections", args.max_client_connections),
                         ("--max-connector-requests", args.max_connector_requests),
-                        ("--h2-max-resets", args.h2_max_resets)):  # fmt: skip
+                        ("--h2-max-resets", args.h2_max_resets),
+                        ("--max-client-share", args.max_client_share),
+                        ("--request-body-timeout", args.request_body_timeout),
+                        ("--upstream-timeout", args.upstream_timeout),
+                        ("--max-websocket-message", args.max_websocket_message)):  # fmt: skip
         if value <= 0:
             raise ConfigError(f"{flag} must be positive, not {value}")
     if args.flush_interval is not None and not 0 < args.flush_interval <= 3600:
         raise ConfigError(f"--flush-interval must be between 0 and 3600 seconds, not {args.flush_interval}")
+    if args.max_client_share > 1:
+        raise ConfigError(
+            f"--max-client-share is a fraction of --max-connector-requests, at most 1, not {args.max_client_share}"
+        )
     return RunSettings(
         home=str(home.root),
         run_dir=str(home.run_dir),
@@ -100,6 +108,10 @@ def settings_from_args(args: argparse.Namespace, home: Home) -> RunSettings:
         h2_max_resets=args.h2_max_resets,
         audit_log=audit_target(args.audit_log),
         audit_max_mb=args.audit_log_max_mb,
+        max_client_share=args.max_client_share,
+        request_body_timeout=args.request_body_timeout,
+        upstream_timeout=args.upstream_timeout,
+        max_websocket_message=args.max_websocket_message,
     )
 
 
@@ -264,13 +276,24 @@ def register(sub: Any, command: Any) -> None:
     )  # fmt: skip
     limits = sp.add_argument_group("limits")
     limits.add_argument("--idle-timeout", type=float, default=600.0, metavar="SECONDS",
-                        help="close a connection idle this long (default 600; keep it above your slowest upstream)")  # fmt: skip
+                        help="close a connection idle this long (default 600; waiting for an upstream is not idle)")  # fmt: skip
+    limits.add_argument("--request-body-timeout", type=float, default=60.0, metavar="SECONDS",
+                        help="time for a request body from its head, plus 1 s per 64 KiB received, then 408 "
+                        "(default 60)")  # fmt: skip
+    limits.add_argument("--upstream-timeout", type=float, default=600.0, metavar="SECONDS",
+                        help="time for an upstream to start its response once the request is sent, then 504 "
+                        "(default 600)")  # fmt: skip
     limits.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS",
                         help="time from connect until TLS inside the tunnel (default 10)")  # fmt: skip
     limits.add_argument("--max-client-connections", type=int, default=256, metavar="N",
                         help="open connections per client address and worker (default 256)")  # fmt: skip
     limits.add_argument("--max-connector-requests", type=int, default=256, metavar="N",
                         help="requests in flight per connector and worker, then 503 (default 256)")  # fmt: skip
+    limits.add_argument("--max-client-share", type=float, default=0.5, metavar="FRACTION",
+                        help="of a connector's requests in flight, the share one client address may hold "
+                        "(default 0.5)")  # fmt: skip
+    limits.add_argument("--max-websocket-message", type=int, default=16 * 1024 * 1024, metavar="BYTES",
+                        help="size of one WebSocket message, then close 1009 (default 16 MiB)")  # fmt: skip
     limits.add_argument("--h2-max-resets", type=int, default=100, metavar="N",
                         help="HTTP/2 stream resets per connection in 10 s before GOAWAY (default 100)")  # fmt: skip
     sp.add_argument(

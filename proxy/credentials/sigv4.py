@@ -308,3 +308,42 @@ def _remove_dot_segments(path: str) -> str:
             out.append(segment)
     last = "/" if path.endswith("/") and out else ""
     return "/" + "/".join(out) + last
+
+
+# S3's CopyObject and UploadPartCopy read the object named by this header with the
+# connector's key: the source must be within the connector's patterns like the URL.
+COPY_SOURCE = "x-amz-copy-source"
+# An AWS virtual-hosted-style host names its bucket: BUCKET.s3[.region|-accelerate|...].amazonaws.com
+_VIRTUAL_HOSTED = re.compile(
+    r"^(?P<bucket>[a-z0-9][a-z0-9.-]*)\.s3(?:[.-][a-z0-9-]+)*\.amazonaws\.com(?:\.cn)?\Z"
+)
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
+_VERSION_QUERY = re.compile(r"^versionId=[A-Za-z0-9._~%+=-]*\Z")
+_PCHAR_SAFE = "/-._~!$&'()*+,;=:@"
+
+
+def copy_source_location(value: str, host: str) -> tuple[str, str] | None:
+    """The host and percent-encoded path ``x-amz-copy-source`` reads; None if it names none.
+
+    S3 takes ``[/]BUCKET/KEY[?versionId=V]``, decoded once. Seen from a
+    path-style host that is ``/BUCKET/KEY`` on the same host; from a
+    virtual-hosted one (``B.s3...amazonaws.com``) it is ``/KEY`` on
+    ``BUCKET.s3...amazonaws.com``. Access point ARNs, other query parameters
+    and undecodable values name nothing a pattern can vouch for.
+    """
+    source, _, query = value.strip().partition("?")
+    if query and not _VERSION_QUERY.match(query):
+        return None
+    try:
+        decoded = unquote_to_bytes(source).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    bucket, slash, key = decoded.removeprefix("/").partition("/")
+    if not bucket or not slash or not key or bucket.startswith("arn:") or CONTROL.search(decoded):
+        return None
+    virtual = _VIRTUAL_HOSTED.match(host)
+    if virtual is None:
+        return host, quote(f"/{bucket}/{key}", safe=_PCHAR_SAFE)
+    if not _BUCKET.match(bucket):
+        return None
+    return bucket + host[virtual.end("bucket") :], quote("/" + key, safe=_PCHAR_SAFE)

@@ -46,9 +46,13 @@ class RunSettings:
     handshake_timeout: float = 10.0  # from connect until TLS inside the tunnel
     max_client_connections: int = 256  # per client address and worker
     max_connector_requests: int = 256  # in flight per connector and worker
+    max_client_share: float = 0.5  # of those, what one client address may hold
     h2_max_resets: int = 100  # per HTTP/2 connection in 10 s, then GOAWAY
     audit_log: str = ""  # one JSON line per decision: a file, or "-" for stdout
     audit_max_mb: int = 100  # the audit file is rotated past this size
+    request_body_timeout: float = 60.0  # from a request's head to the end of its body (+1 s per 64 KiB)
+    upstream_timeout: float = 600.0  # from the end of a request to its response head
+    max_websocket_message: int = 16 * 1024 * 1024  # bytes, then close 1009
 
     @property
     def listen_address(self) -> tuple[str, int]:

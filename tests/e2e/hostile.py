@@ -130,13 +130,34 @@ class Raw:
 
 @dataclass
 class WebSocket:
-    """Accept a WebSocket handshake, send these frames, then a final "end" and close."""
+    """Accept a WebSocket handshake, send these frames, then a final "end" and close.
+
+    ``endless``: after the frames, continuation frames until the proxy closes (``cut_off``);
+    ``listen``: send nothing, read until the proxy's close frame (its code in ``ws_closes``)."""
 
     frames: list[bytes]
     close_reason: str = ""
+    endless: bool = False
+    listen: bool = False
 
 
-Answer = Canned | Raw | WebSocket
+@dataclass
+class Endless:
+    """``prefix``, then ``unit`` over and over: a head, chunk line or trailer block that never
+    ends. Stops after ENDLESS_CAP bytes and then only waits, so a proxy that buffers it all
+    is seen hanging; ``Hostile.cut_off`` records a proxy that closed the connection first."""
+
+    prefix: bytes
+    unit: bytes
+
+
+@dataclass
+class Silent:
+    """Accept the request and never answer; ``Hostile.cut_off`` records the proxy's close (0)."""
+
+
+ENDLESS_CAP = 256 * 1024 * 1024
+Answer = Canned | Raw | WebSocket | Endless | Silent
 
 
 @dataclass
@@ -169,6 +190,37 @@ def ws_frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
     if n < 126:
         return bytes([first, n]) + payload
     return bytes([first, 126]) + n.to_bytes(2, "big") + payload
+
+
+def read_close(sock: ssl.SSLSocket, seconds: float = 30.0) -> int | None:
+    """Read (masked, client-to-server) frames until a close frame; its code, or None on EOF."""
+    sock.settimeout(seconds)
+    buf = b""
+
+    def take(n: int) -> bytes | None:
+        nonlocal buf
+        while len(buf) < n:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return None
+            buf += chunk
+        out, buf = buf[:n], buf[n:]
+        return out
+
+    with contextlib.suppress(OSError):
+        while (head := take(2)) is not None:
+            n = head[1] & 0x7F
+            if n >= 126:
+                ext = take(2 if n == 126 else 8)
+                n = int.from_bytes(ext or b"", "big")
+            mask = take(4) if head[1] & 0x80 else b"\0\0\0\0"
+            payload = take(n)
+            if mask is None or payload is None:
+                return None
+            payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload[:2])) + payload[2:]
+            if head[0] & 0x0F == 0x8:
+                return int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+    return None
 
 
 def echo_json(text: str) -> bytes:
@@ -218,6 +270,12 @@ def answer(case: str, secret: str) -> Answer:
             )
         case ["malformed", kind]:
             return Raw(malformed(kind, secret))
+        case ["endless", kind]:
+            return endless(kind, secret)
+        case ["silent"]:
+            return Silent()
+        case ["early"]:
+            return Canned(headers=[json_type], body=b'{"early": true}')
         case ["ws", kind]:
             return websocket(kind, secret)
     return Canned(status=404, reason="Not Found", body=b"no such case")
@@ -237,6 +295,24 @@ def malformed(kind: str, secret: str) -> bytes:
     }[kind]
 
 
+def endless(kind: str, secret: str) -> Endless:
+    """A response whose head, chunk-size line, chunk extension or trailers never end;
+    the secret is in what comes first, so a proxy quoting the start would show it."""
+    s = secret.encode()
+    chunked = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+    first = b"start " + s + b" " + b"." * 4096  # longer than the scrubber holds back
+    body = b"%x\r\n%s\r\n" % (len(first), first)
+    return {
+        "head": Endless(b"HTTP/1.1 200 OK\r\nX-Token: " + s + b"\r\n", b"X-Pad: " + b"a" * 1017 + b"\r\n"),
+        "header-value": Endless(b"HTTP/1.1 200 OK\r\nX-Token: " + s, b"a" * 1024),
+        "chunk-size": Endless(chunked + body + b"1", b"0" * 1024),
+        "chunk-extension": Endless(chunked + body + b"5;ext=" + s, b"a" * 1024),
+        "trailers": Endless(
+            chunked + body + b"0\r\nX-Token: " + s + b"\r\n", b"X-Pad: " + b"a" * 1017 + b"\r\n"
+        ),
+    }[kind]
+
+
 def websocket(kind: str, secret: str) -> WebSocket:
     s = secret.encode()
     half = len(s) // 2
@@ -246,8 +322,15 @@ def websocket(kind: str, secret: str) -> WebSocket:
         "binary": [ws_frame(0x2, b"\x00" + s)],
         "ping": [ws_frame(0x9, s)],
         "close-reason": [],
+        "endless": [ws_frame(0x1, b"start " + s, fin=False)],  # the message never ends
+        "listen": [],
     }[kind]
-    return WebSocket(frames, close_reason=secret if kind == "close-reason" else "")
+    return WebSocket(
+        frames,
+        close_reason=secret if kind == "close-reason" else "",
+        endless=kind == "endless",
+        listen=kind == "listen",
+    )
 
 
 class Hostile:
@@ -258,6 +341,8 @@ class Hostile:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.listener.settimeout(0.2)
         self.seen: list[Seen] = []
+        self.cut_off: dict[str, int] = {}  # path of an Endless answer -> bytes sent before the close
+        self.ws_closes: dict[str, int | None] = {}  # path of a listening WebSocket -> close code it got
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -343,6 +428,13 @@ class Hostile:
             path = lines[0].split(" ")[1]
             headers = [(k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in lines[1:])]
             length = int(next((v for k, v in headers if k.lower() == "content-length"), "0"))
+            if "/leak/early" in path:  # answer at once, then read and drop whatever comes
+                early = self._answer("http/1.1", path, headers)
+                assert isinstance(early, Canned)
+                tls.sendall(early.h1())
+                while tls.recv(65536):
+                    pass
+                return
             while len(buf) < length:
                 chunk = tls.recv(65536)
                 if not chunk:
@@ -357,11 +449,40 @@ class Hostile:
             elif isinstance(reply, Raw):
                 tls.sendall(reply.data)
                 return
+            elif isinstance(reply, Endless):
+                self._endless(tls, path, reply)
+                return
+            elif isinstance(reply, Silent):
+                with contextlib.suppress(OSError):
+                    tls.settimeout(60)
+                    while tls.recv(4096):
+                        pass
+                    with self._lock:
+                        self.cut_off[path] = 0
+                return
             else:
-                self._websocket(tls, headers, reply)
+                self._websocket(tls, path, headers, reply)
                 return
 
-    def _websocket(self, tls: ssl.SSLSocket, headers: list[tuple[str, str]], ws: WebSocket) -> None:
+    def _endless(self, tls: ssl.SSLSocket, path: str, answer: Endless) -> None:
+        sent = 0
+        block = answer.unit * max(1, 65536 // len(answer.unit))
+        try:
+            tls.sendall(answer.prefix)
+            while sent < ENDLESS_CAP and not self._stop.is_set():
+                tls.sendall(block)
+                sent += len(block)
+        except OSError:  # the proxy closed the connection
+            with self._lock:
+                self.cut_off[path] = sent
+            return
+        with contextlib.suppress(OSError):  # the cap: wait, silently, until the socket times out
+            while tls.recv(4096):
+                pass
+
+    def _websocket(
+        self, tls: ssl.SSLSocket, path: str, headers: list[tuple[str, str]], ws: WebSocket
+    ) -> None:
         key = next(v for k, v in headers if k.lower() == "sec-websocket-key").encode()
         accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest()).decode()
         tls.sendall(
@@ -370,6 +491,14 @@ class Hostile:
                 f"Sec-WebSocket-Accept: {accept}\r\n\r\n"
             ).encode()
         )
+        if ws.endless:
+            self._endless(tls, path, Endless(b"".join(ws.frames), ws_frame(0x0, b"x" * 60000, fin=False)))
+            return
+        if ws.listen:
+            code = read_close(tls)
+            with self._lock:
+                self.ws_closes[path] = code
+            return
         close = (1000).to_bytes(2, "big") + ws.close_reason.encode()
         tls.sendall(b"".join(ws.frames) + ws_frame(0x1, b"end") + ws_frame(0x8, close))
         with contextlib.suppress(OSError):  # wait for the peer's close, briefly

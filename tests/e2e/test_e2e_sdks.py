@@ -5,6 +5,7 @@ the SigV4 signature it receives is recomputed with botocore from the real key.""
 from __future__ import annotations
 
 import contextlib
+import json
 import ssl
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
+from botocore.exceptions import ClientError
 
 from tests.conftest import proxy_args
 from tests.harness import Proxy, Record, Upstream, egress, start_proxy
@@ -99,6 +101,68 @@ def test_boto3_is_re_signed_with_the_real_key(sproxy: Proxy, upstream: Upstream)
     put = records[0]
     assert put.header("x-amz-decoded-content-length") == [str(len(b"hello from the sandbox"))]
     assert put.body_len > 0  # the aws-chunked body was streamed through, untouched
+
+
+@pytest.fixture(scope="module")
+def scoped(
+    tmp_path_factory: pytest.TempPathFactory, pki: tuple[Path, object], upstream: Upstream
+) -> Iterator[Proxy]:
+    """A proxy whose S3 connector allows one bucket only (path style)."""
+    home = tmp_path_factory.mktemp("s3-scoped-home")
+    assert egress(home, "init").returncode == 0
+    res = egress(
+        home, "connector", "add", "s3", "--preset", "aws-s3",
+        "--pattern", f"https://s3.sig.test:{upstream.port}/s3-bucket/*",
+        "--field", "access_key_id=env:K", "--field", "secret_access_key=env:S",
+        K=KEY_ID, S=SECRET_KEY,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    proxy = start_proxy(home, *proxy_args(pki[0]))
+    yield proxy
+    proxy.stop()
+
+
+def s3_client(proxy: Proxy, upstream: Upstream) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=f"https://s3.sig.test:{upstream.port}",
+        aws_access_key_id="AKIADUMMYDUMMYDUMMY0",
+        aws_secret_access_key="dummy-secret",
+        region_name="us-east-1",
+        verify=proxy.ca,
+        config=Config(
+            proxies={"https": proxy.url}, s3={"addressing_style": "path"}, retries={"max_attempts": 1}
+        ),
+    )
+
+
+def test_s3_copy_source_must_be_within_the_connector(scoped: Proxy, upstream: Upstream) -> None:
+    """CopyObject reads its source with the connector's key: a connector allowed one bucket
+    could copy any object that key can read into it. The source must match the
+    connector's patterns like the URL does, else 403 ``copy-source`` before any byte goes up."""
+    s3 = s3_client(scoped, upstream)
+    tag = f"c{time.monotonic_ns()}"
+    s3.copy_object(
+        Bucket="s3-bucket", Key=f"{tag}/copy.txt", CopySource={"Bucket": "s3-bucket", "Key": "src.txt"}
+    )
+    for source in ({"Bucket": "other-bucket", "Key": "secret.txt"}, "s3-bucket/../other-bucket/secret.txt"):
+        with pytest.raises(ClientError) as e:
+            s3.copy_object(Bucket="s3-bucket", Key=f"{tag}/stolen.txt", CopySource=source)
+        assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+        assert e.value.response["ResponseMetadata"]["HTTPHeaders"]["x-egress-blocked"] == "copy-source"
+    (rec,) = upstream.find(tag)
+    assert rec.path.endswith("/copy.txt") and rec.header("x-amz-copy-source") == ["s3-bucket/src.txt"]
+    assert rec.header("authorization")[0].rsplit("Signature=", 1)[1] == botocore_signature(
+        rec, f"s3.sig.test:{upstream.port}"
+    )  # the copy source is signed as sent
+    deadline = time.monotonic() + 10
+    while True:
+        out = egress(scoped.home, "logs", "--blocked", "--json").stdout
+        rows = [json.loads(line) for line in out.splitlines()]
+        if len([r for r in rows if r["reason"] == "copy-source"]) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert len([r for r in rows if r["reason"] == "copy-source"]) == 2
 
 
 def _http_client(sdk: Any, proxy: Proxy) -> Any:

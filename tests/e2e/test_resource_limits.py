@@ -5,7 +5,8 @@ Regression tests for weaknesses found in review, against the real proxy:
 - HTTP/2 rapid reset (CVE-2023-44487): HEADERS then RST_STREAM, over and over on
   one connection. Reset streams do not count against MAX_CONCURRENT_STREAMS, so
   each becomes an upstream request carrying the secret; the proxy never sends
-  GOAWAY.
+  GOAWAY. The same with frames that make the proxy reset the stream
+  ("MadeYouReset"), and a reset in the same read as its request was lost.
 - Idle and slow connections: a silent socket, a half-sent or trickled CONNECT
   head, a tunnel with no (or a trickled) ClientHello, an idle tunnel. They are
   closed only by mitmproxy's 600 s ``tcp_timeout``, reset by every byte.
@@ -20,6 +21,7 @@ Until then ``egress run`` exits 2 and those tests error at setup.
 from __future__ import annotations
 
 import contextlib
+import json
 import select
 import socket
 import ssl
@@ -32,11 +34,13 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
+import hyperframe.frame
 import pytest
 
 from tests.conftest import proxy_args
-from tests.e2e.test_adversarial import exchange, tag, tunnel
-from tests.harness import Proxy, Upstream, egress, start_proxy
+from tests.e2e.hostile import Hostile
+from tests.e2e.test_adversarial import Conn, exchange, tag, tls_context, tunnel
+from tests.harness import Proxy, Record, Upstream, egress, start_proxy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -70,8 +74,8 @@ def spawn(tmp_path: Path, pki: tuple[Path, object], upstream: Upstream) -> Itera
     """Start a proxy of its own (extra flags as given), stopped after the test."""
     started: list[Proxy] = []
 
-    def start(*flags: str) -> Proxy:
-        home = stripe_home(tmp_path / f"home{len(started)}", upstream.port)
+    def start(*flags: str, port: int | None = None) -> Proxy:
+        home = stripe_home(tmp_path / f"home{len(started)}", port or upstream.port)
         proxy = start_proxy(home, *proxy_args(pki[0]), *flags)
         started.append(proxy)
         return proxy
@@ -249,6 +253,85 @@ def test_h2_rapid_reset_gets_goaway(spawn: Spawn, upstream: Upstream) -> None:
     healthy(proxy, upstream)
 
 
+# Frames that make the proxy, not the client, reset a stream ("MadeYouReset",
+# CVE-2025-8671): each follows a complete request (HEADERS with END_STREAM).
+PROVOKE: dict[str, Callable[[int], bytes]] = {
+    "data-after-end-stream": lambda sid: hyperframe.frame.DataFrame(sid, data=b"x").serialize(),
+    "headers-after-end-stream": lambda sid: hyperframe.frame.HeadersFrame(
+        sid,
+        data=b"\x82",
+        flags=["END_HEADERS", "END_STREAM"],  # HPACK ":method: GET"
+    ).serialize(),
+    "window-overflow": lambda sid: hyperframe.frame.WindowUpdateFrame(
+        sid, window_increment=2**31 - 1
+    ).serialize(),
+}
+
+
+def made_you_reset_flood(
+    proxy: Proxy, upstream: Upstream, streams: int, t: str, provoke: Callable[[int], bytes]
+) -> tuple[bool, int]:
+    """Like ``reset_flood``, but the client never resets: after each complete request it
+    sends a frame the proxy must answer with RST_STREAM."""
+    sock, conn = h2_connection(proxy, upstream.port)
+    headers = [(":method", "GET"), (":authority", f"{STRIPE}:{upstream.port}"), (":scheme", "https")]
+    out = bytearray()
+    for i in range(streams):
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, [*headers, (":path", f"/v1/myr?t={t}&i={i}")], end_stream=True)
+        out += conn.data_to_send() + provoke(sid)
+    try:
+        sock.sendall(bytes(out))
+        closed = wait_h2_closed(sock, conn, 5.0)
+        return closed, settled_count(upstream, t)
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("kind", list(PROVOKE))
+def test_h2_resets_the_client_provokes_count_too(spawn: Spawn, upstream: Upstream, kind: str) -> None:
+    """Streams the proxy itself resets because of a client frame (a DATA or HEADERS frame
+    after END_STREAM, a flow-control window pushed past 2^31-1) spend the same budget as
+    client resets: GOAWAY, and at most the budget of them reaches the upstream."""
+    proxy = spawn()
+    t = tag()
+    closed, forwarded = made_you_reset_flood(proxy, upstream, FLOOD, t, PROVOKE[kind])
+    assert closed, f"no GOAWAY or close after {FLOOD} provoked resets; {forwarded} reached the upstream"
+    assert forwarded <= 100, f"{forwarded} of {FLOOD} streams the proxy reset reached the upstream"
+    healthy(proxy, upstream)
+
+
+@pytest.mark.parametrize("kind", ["client-reset", *PROVOKE])
+def test_h2_stream_reset_with_its_request_never_goes_upstream(
+    spawn: Spawn, upstream: Upstream, kind: str
+) -> None:
+    """Twenty complete requests, each with its reset (the client's RST_STREAM or a frame
+    that makes the proxy reset it) in the same write, under the reset budget: the streams
+    are gone before their request is sent, so none may reach the upstream (mitmproxy lost
+    a reset that arrived in the same read as its request's END_STREAM)."""
+    proxy = spawn()
+    t = tag()
+    sock, conn = h2_connection(proxy, upstream.port)
+    headers = [(":method", "GET"), (":authority", f"{STRIPE}:{upstream.port}"), (":scheme", "https")]
+    out = bytearray()
+    try:
+        for i in range(20):
+            sid = conn.get_next_available_stream_id()
+            conn.send_headers(sid, [*headers, (":path", f"/v1/rw?t={t}&i={i}")], end_stream=True)
+            if kind == "client-reset":
+                conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+                out += conn.data_to_send()
+            else:
+                out += conn.data_to_send() + PROVOKE[kind](sid)
+        sock.sendall(bytes(out))
+        assert not wait_h2_closed(sock, conn, 2.0), "twenty resets are within the budget"
+        forwarded = settled_count(upstream, t, seconds=5.0)
+    finally:
+        sock.close()
+    assert forwarded == 0, f"{forwarded} of 20 streams reset with their request reached the upstream"
+    healthy(proxy, upstream)
+
+
 def test_h2_many_normal_streams_are_not_mistaken_for_a_flood(spawn: Spawn, upstream: Upstream) -> None:
     """Control: 300 ordinary requests, 50 in flight at a time, on one connection all succeed."""
     proxy = spawn()
@@ -278,6 +361,35 @@ def test_h2_many_normal_streams_are_not_mistaken_for_a_flood(spawn: Spawn, upstr
     finally:
         sock.close()
     assert settled_count(upstream, t) == 300
+
+
+# --------------------------------------------------------------------------- endless chunk lines
+
+
+@pytest.mark.parametrize("line", [b"1" + b"0" * 1023, b"5;ext=" + b"a" * 1018], ids=["size", "extension"])
+def test_endless_request_chunk_line_is_cut_off(spawn: Spawn, upstream: Upstream, line: bytes) -> None:
+    """A chunked request body whose chunk-size line (or its extension) never ends was
+    buffered whole: the proxy must close the connection after a bounded amount."""
+    proxy = spawn()
+    t = tag()
+    conn = tunnel(proxy, f"{STRIPE}:{upstream.port}")
+    head = (
+        f"POST /v1/chunks?t={t} HTTP/1.1\r\nHost: {STRIPE}:{upstream.port}\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    ).encode()
+    sent, limit = 0, 64 * 1024 * 1024
+    try:
+        conn.sock.settimeout(10)
+        conn.sock.sendall(head + line[:1])
+        block = line[1:] * 64
+        with contextlib.suppress(OSError):
+            while sent < limit:
+                conn.sock.sendall(block)
+                sent += len(block)
+    finally:
+        conn.close()
+    assert sent < limit // 2, f"the proxy took {sent} bytes of one chunk-size line"
+    healthy(proxy, upstream)
 
 
 # --------------------------------------------------------------------------- idle and slow connections
@@ -340,6 +452,201 @@ def test_active_tunnel_outlives_the_timeouts(timed: Proxy, upstream: Upstream) -
         conn.close()
 
 
+# --------------------------------------------------------------------------- request bodies and upstream answers
+
+
+def log_rows(proxy: Proxy, kind: str, t: str, seconds: float = 10.0) -> list[dict[str, object]]:
+    """``egress logs --json`` rows of ``kind`` whose flow carried tag ``t`` (the store is
+    written about once a second; waits a bounded time for the first)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        out = egress(proxy.home, "logs", "--json").stdout
+        rows = [r for r in map(json.loads, out.splitlines()) if r["kind"] == kind]
+        if rows or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.3)
+
+
+def trickle(
+    sock: ssl.SSLSocket, seconds: float, every: float = 0.5, *, keep_sending: bool = False
+) -> tuple[bool, bytes]:
+    """Send one body byte each ``every`` s until the peer closes or ``seconds`` pass (once
+    an answer arrives, only if ``keep_sending``). Returns whether it closed, and what it sent."""
+    deadline = time.monotonic() + seconds
+    sock.settimeout(every)
+    received = b""
+    while time.monotonic() < deadline:
+        try:
+            if keep_sending or not received:
+                sock.sendall(b"a")
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except OSError:
+            return True, received
+        if not chunk:
+            return True, received
+        received += chunk
+    return False, received
+
+
+@pytest.mark.parametrize("length", [1000, 200_000], ids=["read-whole", "streamed"])
+def test_trickled_request_body_gets_408(spawn: Spawn, upstream: Upstream, length: int) -> None:
+    """A client that sends a head and then trickles its body (a byte every 0.5 s, so no idle
+    timer ever fires) held its stream, a connector slot and, for a streamed body, an
+    upstream connection forever. Past --request-body-timeout: 408, the connection
+    closed, the request refused (blocked, bad-request), never complete upstream."""
+    proxy = spawn("--request-body-timeout", str(TIMEOUT))
+    t = tag()
+    conn = tunnel(proxy, f"{STRIPE}:{upstream.port}")
+    try:
+        sock = conn.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        sock.sendall(
+            f"POST /v1/slow?t={t} HTTP/1.1\r\nHost: {STRIPE}:{upstream.port}\r\n"
+            f"Content-Length: {length}\r\n\r\n".encode()
+        )
+        cut, answer = trickle(sock, TIMEOUT + GRACE)
+    finally:
+        conn.close()
+    assert cut, f"a body trickled for {TIMEOUT + GRACE:.0f} s is still being accepted"
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"x-egress-blocked: bad-request" in answer.lower()
+    records: list[Record] = upstream.find(t)
+    assert all(r.body_len < length for r in records), "a trickled body reached the upstream whole"
+    rows = [r for r in log_rows(proxy, "blocked", t) if r.get("reason") == "bad-request"]
+    assert rows, "the refusal was not recorded"
+    healthy(proxy, upstream)
+
+
+def test_trickled_body_after_an_early_answer_is_cut_without_a_second_response(
+    spawn: Spawn, silent: Hostile
+) -> None:
+    """An upstream may answer before the body is in (here at once). The body deadline
+    still ends the trickle, but by closing the connection: a 408 after the upstream's
+    200 would be a second response on one request."""
+    proxy = spawn("--request-body-timeout", str(TIMEOUT), port=silent.port)
+    t = tag()
+    conn = tunnel(proxy, f"{STRIPE}:{silent.port}")
+    try:
+        sock = conn.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        sock.sendall(
+            f"POST /v1/leak/early?t={t} HTTP/1.1\r\nHost: {STRIPE}:{silent.port}\r\n"
+            "Content-Length: 200000\r\n\r\n".encode()
+        )
+        cut, answer = trickle(sock, TIMEOUT + GRACE, keep_sending=True)
+    finally:
+        conn.close()
+    assert answer.startswith(b"HTTP/1.1 200") and b'{"early": true}' in answer, answer[:300]
+    assert answer.count(b"HTTP/1.1 ") == 1, answer[:600]
+    assert cut, "the trickle went on past the body deadline"
+
+
+def test_trickled_h2_request_body_gets_408(spawn: Spawn, upstream: Upstream) -> None:
+    """The same over HTTP/2: the stream gets 408 and is reset; the connection goes on."""
+    proxy = spawn("--request-body-timeout", str(TIMEOUT))
+    t = tag()
+    sock, conn = h2_connection(proxy, upstream.port)
+    headers = [
+        (":method", "POST"),
+        (":authority", f"{STRIPE}:{upstream.port}"),
+        (":scheme", "https"),
+        (":path", f"/v1/slow?t={t}"),
+        ("content-length", "200000"),
+    ]
+    status: str | None = None
+    ended = False
+    try:
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, headers)
+        sock.sendall(conn.data_to_send())
+        sock.settimeout(0.5)
+        deadline = time.monotonic() + TIMEOUT + GRACE
+        while time.monotonic() < deadline and not ended:
+            with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                conn.send_data(sid, b"a")
+            sock.sendall(conn.data_to_send())
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                continue
+            assert data, "the proxy closed the whole HTTP/2 connection"
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.ResponseReceived):
+                    status = dict(ev.headers or [])[":status"]
+                elif isinstance(ev, h2.events.StreamEnded | h2.events.StreamReset) and ev.stream_id == sid:
+                    ended = True
+            sock.sendall(conn.data_to_send())
+        # the connection still serves requests
+        sid2 = conn.get_next_available_stream_id()
+        conn.send_headers(sid2, [*headers[:3], (":path", f"/v1/after?t={t}")], end_stream=True)
+        sock.sendall(conn.data_to_send())
+        assert wait_h2_stream(sock, conn, sid2) == "200"
+    finally:
+        sock.close()
+    assert status == "408" and ended, f"status {status}, stream ended {ended}"
+    assert all(r.body_len < 200_000 for r in upstream.find("/v1/slow?t=" + t))
+
+
+def wait_h2_stream(sock: ssl.SSLSocket, conn: h2.connection.H2Connection, sid: int) -> str | None:
+    """The status of stream ``sid`` once it ends (bounded)."""
+    status = None
+    deadline = time.monotonic() + 5
+    sock.settimeout(0.5)
+    while time.monotonic() < deadline:
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            continue
+        if not data:
+            break
+        for ev in conn.receive_data(data):
+            if isinstance(ev, h2.events.ResponseReceived) and ev.stream_id == sid:
+                status = dict(ev.headers or [])[":status"]
+            if isinstance(ev, h2.events.DataReceived):
+                conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            if isinstance(ev, h2.events.StreamEnded) and ev.stream_id == sid:
+                return status
+        sock.sendall(conn.data_to_send())
+    return status
+
+
+@pytest.fixture
+def silent(pki: tuple[Path, object]) -> Iterator[Hostile]:
+    """An upstream that accepts a request and never answers it."""
+    server = Hostile(pki[1]).start()  # type: ignore[arg-type]
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("idle", [False, True], ids=["default-idle", "idle-shorter"])
+def test_silent_upstream_gets_504(spawn: Spawn, silent: Hostile, idle: bool) -> None:
+    """An upstream that accepts and never answers was cut only by the idle timeout, which
+    closed the client's connection without a word. Past --upstream-timeout: 504, counted
+    as the connector's error, the upstream connection closed. A shorter --idle-timeout
+    does not cut the wait short (waiting for an upstream is not idleness)."""
+    wait = 2 * TIMEOUT
+    flags = ["--upstream-timeout", str(wait)] + (["--idle-timeout", str(TIMEOUT)] if idle else [])
+    proxy = spawn(*flags, port=silent.port)
+    t = tag()
+    conn = tunnel(proxy, f"{STRIPE}:{silent.port}")
+    try:
+        sock = conn.sock
+        sock.sendall(f"GET /v1/leak/silent?t={t} HTTP/1.1\r\nHost: {STRIPE}:{silent.port}\r\n\r\n".encode())
+        (reply,) = [conn.response(wait=wait + GRACE)]
+    finally:
+        conn.close()
+    assert reply.status == 504, str(reply)
+    assert len(silent.find(t)) == 1, "the request did not reach the upstream"
+    deadline = time.monotonic() + 5
+    while not any(t in p for p in silent.cut_off) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert any(t in p for p in silent.cut_off), "the silent upstream's connection was left open"
+    rows = [r for r in log_rows(proxy, "error", t) if r.get("failure") == "timeout"]
+    assert rows, "the 504 was not counted as an error"
+
+
 # --------------------------------------------------------------------------- connections per client
 
 
@@ -383,6 +690,57 @@ def test_connections_per_client_capped(spawn: Spawn, upstream: Upstream) -> None
             s.close()
     time.sleep(1)
     healthy(proxy, upstream)  # the cap counts live connections, not all-time ones
+
+
+# --------------------------------------------------------------------------- a client's share of a connector
+
+
+def tunnel_from(proxy: Proxy, source: str, port: int) -> Conn:
+    """A TLS tunnel to the stripe host from the loopback address ``source``."""
+    sock = socket.create_connection((proxy.host, proxy.port), timeout=5, source_address=(source, 0))
+    conn = Conn(sock)
+    conn.send(connect_head(port))
+    reply = conn.response(to_connect=True)
+    assert reply.status == 200, str(reply)
+    return Conn(tls_context(proxy).wrap_socket(sock, server_hostname=STRIPE))
+
+
+def test_one_client_cannot_hold_a_whole_connector(spawn: Spawn, silent: Hostile) -> None:
+    """Requests in flight per connector are capped (--max-connector-requests), but one
+    client address could hold every slot with requests that never end, and every other
+    sandbox got 503. It now holds at most its share (--max-client-share)."""
+    proxy = spawn("--max-connector-requests", "4", "--max-client-share", "0.5", port=silent.port)
+    t = tag()
+    conns: list[Conn] = []
+
+    def send(source: str, i: int) -> Conn:
+        conn = tunnel_from(proxy, source, silent.port)
+        conns.append(conn)
+        conn.send(
+            f"GET /v1/leak/silent?t={t}&from={source}&i={i} HTTP/1.1\r\n"
+            f"Host: {STRIPE}:{silent.port}\r\n\r\n".encode()
+        )
+        return conn
+
+    def arrived(source: str, n: int) -> int:
+        deadline = time.monotonic() + 5
+        while len(silent.find(f"from={source}")) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return len(silent.find(f"from={source}"))
+
+    try:
+        for i in range(2):
+            send("127.0.0.1", i)
+        assert arrived("127.0.0.1", 2) == 2
+        third = send("127.0.0.1", 2).response()
+        assert third.status == 503 and third.blocked == "over-capacity", str(third)
+        for i in range(2):
+            send("127.0.0.2", i)
+        assert arrived("127.0.0.2", 2) == 2, "another client was refused while one held the connector"
+        assert len(silent.find("from=127.0.0.1")) == 2, "one client got more than its share"
+    finally:
+        for conn in conns:
+            conn.close()
 
 
 # --------------------------------------------------------------------------- memory
@@ -449,3 +807,27 @@ def test_rss_bounded_under_slow_head_flood(spawn: Spawn, upstream: Upstream) -> 
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+def test_refused_request_body_is_not_kept(spawn: Spawn, upstream: Upstream) -> None:
+    """A request refused at its head (here: a path no connector allows) is answered once
+    its body is in; mitmproxy kept that whole body meanwhile, so 200 MiB posted to a
+    refused URL grew the worker by 200 MiB. It is dropped as it arrives."""
+    proxy = spawn()
+    pid, base = baseline(proxy, upstream)
+    size = 200 * 1024 * 1024
+    conn = tunnel(proxy, f"{STRIPE}:{upstream.port}")
+    try:
+        conn.sock.settimeout(30)
+        conn.send(
+            f"POST /v2/refused HTTP/1.1\r\nHost: {STRIPE}:{upstream.port}\r\nContent-Length: {size}\r\n\r\n".encode()
+        )
+        block = b"a" * (1 << 20)
+        for _ in range(size // len(block)):
+            assert conn.send(block), "the proxy stopped reading the body"
+        grown = rss_mib(pid) - base
+        reply = conn.response(wait=10)
+    finally:
+        conn.close()
+    assert reply.status == 403 and reply.blocked == "no-connector", str(reply)
+    assert grown <= MARGIN_MIB, f"the worker grew {grown:.0f} MiB reading a refused 200 MiB body"

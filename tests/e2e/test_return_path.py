@@ -767,6 +767,187 @@ def test_set_cookie2_is_stripped(rproxy: Proxy, upstreams: Upstreams, client: st
     assert_no_problems(problems)
 
 
+# --------------------------------------------------------------------------- 8. endless heads and chunk lines
+
+
+def cut_off_within(server: Hostile, t: str, seconds: float = 10.0) -> int | None:
+    """Bytes of an endless answer tagged ``t`` sent before the proxy closed; None: not closed."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with server._lock:
+            sent = next((n for path, n in server.cut_off.items() if t in path), None)
+        if sent is not None:
+            return sent
+        time.sleep(0.1)
+    return None
+
+
+BOUND = 64 * 1024 * 1024  # what socket buffers may hold before the close is seen; the cap is 256 MiB
+
+
+@pytest.mark.parametrize("client", ["h1", "h2"])
+@pytest.mark.parametrize("kind", ["head", "header-value"])
+def test_endless_response_head_gets_502(rproxy: Proxy, upstreams: Upstreams, kind: str, client: str) -> None:
+    """An upstream whose response head never ends (endless header lines, or one endless
+    value) was buffered whole. The proxy must give up after a bounded head: 502 to
+    the client, without quoting the head (the secret is in it), and close the upstream."""
+    server, secret, t = upstreams.h1, SECRETS["stripe"], tag()
+    host, prefix = STRIPE
+    authority = f"{host}:{server.port}"
+    tls = open_tunnel(rproxy, host, server.port, "h2" if client == "h2" else "http/1.1")
+    try:
+        if client == "h2":
+            c2 = H2(tls)
+            r2 = c2.wait(c2.get(authority, f"{prefix}endless.{kind}?t={t}"), wait=3 * TIMEOUT)
+            status, wire = r2.status, r2.text().encode() + c2.wire
+        else:
+            c1 = H1(tls)
+            r1 = c1.get(authority, f"{prefix}endless.{kind}?t={t}")
+            status, wire = r1.status, c1.wire
+    finally:
+        tls.close()
+    seen_once(server, t, "http/1.1")
+    problems = leak_problem("the proxy's answer", wire, secret)
+    if status != 502:
+        problems.append(f"an endless response head was answered {status}, not 502")
+    sent = cut_off_within(server, t)
+    if sent is None or sent > BOUND:
+        problems.append(f"the upstream was not cut off (sent {sent} bytes before a close)")
+    assert_no_problems(problems)
+
+
+@pytest.mark.parametrize("client", ["h1", "h2"])
+@pytest.mark.parametrize("kind", ["chunk-size", "chunk-extension", "trailers"])
+def test_endless_chunk_line_is_cut_off(rproxy: Proxy, upstreams: Upstreams, kind: str, client: str) -> None:
+    """A chunked body whose next chunk-size line, chunk extension or trailer block never
+    ends was buffered whole. The head and the first chunk have gone to the client by
+    then (the body is streamed), so no 502 is possible: the response must be cut off
+    (connection closed, or the stream reset), never end as if complete, and the
+    upstream must be closed after a bounded amount."""
+    server, secret, t = upstreams.h1, SECRETS["stripe"], tag()
+    host, prefix = STRIPE
+    authority = f"{host}:{server.port}"
+    tls = open_tunnel(rproxy, host, server.port, "h2" if client == "h2" else "http/1.1")
+    try:
+        if client == "h2":
+            c2 = H2(tls)
+            r2 = c2.wait(c2.get(authority, f"{prefix}endless.{kind}?t={t}"), wait=3 * TIMEOUT)
+            status, wire, body = r2.status, r2.text().encode() + c2.wire, r2.body
+            cut = (r2.reset is not None or c2.terminated) and not r2.ended
+        else:
+            c1 = H1(tls)
+            c1.send(f"GET {prefix}endless.{kind}?t={t} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+            r1 = c1.read(wait=3 * TIMEOUT)
+            status, wire, body = r1.status, c1.wire, r1.body
+            cut = c1.closed and not r1.complete
+    finally:
+        tls.close()
+    seen_once(server, t, "http/1.1")
+    problems = leak_problem("the proxy's answer", wire, secret)
+    if status != 200 or not body.startswith(b"start "):
+        problems.append(f"the well-formed start did not arrive: status={status}")
+    if not cut:
+        problems.append("the response was not cut off")
+    sent = cut_off_within(server, t)
+    if sent is None or sent > BOUND:
+        problems.append(f"the upstream was not cut off (sent {sent} bytes before a close)")
+    assert_no_problems(problems)
+
+
+# --------------------------------------------------------------------------- 9. unfinished WebSocket messages
+
+
+def client_frame(opcode: int, payload: bytes, *, fin: bool) -> bytes:
+    """A client-to-server frame, masked with a zero key (legal, and the payload stays as is)."""
+    n = len(payload)
+    size = bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    return bytes([(0x80 if fin else 0) | opcode]) + size + b"\0\0\0\0" + payload
+
+
+def ws_open(proxy: Proxy, server: Hostile, path: str) -> H1:
+    host = STRIPE[0]
+    c = H1(open_tunnel(proxy, host, server.port, "http/1.1"))
+    key = base64.b64encode(os.urandom(16)).decode()
+    c.send(
+        (
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{server.port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    head = c.read()
+    assert head.status == 101, head
+    return c
+
+
+def close_code_from(c: H1, wait: float) -> tuple[int | None, bytes]:
+    """Read server frames until a close; its code (None: none came) and the data frames' payloads."""
+    deadline = time.monotonic() + wait
+    data = b""
+    while (hdr := c.take(2, deadline)) is not None:
+        n = hdr[1] & 0x7F
+        if n >= 126:
+            n = int.from_bytes(c.take(2 if n == 126 else 8, deadline) or b"", "big")
+        payload = c.take(n, deadline)
+        if payload is None:
+            break
+        if hdr[0] & 0x0F == 0x8:
+            return (int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None), data
+        data += payload
+    return None, data
+
+
+def test_endless_websocket_message_from_the_upstream_closes_1009(rproxy: Proxy, upstreams: Upstreams) -> None:
+    """A WebSocket message is held until its last fragment; an upstream that never sends
+    it grew the proxy without bound. Past the message limit both sides get close 1009,
+    nothing of the message reaches the client, and the upstream is cut off."""
+    server, secret, t = upstreams.h1, SECRETS["stripe"], tag()
+    c = ws_open(rproxy, server, f"{STRIPE[1]}ws.endless?t={t}")
+    try:
+        code, data = close_code_from(c, 3 * TIMEOUT)
+    finally:
+        c.close()
+    problems = leak_problem("the WebSocket stream", c.wire, secret)
+    if code != 1009:
+        problems.append(f"the client got close {code}, not 1009 (message too big)")
+    if data:
+        problems.append(f"{len(data)} bytes of the unfinished message reached the client")
+    sent = cut_off_within(server, t)
+    if sent is None or sent > BOUND:
+        problems.append(f"the upstream was not cut off (sent {sent} bytes before a close)")
+    assert_no_problems(problems)
+
+
+def test_endless_websocket_message_from_the_client_closes_1009(rproxy: Proxy, upstreams: Upstreams) -> None:
+    """The same from the sandbox: a message that never ends is not buffered past the
+    limit; the upstream gets close 1009 and none of the message, and so does the client."""
+    server, t = upstreams.h1, tag()
+    c = ws_open(rproxy, server, f"{STRIPE[1]}ws.listen?t={t}")
+    sent, limit = 0, 256 * 1024 * 1024
+    try:
+        c.sock.settimeout(10)
+        block = client_frame(0x0, b"x" * 60000, fin=False) * 16
+        with contextlib.suppress(OSError):
+            c.send(client_frame(0x1, b"start", fin=False))
+            while sent < limit:
+                c.send(block)
+                sent += len(block)
+        code, _ = close_code_from(c, TIMEOUT)
+    finally:
+        c.close()
+    deadline = time.monotonic() + 5
+    while not any(t in p for p in server.ws_closes) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    upstream_code = next((v for p, v in server.ws_closes.items() if t in p), None)
+    problems = []
+    if sent >= limit // 2:
+        problems.append(f"the proxy took {sent} bytes of one unfinished message")
+    if upstream_code != 1009:
+        problems.append(f"the upstream got close {upstream_code}, not 1009")
+    if code not in (1009, None):  # the close may be lost when the proxy resets mid-send
+        problems.append(f"the client got close {code}")
+    assert_no_problems(problems)
+
+
 # --------------------------------------------------------------------------- logs
 
 
@@ -777,10 +958,10 @@ def test_proxy_log_never_names_the_secret(rproxy: Proxy, upstreams: Upstreams) -
     host, prefix = STRIPE
     server = upstreams.h1
     websocket_session(rproxy, server, f"{prefix}ws.ping?t={tag()}")
-    for kind in ("status-line", "truncated"):
+    for case in ("malformed.status-line", "malformed.truncated", "endless.head", "endless.chunk-size"):
         tls = open_tunnel(rproxy, host, server.port, "http/1.1")
         with contextlib.closing(H1(tls)) as c:
-            c.get(f"{host}:{server.port}", f"{prefix}malformed.{kind}?t={tag()}")
+            c.get(f"{host}:{server.port}", f"{prefix}{case}?t={tag()}")
     time.sleep(0.2)  # let the proxy flush its log
     log = rproxy.log_text()
     problems: list[str] = []

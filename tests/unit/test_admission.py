@@ -160,3 +160,113 @@ def test_a_request_in_an_explained_tunnel_gets_a_near_miss_that_weighs_its_path(
     assert (decision.near_miss.differs, decision.near_miss.also) == ("port", ("path",))
     private = Block(Reason.PRIVATE_ADDRESS, "no")
     assert admit(Tunnel(target, "0.0.0.0", refused=private), facts(port=8443), Rules(POLICY), NOW) is private
+
+
+# --------------------------------------------------------------------------- S3 copy sources
+
+S3_TARGET = Target("s3.example.test", 443)
+S3_SPEC = {
+    "aws_sigv4": {
+        "access_key_id": "{{access_key_id}}",
+        "secret_access_key": "{{secret_access_key}}",
+        "region": "us-east-1",
+        "service": "s3",
+    }
+}
+S3_FIELDS = {"access_key_id": "AKIAEXAMPLE", "secret_access_key": "s3-secret"}
+S3_POLICY = Policy(
+    [
+        (
+            make_connector(
+                "s3",
+                patterns=[
+                    "https://s3.example.test/mine/*",
+                    "https://s3.example.test/shared/*",
+                    "https://mine.s3.us-east-1.amazonaws.com/*",
+                    "https://also.s3.us-east-1.amazonaws.com/*",
+                ],
+                inject=S3_SPEC,
+            ),
+            S3_FIELDS,
+        ),
+        (
+            make_connector("theirs", patterns=["https://s3.example.test/theirs/*"], inject=S3_SPEC),
+            S3_FIELDS,
+        ),
+        (
+            make_connector("plain", patterns=["https://api.example.test/v1/*"], inject={"header": "X-Key"}),
+            {"secret": "s"},
+        ),
+    ]
+)
+
+
+def s3_admit(
+    copy_source: str | list[str] | None, target: Target = S3_TARGET, path: str = "/mine/dst"
+) -> object:
+    values = [copy_source] if isinstance(copy_source, str) else copy_source or []
+    fields = [(b"x-amz-copy-source", v.encode()) for v in values]
+    request = facts(sni=target.host, host_headers=[target.host], path=path, method=b"PUT", fields=fields)
+    return admit(Tunnel(target, "198.51.100.1"), request, Rules(S3_POLICY), NOW)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "/mine/src.txt",
+        "mine/src.txt",  # botocore's form
+        "/shared/a%20b/c.txt",
+        "mine/src.txt?versionId=3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY",
+        "/mine/d%C3%A9j%C3%A0.txt",
+    ],
+)
+def test_copy_source_within_the_connector_is_admitted(source: str) -> None:
+    decision = s3_admit(source)
+    assert isinstance(decision, Allow) and decision.connector == "s3", decision
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "/theirs/secret.txt",  # another connector's bucket on the same host
+        "/elsewhere/secret.txt",  # no connector's
+        "theirs%2Fsecret.txt",  # decoded once by S3: bucket "theirs"
+        "/mine/../theirs/secret.txt",
+        "/mine/%2e%2e/theirs/secret.txt",
+        "/mine/src.txt?versionId=1&x=2",
+        "/mine/src.txt?partNumber=1",
+        "arn:aws:s3:us-east-1:123456789012:accesspoint/ap/object/mine/src.txt",
+        "/mine",
+        "/mine/",
+        "/mine/%ff.txt",
+        "/mine/a%0ab",
+        ["/mine/a", "/mine/b"],
+    ],
+)
+def test_copy_source_outside_the_connector_is_refused(source: str | list[str]) -> None:
+    decision = s3_admit(source)
+    assert isinstance(decision, Block) and decision.reason == Reason.COPY_SOURCE, decision
+
+
+def test_copy_source_on_virtual_hosted_buckets() -> None:
+    mine = Target("mine.s3.us-east-1.amazonaws.com", 443)
+    for ok in ("/mine/a.txt", "also/b.txt"):  # the same bucket, or another the connector covers
+        decision = s3_admit(ok, mine, "/dst")
+        assert isinstance(decision, Allow), (ok, decision)
+    for refused in ("/theirs/a.txt", "/s3.example.test/mine/a.txt", "/Mine/a.txt"):
+        decision = s3_admit(refused, mine, "/dst")
+        assert isinstance(decision, Block) and decision.reason == Reason.COPY_SOURCE, (refused, decision)
+
+
+def test_copy_source_folded_name_counts_and_other_kinds_are_not_read() -> None:
+    request = facts(
+        sni="s3.example.test",
+        host_headers=["s3.example.test"],
+        path="/mine/dst",
+        method=b"PUT",
+        fields=[(b"X_Amz_Copy_Source", b"/theirs/secret.txt")],
+    )
+    decision = admit(Tunnel(S3_TARGET, "198.51.100.1"), request, Rules(S3_POLICY), NOW)
+    assert isinstance(decision, Block) and decision.reason == Reason.COPY_SOURCE
+    plain = facts(fields=[(b"x-amz-copy-source", b"/theirs/secret.txt")])
+    assert isinstance(admit(Tunnel(TARGET, "198.51.100.1"), plain, Rules(S3_POLICY), NOW), Allow)
