@@ -25,7 +25,6 @@ not meet every process at the same instant.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import select
@@ -39,6 +38,7 @@ from typing import Any
 from proxy.errors import ConfigError, StoreUnavailable
 from proxy.stats import Clock
 from proxy.store.base import StoredConnector
+from proxy.store.transaction import GRANT_SELECT, TOKEN_SELECT, SqlTransaction, grant_from_row, token_from_row
 
 try:
     import psycopg
@@ -74,21 +74,11 @@ _CONNECT_DEFAULTS: dict[str, Any] = {
     "keepalives_count": 3,
     "tcp_user_timeout": 30_000,  # milliseconds
 }
-_CONNECTOR_COLUMNS = "name, spec, secret, created_at, updated_at, secret_updated_at"
-_TOKEN_COLUMNS = ("id", "token_hash", "workspace", "read_only", "label", "created_at", "revoked_at")
 
 
 def _reason(e: BaseException) -> str:
     """libpq's message on one line (it names host and port, never the password)."""
     return "; ".join(line.strip() for line in str(e).strip().splitlines() if line.strip()) or type(e).__name__
-
-
-def _connector(row: Any) -> StoredConnector:
-    return StoredConnector(row[0], json.loads(row[1]), bytes(row[2]), row[3], row[4], row[5])
-
-
-def _token(row: Any) -> dict[str, Any]:
-    return dict(zip(_TOKEN_COLUMNS, row, strict=True))
 
 
 def _has_table(conn: psycopg.Connection[Any], name: str) -> bool:
@@ -155,71 +145,6 @@ def migrate(conn: psycopg.Connection[Any], location: str, *, create: bool) -> No
         raise ConfigError(
             f"{location}: migrating the store failed ({_reason(e)}); it was left as it was"
         ) from None
-
-
-class _Transaction:
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
-        self._conn = conn
-        self.changed = False  # something proxies hold changed: bump the generation on commit
-
-    def get(self, name: str) -> StoredConnector | None:
-        row = self._conn.execute(
-            f"SELECT {_CONNECTOR_COLUMNS} FROM connectors WHERE name = %s", (name,)
-        ).fetchone()
-        return _connector(row) if row else None
-
-    def connectors(self) -> list[StoredConnector]:
-        rows = self._conn.execute(f"SELECT {_CONNECTOR_COLUMNS} FROM connectors ORDER BY name").fetchall()
-        return [_connector(r) for r in rows]
-
-    def put(self, name: str, spec: dict[str, Any], sealed: bytes, *, secret_changed: bool = True) -> None:
-        self.changed = True
-        now = time.time()
-        self._conn.execute(
-            f"INSERT INTO connectors ({_CONNECTOR_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s) "
-            "ON CONFLICT (name) DO UPDATE SET spec = EXCLUDED.spec, secret = EXCLUDED.secret, "
-            "updated_at = EXCLUDED.updated_at, secret_updated_at = CASE WHEN %s "
-            "THEN EXCLUDED.secret_updated_at ELSE connectors.secret_updated_at END",
-            (name, json.dumps(spec, sort_keys=True), sealed, now, now, now, secret_changed),
-        )
-
-    def delete(self, name: str) -> bool:
-        return self._changed(
-            self._conn.execute("DELETE FROM connectors WHERE name = %s", (name,)).rowcount > 0
-        )
-
-    def _changed(self, changed: bool) -> bool:
-        self.changed = self.changed or changed
-        return changed
-
-    def touch(self) -> None:
-        self.changed = True
-
-    def add_grant(self, gid: str, label: str, connectors: list[str], expires_at: float) -> None:
-        self._conn.execute(
-            "INSERT INTO grants VALUES (%s, %s, %s, %s, %s, NULL)",
-            (gid, label, json.dumps(sorted(connectors)), expires_at, time.time()),
-        )
-
-    def revoke_grant(self, gid: str) -> bool:
-        cursor = self._conn.execute(
-            "UPDATE grants SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL", (time.time(), gid)
-        )
-        return self._changed(cursor.rowcount > 0)
-
-    def add_admin_token(
-        self, tid: str, token_hash: str, workspace: str | None, read_only: bool, label: str
-    ) -> None:
-        self._conn.execute(
-            f"INSERT INTO admin_tokens ({', '.join(_TOKEN_COLUMNS)}) VALUES (%s, %s, %s, %s, %s, %s, NULL)",
-            (tid, token_hash, workspace, read_only, label, time.time()),
-        )
-
-    def revoke_admin_token(self, tid: str) -> bool:
-        cursor = self._conn.execute(
-            "UPDATE admin_tokens SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL", (time.time(), tid)
-        )
-        return self._changed(cursor.rowcount > 0)
 
 
 def _backoff(failures: int) -> float:
@@ -526,13 +451,13 @@ class PostgresStore:
             link.close()
 
     @contextmanager
-    def write(self) -> Iterator[_Transaction]:
+    def write(self) -> Iterator[SqlTransaction]:
         """One transaction; bumps the generation and notifies every listening proxy on commit, unless
         it only added grants or admin tokens (nothing a running proxy holds: a pod minting its grant
         reloads no one). Writers queue on the generation row first, as BEGIN IMMEDIATE does in SQLite."""
         with self._link.use() as conn, conn.transaction():
             conn.execute("SELECT value FROM meta WHERE key = 'generation' FOR UPDATE")
-            tx = _Transaction(conn)
+            tx = SqlTransaction(conn, "%s")
             yield tx
             if tx.changed:
                 row = conn.execute(
@@ -556,19 +481,16 @@ class PostgresStore:
 
     def connectors(self) -> list[StoredConnector]:
         with self._link.use() as conn:
-            return _Transaction(conn).connectors()
+            return SqlTransaction(conn, "%s").connectors()
 
     def get(self, name: str) -> StoredConnector | None:
         with self._link.use() as conn:
-            return _Transaction(conn).get(name)
+            return SqlTransaction(conn, "%s").get(name)
 
     def grants(self) -> list[dict[str, Any]]:
         with self._link.use() as conn:
-            rows = conn.execute(
-                "SELECT id, label, connectors, expires_at, created_at, revoked_at FROM grants ORDER BY created_at"
-            ).fetchall()
-        keys = ("id", "label", "connectors", "expires_at", "created_at", "revoked_at")
-        return [dict(zip(keys, (*r[:2], json.loads(r[2]), *r[3:]), strict=True)) for r in rows]
+            rows = conn.execute(GRANT_SELECT).fetchall()
+        return [grant_from_row(r) for r in rows]
 
     def revoked_grants(self) -> frozenset[str]:
         with self._link.use() as conn:
@@ -577,14 +499,10 @@ class PostgresStore:
 
     def admin_tokens(self) -> list[dict[str, Any]]:
         with self._link.use() as conn:
-            rows = conn.execute(
-                f"SELECT {', '.join(_TOKEN_COLUMNS)} FROM admin_tokens ORDER BY created_at, id"
-            ).fetchall()
-        return [_token(r) for r in rows]
+            rows = conn.execute(f"{TOKEN_SELECT} ORDER BY created_at, id").fetchall()
+        return [token_from_row(r) for r in rows]
 
     def admin_token(self, tid: str) -> dict[str, Any] | None:
         with self._link.use() as conn:
-            row = conn.execute(
-                f"SELECT {', '.join(_TOKEN_COLUMNS)} FROM admin_tokens WHERE id = %s", (tid,)
-            ).fetchone()
-        return _token(row) if row else None
+            row = conn.execute(f"{TOKEN_SELECT} WHERE id = %s", (tid,)).fetchone()
+        return token_from_row(row) if row else None

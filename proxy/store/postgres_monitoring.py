@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from proxy.health import Health, health
+from proxy.health import Health
 from proxy.stats import (
     ALERT_MINUTES,
     EVENT_ROW_CAP,
@@ -32,15 +32,19 @@ from proxy.stats import (
 from proxy.store.rows import (
     COUNTERS,
     EVENT_INSERT_COLUMNS,
-    EVENT_SELECT_COLUMNS,
-    NO_TRAFFIC,
     NODE_TOTALS,
+    Sums,
     event_from_row,
     event_values,
+    events_query,
+    follow,
+    health_by_name,
     node_counts,
-    window,
+    summaries,
+    sums_by_connector,
 )
 
+PLACEHOLDER = "%s"
 PRUNE_LOCK = 0x6567_7265_7373_0002
 Connect = Callable[[], AbstractContextManager[psycopg.Connection[Any]]]
 
@@ -128,52 +132,23 @@ class PostgresMonitoring:
                 conn.execute("DELETE FROM journal_marks WHERE at <= %s", (horizon * 60,))
         self._pruned_minute = now_minute  # someone else pruning counts too: it is idempotent
 
-    def _sums(self) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+    def _sums(self) -> Sums:
         now_minute = int(self.clock() // 60)
         with self._connect() as conn:
             rows = conn.execute(
                 _SUM_COUNTS, {"since": now_minute - WINDOW_MINUTES, "recent": now_minute - ALERT_MINUTES}
             ).fetchall()
-        n = len(COUNTERS)
-        return {r[0]: (tuple(int(v) for v in r[1 : 1 + n]), tuple(int(v) for v in r[1 + n :])) for r in rows}
+        return sums_by_connector(rows)
 
     def health(self, connectors: list[str], only: str | None = None) -> dict[str, Health]:
-        sums = self._sums()
-        out = {}
-        for name in sorted(set(connectors) | set(sums)):
-            if only is None or name == only:
-                day, hour = sums.get(name, NO_TRAFFIC)
-                out[name] = health(window(hour), window(day))
-        return out
+        return health_by_name(self._sums(), connectors, only)
 
     def summary(self, connectors: list[str], only: str | None = None) -> list[ConnectorStats]:
         since = int(self.clock() // 60) - WINDOW_MINUTES
         sums = self._sums()
         with self._connect() as conn:
             last_errors = {r[0]: r[1:] for r in conn.execute(_LAST_ERRORS, (since * 60,)).fetchall()}
-        fields = ("ts", "status", "failure", "method", "host", "path")
-        out = []
-        for name in sorted(set(connectors) | set(sums)):
-            if only is not None and name != only:
-                continue
-            day, hour = sums.get(name, NO_TRAFFIC)
-            requests, errors, recent = day[0], day[1], hour[1]
-            last = last_errors.get(name)
-            last_error = {k: v for k, v in zip(fields, last, strict=True) if v is not None} if last else None
-            state = health(window(hour), window(day))
-            out.append(
-                ConnectorStats(
-                    name,
-                    requests,
-                    errors,
-                    round(errors / requests, 4) if requests else 0.0,
-                    recent,
-                    state.alert,
-                    last_error,
-                    state,
-                )
-            )
-        return out
+        return summaries(sums, connectors, only, last_errors.get)
 
     def blocked_summary(self) -> list[dict[str, Any]]:
         since = int(self.clock() // 60) - WINDOW_MINUTES
@@ -215,25 +190,17 @@ class PostgresMonitoring:
         limit: int = 1000,
         newest_first: bool = True,
     ) -> list[Event]:
-        clauses = ["id > %s", "ts > %s"]
-        args: list[Any] = [after_id, max(since or 0, self.clock() - WINDOW_MINUTES * 60)]
-        filters = (
-            ("kind", kind),
-            ("connector", connector),
-            ("grant_label", grant_label),
-            ("workspace", workspace),
+        sql, args = events_query(
+            PLACEHOLDER,
+            self.clock() - WINDOW_MINUTES * 60,
+            {"kind": kind, "connector": connector, "grant_label": grant_label, "workspace": workspace},
+            after_id=after_id,
+            since=since,
+            limit=limit,
+            newest_first=newest_first,
         )
-        for column, value in filters:
-            if value is not None:
-                clauses.append(f"{column} = %s")
-                args.append(value)
-        order = "DESC" if newest_first else "ASC"
         with self._connect() as conn:
-            rows = conn.execute(
-                f"SELECT {EVENT_SELECT_COLUMNS} FROM events WHERE {' AND '.join(clauses)} "
-                f"ORDER BY id {order} LIMIT %s",
-                (*args, limit),
-            ).fetchall()
+            rows = conn.execute(sql, args).fetchall()
         return [event_from_row(row) for row in rows]
 
     def last_id(self) -> int:
@@ -247,11 +214,4 @@ class PostgresMonitoring:
         Ids come from a sequence, so a row whose transaction commits after a
         later id's may be skipped by a follower that already moved past it.
         """
-        last = after_id
-        while True:
-            rows = self.events(after_id=last, newest_first=False, **filters)
-            yield from rows
-            if rows:
-                last = rows[-1].id or last
-            else:
-                time.sleep(poll)
+        return follow(self.events, after_id, poll, **filters)

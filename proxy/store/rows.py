@@ -8,12 +8,14 @@ so the two cannot drift.
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from proxy.health import Counts
+from proxy.health import Counts, Health, health
 from proxy.nearmiss import NearMiss
-from proxy.stats import Batch, Event, printable
+from proxy.stats import Batch, ConnectorStats, Event, printable
 
 # stats_minute's counters, in the order of a Batch count row (proxy.health slots)
 COUNTERS = ("requests", "errors", "rejected", "client_errors", "server_errors", "transport_failures")
@@ -67,3 +69,86 @@ def _near_miss(text: str | None) -> NearMiss | None:
         return NearMiss.from_dict(doc) if isinstance(doc, dict) else None
     except (ValueError, TypeError):
         return None
+
+
+Sums = dict[str, tuple[tuple[int, ...], tuple[int, ...]]]
+_LAST_ERROR_FIELDS = ("ts", "status", "failure", "method", "host", "path")
+
+
+def sums_by_connector(rows: Iterable[Sequence[Any]]) -> Sums:
+    """Rows of (connector, COUNTERS over 24 h..., COUNTERS over the last hour...) by connector."""
+    n = len(COUNTERS)
+    return {r[0]: (tuple(int(v) for v in r[1 : 1 + n]), tuple(int(v) for v in r[1 + n :])) for r in rows}
+
+
+def _names(sums: Sums, connectors: list[str], only: str | None) -> list[str]:
+    """Every known connector plus removed ones with traffic in the window, or just ``only``."""
+    return [n for n in sorted(set(connectors) | set(sums)) if only is None or n == only]
+
+
+def health_by_name(sums: Sums, connectors: list[str], only: str | None) -> dict[str, Health]:
+    out = {}
+    for name in _names(sums, connectors, only):
+        day, hour = sums.get(name, NO_TRAFFIC)
+        out[name] = health(window(hour), window(day))
+    return out
+
+
+def summaries(
+    sums: Sums,
+    connectors: list[str],
+    only: str | None,
+    last_error: Callable[[str], Sequence[Any] | None],
+) -> list[ConnectorStats]:
+    """24-hour totals per connector; ``last_error(name)`` is its newest error row
+    (ts, status, failure, method, host, path) or None."""
+    out = []
+    for name in _names(sums, connectors, only):
+        day, hour = sums.get(name, NO_TRAFFIC)
+        requests, errors, recent = day[0], day[1], hour[1]
+        last = last_error(name)
+        shown = (
+            {k: v for k, v in zip(_LAST_ERROR_FIELDS, last, strict=True) if v is not None} if last else None
+        )
+        state = health(window(hour), window(day))
+        rate = round(errors / requests, 4) if requests else 0.0
+        out.append(ConnectorStats(name, requests, errors, rate, recent, state.alert, shown, state))
+    return out
+
+
+def events_query(
+    placeholder: str,
+    floor: float,
+    filters: Mapping[str, str | None],
+    *,
+    after_id: int,
+    since: float | None,
+    limit: int,
+    newest_first: bool,
+) -> tuple[str, list[Any]]:
+    """The event-log SELECT and its arguments, in the backend's ``placeholder`` style;
+    nothing older than ``floor`` (the 24-hour window) whatever ``since`` asks."""
+    clauses = [f"id > {placeholder}", f"ts > {placeholder}"]
+    args: list[Any] = [after_id, max(since or 0, floor)]
+    for column, value in filters.items():
+        if value is not None:
+            clauses.append(f"{column} = {placeholder}")
+            args.append(value)
+    order = "DESC" if newest_first else "ASC"
+    sql = (
+        f"SELECT {EVENT_SELECT_COLUMNS} FROM events WHERE {' AND '.join(clauses)} "
+        f"ORDER BY id {order} LIMIT {placeholder}"
+    )
+    return sql, [*args, limit]
+
+
+def follow(events: Callable[..., list[Event]], after_id: int, poll: float, **filters: Any) -> Iterator[Event]:
+    """Rows newer than ``after_id`` as ``events`` returns them, oldest first, forever."""
+    last = after_id
+    while True:
+        rows = events(after_id=last, newest_first=False, **filters)
+        yield from rows
+        if rows:
+            last = rows[-1].id or last
+        else:
+            time.sleep(poll)

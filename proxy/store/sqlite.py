@@ -8,7 +8,6 @@ migrated in place, in one transaction.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -21,19 +20,7 @@ from proxy.stats import Clock
 from proxy.store.base import StoredConnector
 from proxy.store.schema import MIGRATIONS, VERSION
 from proxy.store.sqlite_monitoring import SqliteMonitoring
-
-_CONNECTOR_COLUMNS = "name, spec, secret, created_at, updated_at, secret_updated_at"
-_TOKEN_COLUMNS = ("id", "token_hash", "workspace", "read_only", "label", "created_at", "revoked_at")
-
-
-def _connector(row: Any) -> StoredConnector:
-    return StoredConnector(row[0], json.loads(row[1]), bytes(row[2]), row[3], row[4], row[5])
-
-
-def _token(row: Any) -> dict[str, Any]:
-    doc = dict(zip(_TOKEN_COLUMNS, row, strict=True))
-    doc["read_only"] = bool(doc["read_only"])
-    return doc
+from proxy.store.transaction import GRANT_SELECT, TOKEN_SELECT, SqlTransaction, grant_from_row, token_from_row
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -80,69 +67,6 @@ def _migrate(db: sqlite3.Connection, path: Path) -> None:
         raise
 
 
-class _Transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-        self.changed = False  # something proxies hold changed: bump the generation on commit
-
-    def get(self, name: str) -> StoredConnector | None:
-        row = self._db.execute(
-            f"SELECT {_CONNECTOR_COLUMNS} FROM connectors WHERE name=?", (name,)
-        ).fetchone()
-        return _connector(row) if row else None
-
-    def connectors(self) -> list[StoredConnector]:
-        rows = self._db.execute(f"SELECT {_CONNECTOR_COLUMNS} FROM connectors ORDER BY name").fetchall()
-        return [_connector(r) for r in rows]
-
-    def put(self, name: str, spec: dict[str, Any], sealed: bytes, *, secret_changed: bool = True) -> None:
-        self.changed = True
-        now = time.time()
-        self._db.execute(
-            f"INSERT INTO connectors ({_CONNECTOR_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) "
-            "DO UPDATE SET spec=excluded.spec, secret=excluded.secret, updated_at=excluded.updated_at, "
-            "secret_updated_at = CASE WHEN ? THEN excluded.secret_updated_at "
-            "ELSE connectors.secret_updated_at END",
-            (name, json.dumps(spec, sort_keys=True), sealed, now, now, now, secret_changed),
-        )
-
-    def delete(self, name: str) -> bool:
-        return self._changed(self._db.execute("DELETE FROM connectors WHERE name=?", (name,)).rowcount > 0)
-
-    def _changed(self, changed: bool) -> bool:
-        self.changed = self.changed or changed
-        return changed
-
-    def touch(self) -> None:
-        self.changed = True
-
-    def add_grant(self, gid: str, label: str, connectors: list[str], expires_at: float) -> None:
-        self._db.execute(
-            "INSERT INTO grants VALUES (?, ?, ?, ?, ?, NULL)",
-            (gid, label, json.dumps(sorted(connectors)), expires_at, time.time()),
-        )
-
-    def revoke_grant(self, gid: str) -> bool:
-        cursor = self._db.execute(
-            "UPDATE grants SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (time.time(), gid)
-        )
-        return self._changed(cursor.rowcount > 0)
-
-    def add_admin_token(
-        self, tid: str, token_hash: str, workspace: str | None, read_only: bool, label: str
-    ) -> None:
-        self._db.execute(
-            f"INSERT INTO admin_tokens ({', '.join(_TOKEN_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, NULL)",
-            (tid, token_hash, workspace, int(read_only), label, time.time()),
-        )
-
-    def revoke_admin_token(self, tid: str) -> bool:
-        cursor = self._db.execute(
-            "UPDATE admin_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (time.time(), tid)
-        )
-        return self._changed(cursor.rowcount > 0)
-
-
 class SqliteStore:
     flush_interval = 1.0  # a local file: counters can be written every second
     pushes_changes = False  # wait_for_change only sleeps: callers may sleep without a thread
@@ -159,14 +83,14 @@ class SqliteStore:
             raise ConfigError(
                 f"{path}: not a usable egress store ({e}); the file was left untouched"
             ) from None
-        self._read = _Transaction(self._db)
+        self._read = SqlTransaction(self._db, "?")
         self.monitoring = SqliteMonitoring(self._db, clock)
 
     def close(self) -> None:
         self._db.close()
 
     @contextmanager
-    def write(self) -> Iterator[_Transaction]:
+    def write(self) -> Iterator[SqlTransaction]:
         """One transaction; bumps the generation so running proxies reload, unless it only added
         grants or admin tokens (nothing a running proxy holds: a pod minting its grant reloads no one)."""
         try:
@@ -204,24 +128,17 @@ class SqliteStore:
         return self._read.get(name)
 
     def grants(self) -> list[dict[str, Any]]:
-        rows = self._db.execute(
-            "SELECT id, label, connectors, expires_at, created_at, revoked_at FROM grants ORDER BY created_at"
-        ).fetchall()
-        keys = ("id", "label", "connectors", "expires_at", "created_at", "revoked_at")
-        return [dict(zip(keys, (*r[:2], json.loads(r[2]), *r[3:]), strict=True)) for r in rows]
+        rows = self._db.execute(GRANT_SELECT).fetchall()
+        return [grant_from_row(r) for r in rows]
 
     def revoked_grants(self) -> frozenset[str]:
         rows = self._db.execute("SELECT id FROM grants WHERE revoked_at IS NOT NULL").fetchall()
         return frozenset(r[0] for r in rows)
 
     def admin_tokens(self) -> list[dict[str, Any]]:
-        rows = self._db.execute(
-            f"SELECT {', '.join(_TOKEN_COLUMNS)} FROM admin_tokens ORDER BY created_at, id"
-        ).fetchall()
-        return [_token(r) for r in rows]
+        rows = self._db.execute(f"{TOKEN_SELECT} ORDER BY created_at, id").fetchall()
+        return [token_from_row(r) for r in rows]
 
     def admin_token(self, tid: str) -> dict[str, Any] | None:
-        row = self._db.execute(
-            f"SELECT {', '.join(_TOKEN_COLUMNS)} FROM admin_tokens WHERE id = ?", (tid,)
-        ).fetchone()
-        return _token(row) if row else None
+        row = self._db.execute(f"{TOKEN_SELECT} WHERE id = ?", (tid,)).fetchone()
+        return token_from_row(row) if row else None

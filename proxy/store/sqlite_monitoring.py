@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import closing
 from typing import Any
 
-from proxy.health import Health, health
+from proxy.health import Health
 from proxy.stats import (
     ALERT_MINUTES,
     EVENT_ROW_CAP,
@@ -27,13 +27,16 @@ from proxy.stats import (
 from proxy.store.rows import (
     COUNTERS,
     EVENT_INSERT_COLUMNS,
-    EVENT_SELECT_COLUMNS,
-    NO_TRAFFIC,
     NODE_TOTALS,
+    Sums,
     event_from_row,
     event_values,
+    events_query,
+    follow,
+    health_by_name,
     node_counts,
-    window,
+    summaries,
+    sums_by_connector,
 )
 
 _INSERT_COUNTS = (
@@ -50,6 +53,7 @@ _MARK = (
     "INSERT INTO journal_marks (owner, seq, at) VALUES (?, ?, ?) ON CONFLICT (owner) DO UPDATE "
     "SET seq = excluded.seq, at = excluded.at WHERE journal_marks.seq < excluded.seq"
 )
+PLACEHOLDER = "?"
 # Per connector: every counter summed over 24 hours, then over the last hour.
 _SUM_COUNTS = (
     "SELECT connector, "
@@ -104,56 +108,32 @@ class SqliteMonitoring:
             raise
         return True
 
-    def _sums(self) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+    def _sums(self) -> Sums:
         """Per connector with traffic: its counter sums over 24 hours and over the last hour."""
         now_minute = int(self.clock() // 60)
-        rows = self._db.execute(
-            _SUM_COUNTS, {"since": now_minute - WINDOW_MINUTES, "recent": now_minute - ALERT_MINUTES}
-        ).fetchall()
-        n = len(COUNTERS)
-        return {r[0]: (tuple(int(v) for v in r[1 : 1 + n]), tuple(int(v) for v in r[1 + n :])) for r in rows}
+        return sums_by_connector(
+            self._db.execute(
+                _SUM_COUNTS, {"since": now_minute - WINDOW_MINUTES, "recent": now_minute - ALERT_MINUTES}
+            ).fetchall()
+        )
 
     def health(self, connectors: list[str], only: str | None = None) -> dict[str, Health]:
         """Every known connector's health, by name (one query: cheap enough for every scrape)."""
-        sums = self._sums()
-        out = {}
-        for name in sorted(set(connectors) | set(sums)):
-            if only is None or name == only:
-                day, hour = sums.get(name, NO_TRAFFIC)
-                out[name] = health(window(hour), window(day))
-        return out
+        return health_by_name(self._sums(), connectors, only)
 
     def summary(self, connectors: list[str], only: str | None = None) -> list[ConnectorStats]:
         """24-hour totals per connector (every known connector, traffic or not)."""
-        since = int(self.clock() // 60) - WINDOW_MINUTES
-        sums = self._sums()
-        out = []
-        for name in sorted(set(connectors) | set(sums)):
-            if only is not None and name != only:
-                continue
-            day, hour = sums.get(name, NO_TRAFFIC)
-            requests, errors, recent = day[0], day[1], hour[1]
-            last = self._db.execute(
+        since = (int(self.clock() // 60) - WINDOW_MINUTES) * 60
+
+        def last_error(name: str) -> tuple[Any, ...] | None:
+            row: tuple[Any, ...] | None = self._db.execute(
                 "SELECT ts, status, failure, method, host, path FROM events "
                 "WHERE kind = 'error' AND connector = ? AND ts > ? ORDER BY id DESC LIMIT 1",
-                (name, since * 60),
+                (name, since),
             ).fetchone()
-            fields = ("ts", "status", "failure", "method", "host", "path")
-            last_error = {k: v for k, v in zip(fields, last, strict=True) if v is not None} if last else None
-            state = health(window(hour), window(day))
-            out.append(
-                ConnectorStats(
-                    name,
-                    requests,
-                    errors,
-                    round(errors / requests, 4) if requests else 0.0,
-                    recent,
-                    state.alert,
-                    last_error,
-                    state,
-                )
-            )
-        return out
+            return row
+
+        return summaries(self._sums(), connectors, only, last_error)
 
     def blocked_summary(self) -> list[dict[str, Any]]:
         since = int(self.clock() // 60) - WINDOW_MINUTES
@@ -191,26 +171,16 @@ class SqliteMonitoring:
         limit: int = 1000,
         newest_first: bool = True,
     ) -> list[Event]:
-        clauses = ["id > ?", "ts > ?"]
-        args: list[Any] = [after_id, max(since or 0, self.clock() - WINDOW_MINUTES * 60)]
-        filters = (
-            ("kind", kind),
-            ("connector", connector),
-            ("grant_label", grant_label),
-            ("workspace", workspace),
+        sql, args = events_query(
+            PLACEHOLDER,
+            self.clock() - WINDOW_MINUTES * 60,
+            {"kind": kind, "connector": connector, "grant_label": grant_label, "workspace": workspace},
+            after_id=after_id,
+            since=since,
+            limit=limit,
+            newest_first=newest_first,
         )
-        for column, value in filters:
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                args.append(value)
-        order = "DESC" if newest_first else "ASC"
-        with closing(
-            self._db.execute(
-                f"SELECT {EVENT_SELECT_COLUMNS} FROM events WHERE {' AND '.join(clauses)} "
-                f"ORDER BY id {order} LIMIT ?",
-                (*args, limit),
-            )
-        ) as cur:
+        with closing(self._db.execute(sql, args)) as cur:
             return [event_from_row(row) for row in cur]
 
     def last_id(self) -> int:
@@ -219,11 +189,4 @@ class SqliteMonitoring:
 
     def follow(self, after_id: int, poll: float = 0.5, **filters: Any) -> Iterator[Event]:
         """Rows newer than ``after_id`` as they arrive, oldest first, forever."""
-        last = after_id
-        while True:
-            rows = self.events(after_id=last, newest_first=False, **filters)
-            yield from rows
-            if rows:
-                last = rows[-1].id or last
-            else:
-                time.sleep(poll)
+        return follow(self.events, after_id, poll, **filters)
