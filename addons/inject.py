@@ -14,7 +14,8 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from mitmproxy import http
+from mitmproxy import ctx, http
+from mitmproxy.addonmanager import Loader
 
 from addons import patches
 from addons.decoding import Unscrubbable, decode_whole
@@ -59,6 +60,18 @@ class Inject:
     def __init__(self, source: PolicySource, tunnels: Tunnels) -> None:
         self.source = source
         self.tunnels = tunnels
+        self.scan_bodies = True
+
+    def load(self, loader: Loader) -> None:
+        loader.add_option(
+            "egress_scan_bodies", bool, True,
+            "Scan request bodies and client WebSocket messages for secrets the proxy holds "
+            "(request lines, headers and CONNECT hosts are always scanned: the logs keep them).",
+        )  # fmt: skip
+
+    def configure(self, updated: set[str]) -> None:
+        if "egress_scan_bodies" in updated:
+            self.scan_bodies = ctx.options.egress_scan_bodies
 
     @fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -127,7 +140,7 @@ class Inject:
         # An HTTP/2 body with no content-length would reach an HTTP/1.1 upstream
         # unframed (a smuggled second request): buffer it and frame it in request().
         req.stream = not ((req.is_http2 or req.is_http3) and "content-length" not in headers)
-        if guard and not _no_body(req):
+        if guard and self.scan_bodies and not _no_body(req):
             if _announced(headers) <= BODY_WINDOW:
                 req.stream = False  # read whole and scanned in request(): a match sends nothing
             elif content_codings(headers):
@@ -142,7 +155,7 @@ class Inject:
         if req.stream or flow.response or s is None or s.route is None:
             return
         guard = self.source.guard
-        if guard and req.raw_content:
+        if guard and self.scan_bodies and req.raw_content:
             owner = guard.find(req.raw_content)
             codings = content_codings(req.headers)
             if owner is None and codings:
@@ -169,7 +182,7 @@ class Inject:
             assert flow.websocket is not None
             message = flow.websocket.messages[-1]
             guard = self.source.guard
-            if not message.from_client or not guard:
+            if not message.from_client or not guard or not self.scan_bodies:
                 return
             s = state(flow)
             if s.blocked is not None:  # closing already: nothing more goes upstream

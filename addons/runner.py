@@ -60,6 +60,7 @@ def option_values(settings: RunSettings, upstream_bundle: str | None) -> dict[st
         "egress_audit_log": settings.audit_log,
         "egress_audit_max_bytes": settings.audit_max_mb * 1024 * 1024,
         "egress_scrub_responses": settings.scrub_responses,
+        "egress_scan_bodies": settings.scan_bodies,
         "tcp_timeout": int(settings.idle_timeout),
         "egress_handshake_timeout": settings.handshake_timeout,
         "egress_max_client_connections": settings.max_client_connections,

@@ -1,7 +1,9 @@
 """Microbenchmark: the exfiltration guard's scan, in microseconds per KiB, by number of secrets.
 
 Three ways to find any spelling of any of N secrets in a request: the guard's
-``SecretIndex`` (sampled 8-byte grams, one set intersection), one compiled
+``SecretIndex`` (runs of the spellings' bytes found with ``translate`` and
+``find``, then 64-bit words intersected with the index; measured on random
+text, English JSON and base64, 64 KiB each), one compiled
 ``re`` alternation of the same spellings, and ``Needles.mask`` (the response
 scrubber: one ``in`` per spelling family plus its regex). Also the time to
 build each. The alternation is skipped past 1,000 secrets (it compiles for
@@ -12,6 +14,7 @@ Run alone: ``.venv/bin/python bench/exfil.py``.
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import re
@@ -37,6 +40,14 @@ def request(size: int = 1024) -> bytes:
     return (b'{"model": "x", "input": "' + text.encode() + b'"}')[:size]
 
 
+def prose(size: int = 64 * 1024) -> bytes:
+    """A JSON chat request in English words (what an LLM API call sends), no secret in it."""
+    sentence = (
+        "Summarise the attached report about https://example.com/reports/2026/q3 and list ten findings. "
+    )
+    return (b'{"messages": [{"role": "user", "content": "' + sentence.encode() * (size // 90 + 1))[:size]
+
+
 def timed(build: Callable[[], object]) -> tuple[object, float]:
     started = time.perf_counter()
     built = build()
@@ -50,13 +61,16 @@ def per_kib_us(fn: Callable[[], object], number: int) -> float:
 def measure(n: int) -> dict[str, float | int | None]:
     pairs = secrets(n)
     data = request()
+    text, b64 = prose(), base64.b64encode(random.Random(n).randbytes(48 * 1024))
     index, index_s = timed(lambda: SecretIndex(pairs))
-    assert isinstance(index, SecretIndex) and index.find(data) is None
+    assert isinstance(index, SecretIndex) and index.find(data) is None and index.find(text) is None
     row: dict[str, float | int | None] = {
         "secrets": n,
         "index_build_s": round(index_s, 3),
         "index_us_per_kib": round(per_kib_us(lambda: index.find(data), 2000), 2),
         "index_us_per_64kib": round(per_kib_us(lambda: index.find(data * 64), 50), 1),
+        "index_us_per_64kib_prose": round(per_kib_us(lambda: index.find(text), 200), 1),
+        "index_us_per_64kib_base64": round(per_kib_us(lambda: index.find(b64), 50), 1),
     }
     if n <= 1000:
         literals = sorted(

@@ -33,6 +33,7 @@ import argparse
 import base64
 import contextlib
 import ctypes
+import hashlib
 import json
 import os
 import platform
@@ -196,6 +197,20 @@ PLACEMENTS: dict[str, list[str]] = {
     ],
 }
 PLACEMENT_NAMES = ("basic", "headers", "oauth2", "sigv4")
+EXFIL_CONNECTORS = 1000  # the exfiltration guard's scenario: this many connectors, each its own secret
+BODY_BYTES = 64 * 1024  # its POST bodies: the largest the proxy reads whole before sending
+
+
+def filler_secret(i: int) -> str:
+    """A filler connector's own secret: distinct, deterministic, shaped like a real API key."""
+    return "sk_live_" + hashlib.sha256(f"filler-{i}".encode()).hexdigest()[:24]
+
+
+def json_body(size: int) -> bytes:
+    """A JSON request body of ``size`` bytes with no secret in it (the guard scans it all)."""
+    words = b"lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor "
+    text = (words * (size // len(words) + 1))[: size - 13]
+    return b'{"input": "' + text + b'"}'
 
 
 def selected_placements(only: list[str]) -> tuple[str, ...]:
@@ -489,8 +504,12 @@ def run_tool(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str
     )
 
 
-def hey(t: Target, *, c: int, duration: float, keepalive: bool = True, h2: bool = False) -> dict[str, Any]:
+def hey(
+    t: Target, *, c: int, duration: float, keepalive: bool = True, h2: bool = False, body: Path | None = None
+) -> dict[str, Any]:
     argv = ["hey", "-z", f"{duration}s", "-c", str(c), "-t", "20"]
+    if body is not None:  # POSTed with its Content-Length: a body the proxy reads whole (<= 64 KiB)
+        argv += ["-m", "POST", "-D", str(body), "-T", "application/json"]
     if not keepalive:
         argv.append("-disable-keepalive")
     if h2:
@@ -749,13 +768,21 @@ class Bench:
         self.targets["mitmdump"] = Target("mitmdump", "bare mitmdump", str(ca), proc, port, log_path)
 
     def egress_home(
-        self, name: str, connectors: int, placement: str = "header", store: dict[str, str] | None = None
+        self,
+        name: str,
+        connectors: int,
+        placement: str = "header",
+        store: dict[str, str] | None = None,
+        distinct: bool = False,
     ) -> Path:
+        """A home with the bench connector and ``connectors - 1`` fillers: sharing the bench secret,
+        or with ``distinct`` each its own (so the exfiltration guard holds that many)."""
         home = self.work / name
+        fillers = {f"BENCH_F{i:05d}": filler_secret(i) for i in range(connectors - 1)} if distinct else {}
         env = clean_env(
             EGRESS_HOME=str(home), BENCH_SECRET=SECRET, BENCH_USER=BASIC_USER, BENCH_TENANT=TENANT,
             BENCH_CLIENT_SECRET=OAUTH_SECRET, BENCH_AWS_KEY_ID=AWS_KEY_ID, BENCH_AWS_SECRET=AWS_SECRET,
-            **(store or {}),
+            **fillers, **(store or {}),
         )  # fmt: skip
         done = subprocess.run([EGRESS, "init"], capture_output=True, text=True, env=env, timeout=120)
         if done.returncode:
@@ -770,7 +797,7 @@ class Bench:
             lines += [
                 f"  - name: filler-{i:05d}",
                 f'    patterns: ["https://api-{i:05d}.filler.test/*"]',
-                "    secret: {env: BENCH_SECRET}",
+                f"    secret: {{env: {f'BENCH_F{i:05d}' if distinct else 'BENCH_SECRET'}}}",
                 '    inject: {header: Authorization, template: "Bearer {{secret}}"}',
             ]
         yaml_path = self.work / f"{name}-connectors.yaml"
@@ -794,8 +821,9 @@ class Bench:
         placement: str = "header",
         store: dict[str, str] | None = None,
         extra: tuple[str, ...] = (),
+        distinct: bool = False,
     ) -> None:
-        home = self.egress_home(name, connectors, placement, store)
+        home = self.egress_home(name, connectors, placement, store, distinct)
         argv = [
             EGRESS, "run", "--workers", str(workers), "--listen", f"{ADDRESS}:0",
             "--upstream-ca", str(self.ca_path), "--allow-network", "127.0.0.0/8",
@@ -886,9 +914,16 @@ class Bench:
             else:
                 log(f"{name}: 200 over HTTP/1.1, HTTP/2 answer {got['--http2']!r}")
 
-    def setup(self, variants: bool = True, placements: tuple[str, ...] = (), postgres: bool = False) -> None:
-        """nginx, mitmdump and egress; with ``variants`` also the other three egress set-ups,
-        one proxy for each of ``placements``, and with ``postgres`` the PostgreSQL one."""
+    def setup(
+        self,
+        variants: bool = True,
+        placements: tuple[str, ...] = (),
+        postgres: bool = False,
+        exfil: bool = False,
+    ) -> None:
+        """nginx, mitmdump and egress; with ``variants`` also the other egress set-ups (no recording,
+        two workers, many connectors, audit log), one proxy for each of ``placements``, with
+        ``postgres`` the PostgreSQL one and with ``exfil`` the exfiltration guard pair."""
         log(f"work directory {self.work}")
         self.pki()
         self.start_nginx()
@@ -900,6 +935,8 @@ class Bench:
             self.start_egress("egress-norecord", "egress, 1 worker, --no-record", 10, 1, False)
             self.start_egress("egress-w2", "egress, --workers 2", 10, 2, True)
             self.start_egress("egress-10k", f"egress, 1 worker, {n:,} connectors", n, 1, True)
+            audit = ("--audit-log", str(self.work / "audit.jsonl"))
+            self.start_egress("egress-audit", "egress, 1 worker, --audit-log", 10, 1, True, extra=audit)
             log(
                 "proxies up: "
                 + ", ".join(f"{k} {v:.1f}s" for k, v in self.info["start_seconds"].items())
@@ -909,6 +946,14 @@ class Bench:
             self.start_egress(f"egress-{placement}", f"egress, 1 worker, {placement}", 10, 1, True, placement)
         if postgres:
             self.start_postgres()
+        if exfil:
+            self.body = self.work / "body-64k.json"
+            self.body.write_bytes(json_body(BODY_BYTES))
+            k = EXFIL_CONNECTORS
+            self.start_egress("egress-exfil", f"egress, {k:,} connectors' secrets, bodies scanned", k, 1, True,
+                              distinct=True)  # fmt: skip
+            self.start_egress("egress-exfil-off", f"egress, {k:,} connectors' secrets, --no-scan-bodies", k,
+                              1, True, extra=("--no-scan-bodies",), distinct=True)  # fmt: skip
         self.sanity()
         for t in self.targets.values():  # warm up: leaf certificates, code paths, caches
             if t.port:
@@ -971,7 +1016,17 @@ class Bench:
                 )
             self.each(
                 "keepalive_c32",
-                order(["direct", "mitmdump", "egress", "egress-norecord", "egress-w2", "egress-10k"]),
+                order(
+                    [
+                        "direct",
+                        "mitmdump",
+                        "egress",
+                        "egress-norecord",
+                        "egress-w2",
+                        "egress-10k",
+                        "egress-audit",
+                    ]
+                ),
                 lambda t: hey(t, c=32, duration=a.duration),
             )
             self.each("keepalive_c32_wrk", ["direct"], lambda t: wrk(t, c=32, duration=a.duration))
@@ -983,6 +1038,12 @@ class Bench:
             placed = ["egress", *(f"egress-{p}" for p in selected_placements(a.only))]
             if len(placed) > 1:
                 self.each("placements", order(placed), lambda t: hey(t, c=32, duration=a.duration))
+            # the exfiltration guard with many secrets: 64 KiB bodies, each read whole and scanned (or not)
+            self.each(
+                "exfil_post64k",
+                order(["egress-exfil", "egress-exfil-off"]),
+                lambda t: hey(t, c=32, duration=a.duration, body=self.body),
+            )
             self.each("newconn_c8", base, lambda t: hey(t, c=8, duration=a.duration, keepalive=False))
             self.each("http2_c32", base, lambda t: hey(t, c=32, duration=a.h2_duration, h2=True))
             for direction in ("download", "upload"):
@@ -1119,6 +1180,23 @@ def targets(b: Bench, micro: list[dict[str, float]]) -> list[Check]:
         1.05,
         "recording on / off: CPU per request, keep-alive c=32",
     )
+    cpu(
+        "keepalive_c32",
+        "egress-audit",
+        "egress",
+        1.03,
+        "audit log on / off: CPU per request, keep-alive c=32",
+    )
+    on, off = m("exfil_post64k", "egress-exfil", "rps"), m("exfil_post64k", "egress-exfil-off", "rps")
+    speed = ratio(on, off)
+    checks.append(Check(
+        f"exfiltration guard on / off: throughput, keep-alive c=32 POST {BODY_BYTES // 1024} KiB, "
+        f"{EXFIL_CONNECTORS:,} connectors' secrets", fmt(on, 0, " req/s"), fmt(off, 0, " req/s"), speed, 0.9,
+        ">= 0.90x", None if speed is None else speed >= 0.9,
+        f"CPU per request {fmt(ratio(m('exfil_post64k', 'egress-exfil', 'cpu_us_per_req'), m('exfil_post64k', 'egress-exfil-off', 'cpu_us_per_req')), 3, 'x')} "
+        f"({fmt(m('exfil_post64k', 'egress-exfil', 'cpu_us_per_req'))} / "
+        f"{fmt(m('exfil_post64k', 'egress-exfil-off', 'cpu_us_per_req'))} us/req)",
+    ))  # fmt: skip
     for direction in ("download", "upload"):
         rss = m(direction, "egress", "peak_rss_mib")
         checks.append(Check(
@@ -1429,10 +1507,18 @@ def report(b: Bench, micro: list[dict[str, float]], info: dict[str, str], wall: 
     )
     throughput(
         "keepalive_c32", "Keep-alive throughput, concurrency 32",
-        ["direct", "mitmdump", "egress", "egress-norecord", "egress-w2", "egress-10k"],
+        ["direct", "mitmdump", "egress", "egress-norecord", "egress-w2", "egress-10k", "egress-audit"],
         f"`hey -c 32 -z {a.duration:g}s` through the proxy (`-x`), HTTP/1.1, 32 persistent tunnels. "
         "CPU columns are cores busy per wall second: the proxy's process tree (for direct: nginx), the "
         "load generator, and everything else except nginx (other tenants would show there).",
+    )  # fmt: skip
+    throughput(
+        "exfil_post64k", "Exfiltration guard: 64 KiB POST bodies, keep-alive, concurrency 32",
+        ["egress-exfil", "egress-exfil-off"],
+        f"`hey -c 32 -m POST -D body -z {a.duration:g}s`, a {BODY_BYTES // 1024} KiB JSON body with a "
+        f"Content-Length (read whole, then scanned for every spelling of {EXFIL_CONNECTORS:,} connectors' "
+        "distinct secrets before anything is sent), against the same proxy with `--no-scan-bodies` "
+        "(request heads are scanned in both).",
     )  # fmt: skip
     throughput(
         "keepalive_c32_wrk", "Load generator ceiling: wrk, direct", ["direct"],
@@ -1748,6 +1834,7 @@ def main() -> int:
             variants=not args.only or "keepalive_c32" in args.only,
             placements=selected_placements(args.only),
             postgres=not args.only or bool({"keepalive_pg", "propagation"} & set(args.only)),
+            exfil=not args.only or "exfil_post64k" in args.only,
         )
         bench.scenarios()
         bench.info["loadavg_end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])

@@ -14,7 +14,9 @@ from __future__ import annotations
 import base64
 import functools
 import re
+import sys
 from collections.abc import Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -345,6 +347,7 @@ _FOLD = bytes.maketrans(
 GRAM = 8  # bytes per index key
 MAX_STEP = 8  # bounds the index at MAX_STEP keys per spelling
 MIN_GUARDED = 12  # shorter values occur by chance; they are not guarded
+MAX_RUNS = 4  # runs of marked bytes searched one by one; past that, the rest of the data at once
 
 
 class SecretFound(Exception):
@@ -369,16 +372,21 @@ def guarded_spellings(secret: str) -> list[bytes]:
 class SecretIndex:
     """Thousands of secrets, every spelling, found in one pass that does not grow with them.
 
-    Each folded spelling is at least ``lmin`` bytes, so any occurrence covers a
-    position that is a multiple of ``step`` (``lmin - GRAM + 1``, at most
-    ``MAX_STEP``) with one of its first ``step`` grams. The index holds those
-    grams; a search slices the data at every ``step`` bytes, intersects with
-    the index in C, and confirms the few candidates with ``in``. One compiled
-    ``re`` alternation of the same spellings took seconds to compile and
-    milliseconds per KiB at a thousand secrets (bench/exfil.py).
+    Every byte of every folded spelling is marked in ``_marks``; a spelling
+    occurs only inside a run of at least ``lmin`` marked bytes, and in text
+    such runs are rare, so one ``translate`` and a ``find`` (both C, memchr
+    speed) usually rule the whole data out. Inside each run: every spelling
+    covers a position that is a multiple of ``step`` (``lmin - GRAM + 1``, at
+    most ``MAX_STEP``) with one of its first ``step`` grams; the index holds
+    those grams, the run is sliced at every ``step`` bytes and intersected
+    with the index in C (with ``step`` 8, the usual case, those grams are the
+    run's 64-bit words: one ``memoryview`` cast), and the few candidates are
+    confirmed with ``in``. One compiled ``re`` alternation of the same
+    spellings took seconds to compile and milliseconds per KiB at a thousand
+    secrets (bench/exfil.py).
     """
 
-    __slots__ = ("_grams", "_keys", "keep", "literals", "owners", "step")
+    __slots__ = ("_grams", "_keys", "_marks", "_run", "keep", "literals", "owners", "step")
 
     def __init__(self, secrets: Iterable[tuple[str, str]] = ()) -> None:
         seen: dict[bytes, str] = {}
@@ -391,36 +399,58 @@ class SecretIndex:
         lmin = min((len(s) for s in self.literals), default=GRAM)
         self.step = max(1, min(MAX_STEP, lmin - GRAM + 1))
         self.keep = max((len(s) for s in self.literals), default=1) - 1  # a stream's overlap
-        grams: dict[bytes, list[int]] = {}
+        marked = set(b"".join(self.literals))
+        self._marks = bytes(1 if _FOLD[b] in marked else 0 for b in range(256))  # applied to raw data
+        self._run = b"\x01" * lmin
+        grams: dict[bytes | int, list[int]] = {}
         for i, literal in enumerate(self.literals):
             for offset in range(min(self.step, len(literal) - GRAM + 1)):
-                grams.setdefault(literal[offset : offset + GRAM], []).append(i)
+                gram = literal[offset : offset + GRAM]
+                key = int.from_bytes(gram, sys.byteorder) if self.step == GRAM else gram
+                grams.setdefault(key, []).append(i)
         self._grams = grams
         self._keys = grams.keys()
 
     def __bool__(self) -> bool:
         return bool(self.literals)
 
-    def _hits(self, folded: bytes) -> Iterator[int]:
-        step = self.step
-        found = {folded[i : i + GRAM] for i in range(0, len(folded) - GRAM + 1, step)} & self._keys
-        for gram in found:
-            for i in self._grams[gram]:
-                if self.literals[i] in folded:
-                    yield i
+    def _hits(self, data: bytes) -> Iterator[int]:
+        """Indexes of the literals ``data`` carries (folded), each run searched on its own."""
+        marks = data.translate(self._marks)
+        at = marks.find(self._run)
+        if at < 0:
+            return
+        folded, step, keys = data.translate(_FOLD), self.step, self._keys
+        runs = 0
+        while at >= 0:
+            runs += 1
+            end = marks.find(b"\0", at) if runs <= MAX_RUNS else -1  # many runs: the rest in one go
+            end = len(marks) if end < 0 else end
+            run = folded[at:end]
+            if step == GRAM:
+                found: AbstractSet[bytes | int] = (
+                    set(memoryview(run)[: len(run) - len(run) % GRAM].cast("Q")) & keys
+                )
+            else:
+                found = {run[i : i + GRAM] for i in range(0, len(run) - GRAM + 1, step)} & keys
+            for gram in found:
+                for i in self._grams[gram]:
+                    if self.literals[i] in run:
+                        yield i
+            at = marks.find(self._run, end)
 
     def find(self, data: bytes) -> str | None:
         """The connector one of whose secrets ``data`` carries, in any guarded spelling."""
         if not self.literals or len(data) < GRAM:
             return None
-        return next((self.owners[i] for i in self._hits(data.translate(_FOLD))), None)
+        return next((self.owners[i] for i in self._hits(data)), None)
 
     def mask(self, data: bytes) -> bytes:
         """``data`` with every guarded spelling starred out (for what the proxy logs)."""
         if not self.literals or len(data) < GRAM:
             return data
         folded, out = data.translate(_FOLD), bytearray(data)
-        for i in set(self._hits(folded)):
+        for i in set(self._hits(data)):
             literal = self.literals[i]
             at = folded.find(literal)
             while at >= 0:

@@ -99,6 +99,7 @@ def settings_from_args(args: argparse.Namespace, home: Home) -> RunSettings:
         else args.explain_blocks,
         log_format=args.log_format,
         scrub_responses=args.scrub_responses,
+        scan_bodies=args.scan_bodies,
         record=not args.no_record,
         flush_interval=args.flush_interval or 0.0,
         idle_timeout=args.idle_timeout,
@@ -267,6 +268,11 @@ def register(sub: Any, command: Any) -> None:
     sp.add_argument(
         "--scrub-responses", action=argparse.BooleanOptionalAction, default=True,
         help="mask an injected secret that an upstream echoes back (default: on)",
+    )  # fmt: skip
+    sp.add_argument(
+        "--scan-bodies", action=argparse.BooleanOptionalAction, default=True,
+        help="refuse request bodies and client WebSocket messages that carry a secret the proxy holds "
+        "(default: on; request lines, headers and CONNECT hosts are always checked)",
     )  # fmt: skip
     sp.add_argument("--require-grant", action="store_true", help="every client must present a grant")
     sp.add_argument(

@@ -40,6 +40,7 @@ class RunSettings:
     explain_blocks: bool = False  # refused hosts: 403 inside an accepted tunnel, not a refused CONNECT
     log_format: str = "text"
     scrub_responses: bool = True
+    scan_bodies: bool = True  # request bodies and WebSocket messages checked for secrets
     record: bool = True
     flush_interval: float = 0.0  # seconds between counter flushes; 0: the store's default
     idle_timeout: float = 600.0  # an idle connection is closed after this many seconds

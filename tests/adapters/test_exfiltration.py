@@ -103,6 +103,24 @@ def test_a_small_body_is_read_whole_and_refused_before_anything_is_sent() -> Non
     refused(f)
 
 
+def test_scan_bodies_off_forwards_bodies_but_still_refuses_heads() -> None:
+    """--no-scan-bodies: bodies and WebSocket messages go unscanned (streamed as mitmproxy would);
+    the head is still checked, since the logs keep it."""
+    _, tunnels, inject = wired(two_connectors())
+    inject.scan_bodies = False
+    f = tunnel_flow(tunnels)
+    f.request.content = json.dumps({"k": OTHER}).encode()
+    inject.requestheaders(f)
+    assert f.response is None and f.request.stream is True  # not held back for a scan
+    inject.request(f)
+    assert f.response is None and f.request.headers["authorization"] == f"Bearer {SECRET}"
+    assert not say(inject, ws_flow(tunnels), OTHER.encode()).dropped  # type: ignore[attr-defined]
+    head = tunnel_flow(tunnels)
+    head.request.headers["x-note"] = OTHER
+    inject.requestheaders(head)
+    refused(head)
+
+
 def test_a_large_streamed_body_is_scanned_chunk_by_chunk() -> None:
     _, tunnels, inject = wired(two_connectors())
     f = tunnel_flow(tunnels)

@@ -10,6 +10,8 @@ import time
 from urllib.parse import quote
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.connectors import make_connector
 from proxy.policy import Policy
@@ -49,6 +51,29 @@ def test_nothing_else_is_found() -> None:
     assert INDEX.find(SECRET[:-1].encode()) is None  # all but one character
     assert INDEX.find(b"") is None
     assert SecretIndex([]).find(SECRET.encode()) is None
+
+
+@given(
+    before=st.lists(  # random bytes, and runs of bytes the secret's spellings are made of
+        st.binary(max_size=80) | st.text("abcdef0123456789%", min_size=12, max_size=80).map(str.encode),
+        max_size=12,
+    ),
+    after=st.binary(max_size=200),
+    form=st.sampled_from(sorted(spellings(SECRET))),
+    secret_len=st.sampled_from([MIN_GUARDED, 16, 27]),  # 12: a short spelling, grams sliced at step 5
+)
+@settings(max_examples=300, deadline=None)
+def test_a_spelling_is_found_after_any_number_of_candidate_runs(
+    before: list[bytes], after: bytes, form: str, secret_len: int
+) -> None:
+    """Runs of the secrets' bytes before it (searched one by one, then the rest at once)
+    never hide it, whatever separates them."""
+    secret = (SECRET * 2)[:secret_len]
+    value = spellings(secret)[form]
+    index = SecretIndex([("stripe", secret)])
+    data = b" ".join([*before, value, after])
+    assert index.find(data) == "stripe"
+    assert value not in index.mask(data)
 
 
 def test_short_values_are_not_guarded() -> None:
