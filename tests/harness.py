@@ -6,16 +6,20 @@ Only loopback addresses are used. Every process started here is stopped by pid.
 from __future__ import annotations
 
 import base64
+import functools
 import gzip
 import hashlib
+import io
 import json
 import os
 import signal
 import ssl
 import subprocess
 import sys
+import tarfile
 import threading
 import time
+import zipfile
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -142,6 +146,9 @@ class _Handler(BaseHTTPRequestHandler):
         if body is not None:
             self._git_upload_pack(b"".join(body))
             return
+        if "/simple/" in url.path or "/npm/" in url.path:
+            self._registry(url.path)
+            return
         if url.path.startswith("/s3-bucket/"):  # enough of S3 for an SDK to call it done
             self.send_response(200)
             self.send_header("ETag", f'"{sha[:32]}"')
@@ -195,9 +202,32 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _reply(self, status: int, body: bytes) -> None:
+    def _registry(self, path: str) -> None:
+        """A package index with one package, ``egress-probe`` 1.0: PEP 503 for pip
+        (``.../simple/egress-probe/`` and its wheel) and npm's (``.../npm/egress-probe``,
+        its packument, and its tarball)."""
+        if path.endswith(".whl") or path.endswith(".tgz"):
+            data = probe_wheel() if path.endswith(".whl") else probe_tarball()
+            self._reply(200, data, "application/octet-stream")
+        elif "/simple/" in path:
+            name = f"egress_probe-1.0-py3-none-any.whl#sha256={hashlib.sha256(probe_wheel()).hexdigest()}"
+            page = f'<!DOCTYPE html><html><body><a href="{name}">{name.split("#")[0]}</a></body></html>'
+            self._reply(200, page.encode(), "text/html")
+        else:
+            tarball = f"https://{self.headers['host']}{path}/-/egress-probe-1.0.0.tgz"
+            data = probe_tarball()
+            dist = {
+                "tarball": tarball,
+                "shasum": hashlib.sha1(data).hexdigest(),
+                "integrity": "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode(),
+            }
+            version = {"name": "egress-probe", "version": "1.0.0", "dist": dist}
+            doc = {"name": "egress-probe", "dist-tags": {"latest": "1.0.0"}, "versions": {"1.0.0": version}}
+            self._reply(200, json.dumps(doc).encode())
+
+    def _reply(self, status: int, body: bytes, content_type: str = "application/json") -> None:
         self.send_response(status)
-        self.send_header("content-type", "application/json")
+        self.send_header("content-type", content_type)
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -292,6 +322,40 @@ def ws_frame(payload: bytes, opcode: int = 1) -> bytes:
     size = len(payload)
     length = bytes([0x80 | size]) if size < 126 else bytes([0x80 | 126]) + size.to_bytes(2, "big")
     return bytes([0x80 | opcode]) + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+@functools.cache
+def probe_wheel() -> bytes:
+    """``egress_probe-1.0-py3-none-any.whl``: the smallest wheel pip accepts."""
+    files = {
+        "egress_probe/__init__.py": b"VERSION = '1.0'\n",
+        "egress_probe-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: egress-probe\nVersion: 1.0\n",
+        "egress_probe-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\n"
+        b"Tag: py3-none-any\n",
+    }
+    record = "".join(
+        f"{name},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},"
+        f"{len(data)}\n"
+        for name, data in files.items()
+    )
+    files["egress_probe-1.0.dist-info/RECORD"] = (record + "egress_probe-1.0.dist-info/RECORD,,\n").encode()
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as whl:
+        for name, data in files.items():
+            whl.writestr(zipfile.ZipInfo(name, (2020, 1, 1, 0, 0, 0)), data)
+    return out.getvalue()
+
+
+@functools.cache
+def probe_tarball() -> bytes:
+    """``egress-probe-1.0.0.tgz``: an npm package tarball (``package/package.json``)."""
+    manifest = json.dumps({"name": "egress-probe", "version": "1.0.0"}).encode()
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=out, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+        info = tarfile.TarInfo("package/package.json")
+        info.size, info.mode = len(manifest), 0o644
+        tar.addfile(info, io.BytesIO(manifest))
+    return out.getvalue()
 
 
 def pattern_bytes(n: int) -> bytes:

@@ -66,7 +66,9 @@ def _trust_files(home: Home, work: Path) -> dict[str, str]:
     """The CA where every runtime looks, as files the step's user can read, and the variables naming them.
 
     Most read a PEM bundle from a variable; Node adds NODE_EXTRA_CA_CERTS to its
-    own roots; Debian's wget (GnuTLS) reads only a wgetrc; Java only a truststore.
+    own roots; Debian's wget (GnuTLS) reads only a wgetrc; Java only a truststore;
+    stripe-python only the bundle it ships, which egress env's sitecustomize.py
+    (first on PYTHONPATH) replaces with SSL_CERT_FILE.
     """
     system = ca.system_bundle()
     bundle, ca_cert, wgetrc, truststore = (
@@ -76,7 +78,11 @@ def _trust_files(home: Home, work: Path) -> dict[str, str]:
     ca_cert.write_bytes(home.ca_cert.read_bytes())
     wgetrc.write_text(f"ca_certificate = {bundle}\n")
     truststore.write_bytes(clientenv.cached_truststore(home, system).read_bytes())
-    for f in (bundle, ca_cert, wgetrc, truststore):
+    site = work / "python"
+    site.mkdir()
+    site.chmod(0o755)
+    (site / "sitecustomize.py").write_bytes(clientenv.SITECUSTOMIZE.read_bytes())
+    for f in (bundle, ca_cert, wgetrc, truststore, site / "sitecustomize.py"):
         f.chmod(0o644)
     variables = dict.fromkeys(_CA_VARIABLES, str(bundle))
     variables["NODE_EXTRA_CA_CERTS"] = str(ca_cert)
@@ -84,6 +90,7 @@ def _trust_files(home: Home, work: Path) -> dict[str, str]:
     variables["JAVA_TOOL_OPTIONS"] = clientenv.java_trust_options(
         os.environ.get("JAVA_TOOL_OPTIONS", ""), truststore
     )
+    variables["PYTHONPATH"] = clientenv.python_path(os.environ.get("PYTHONPATH", ""), site)
     return variables
 
 

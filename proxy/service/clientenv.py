@@ -44,6 +44,7 @@ JAVA_KEYS = (
     "-Djavax.net.ssl.trustStoreType=",
 )
 _PACKAGE_DIR = Path(__file__).with_name("clientfiles")
+SITECUSTOMIZE = _PACKAGE_DIR / "sitecustomize.py"  # aiohttp's trust_env, stripe's own CA bundle
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,11 @@ def _trust_properties(truststore: Path) -> list[str]:
     ]
 
 
+def python_path(existing: str, directory: Path) -> str:
+    """``PYTHONPATH`` with ``directory`` (holding our sitecustomize.py) first, once."""
+    return _prepend(existing, str(directory), os.pathsep)
+
+
 def _prepend(existing: str, ours: str, sep: str) -> str:
     """``ours`` first, once: running ``egress env`` twice must not stack copies."""
     parts = [p for p in existing.split(sep) if p and p != ours]
@@ -205,9 +211,7 @@ def build(home: Home, proxy: str) -> ClientEnv:
     if parts.username is None:  # a grant's token is never stored: then wget reads https_proxy from the env
         wget_text += f"https_proxy = {proxy}\nhttp_proxy = {proxy}\n"
     _write_if_changed(wgetrc, wget_text.encode())
-    _write_if_changed(
-        layout.python_dir / "sitecustomize.py", (_PACKAGE_DIR / "sitecustomize.py").read_bytes()
-    )
+    _write_if_changed(layout.python_dir / "sitecustomize.py", SITECUSTOMIZE.read_bytes())
     variables = {
         "HTTPS_PROXY": proxy,
         "https_proxy": proxy,
@@ -222,8 +226,10 @@ def build(home: Home, proxy: str) -> ClientEnv:
         "GIT_HTTP_PROXY_AUTHMETHOD": "basic",
         "PIP_CERT": bundle,
         "NPM_CONFIG_CAFILE": bundle,
+        "AWS_CA_BUNDLE": bundle,  # botocore prefers it to REQUESTS_CA_BUNDLE: an inherited one would win
+        "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH": bundle,
         "WGETRC": str(wgetrc),
-        "PYTHONPATH": _prepend(env.get("PYTHONPATH", ""), str(layout.python_dir), os.pathsep),
+        "PYTHONPATH": python_path(env.get("PYTHONPATH", ""), layout.python_dir),
         "NODE_EXTRA_CA_CERTS": str(home.ca_cert),
         "NODE_USE_ENV_PROXY": "1",
         "JAVA_TOOL_OPTIONS": _java_options(

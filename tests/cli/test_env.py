@@ -96,7 +96,7 @@ def test_env_variables_and_files(egress: Callable[..., Result], ready: Path) -> 
     assert v["NO_PROXY"] == v["no_proxy"] == "localhost,127.0.0.1,::1"
     for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO", "PIP_CERT"):
         assert v[name] == bundle
-    assert v["NPM_CONFIG_CAFILE"] == bundle
+    assert v["NPM_CONFIG_CAFILE"] == v["AWS_CA_BUNDLE"] == v["GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"] == bundle
     assert v["NODE_EXTRA_CA_CERTS"] == str(ready / "ca" / "mitmproxy-ca-cert.pem")
     assert v["NODE_USE_ENV_PROXY"] == "1" and v["GIT_HTTP_PROXY_AUTHMETHOD"] == "basic"
     assert "NODE_OPTIONS" not in v
@@ -244,9 +244,10 @@ def test_render_refuses_nul() -> None:
 # -- the Python sitecustomize ---------------------------------------------------------------
 
 
-def run_python(tmp_path: Path, code: str, *path: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+def run_python(tmp_path: Path, code: str, *path: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HTTPS_PROXY", "https_proxy")}
     env["PYTHONPATH"] = os.pathsep.join(map(str, path))
+    env.update(extra)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
 
 
@@ -271,9 +272,28 @@ def test_sitecustomize_defaults_trust_env_and_chains(tmp_path: Path) -> None:
         "print(aiohttp.ClientSession().trust_env, aiohttp.ClientSession(trust_env=False).trust_env,"
         " aiohttp.ClientSession('http://x').trust_env, os.environ.get('CHAINED'))\n"
     )
-    res = run_python(tmp_path, code, sitecustomize_dir(tmp_path), fake)
+    res = run_python(tmp_path, code, sitecustomize_dir(tmp_path), fake, HTTPS_PROXY="http://127.0.0.1:1")
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["True", "False", "True", "yes"]
+    res = run_python(tmp_path, code, tmp_path / "egress-site", fake)  # no proxy (egress exec): untouched
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["False", "False", "False", "yes"]
+
+
+def test_sitecustomize_points_stripe_at_ssl_cert_file(tmp_path: Path) -> None:
+    fake = tmp_path / "fake"
+    (fake / "stripe").mkdir(parents=True)
+    (fake / "stripe" / "__init__.py").write_text(
+        "import os\nca_bundle_path = os.path.join(os.path.dirname(__file__), 'data', 'ca-certificates.crt')\n"
+    )
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    ours = sitecustomize_dir(tmp_path)
+    code = "import stripe; print(stripe.ca_bundle_path)"
+    res = run_python(tmp_path, code, ours, fake, SSL_CERT_FILE=str(bundle))
+    assert (res.returncode, res.stdout.strip(), res.stderr) == (0, str(bundle), "")
+    res = run_python(tmp_path, code, ours, fake, SSL_CERT_FILE=str(tmp_path / "missing.pem"))
+    assert res.stdout.strip() == str(fake / "stripe" / "data" / "ca-certificates.crt")
 
 
 def test_sitecustomize_never_breaks_start(tmp_path: Path) -> None:

@@ -1,5 +1,7 @@
-// The Java 17 HttpClient of the `egress exec` matrix, no proxy settings (compiled by the test).
-// Run inside the step by matrix.sh; prints the RESULT lines described there.
+// The Java 17 HttpClient of the matrix, no proxy settings of its own (compiled by the test).
+// Run by matrix.sh; prints the RESULT lines described there.
+import java.net.Authenticator;
+import java.net.PasswordAuthentication;
 import java.net.URI;
 import java.net.http.HttpClient;
 import java.net.http.HttpRequest;
@@ -10,7 +12,24 @@ import java.util.regex.Pattern;
 
 public class Matrix {
     public static void main(String[] args) {
-        HttpClient client = HttpClient.newBuilder().connectTimeout(Duration.ofSeconds(20)).build();
+        HttpClient.Builder builder = HttpClient.newBuilder().connectTimeout(Duration.ofSeconds(20));
+        String proxy = System.getenv("HTTPS_PROXY");
+        String user = proxy == null ? null : URI.create(proxy).getUserInfo();
+        if (user != null) {
+            // A grant in the proxy URL (egress env --grant): Java reads no proxy credentials from
+            // system properties, so it takes what egress env says it needs, an Authenticator and
+            // Basic allowed for tunnels.
+            System.setProperty("jdk.http.auth.tunneling.disabledSchemes", "");
+            String[] parts = user.split(":", 2);
+            builder.authenticator(new Authenticator() {
+                @Override
+                protected PasswordAuthentication getPasswordAuthentication() {
+                    return getRequestorType() != RequestorType.PROXY ? null
+                        : new PasswordAuthentication(parts[0], parts.length > 1 ? parts[1].toCharArray() : new char[0]);
+                }
+            });
+        }
+        HttpClient client = builder.build();
         for (String kind : new String[] {"allow", "block", "host"}) {
             String url = System.getenv("MATRIX_" + kind.toUpperCase()).replace("{client}", "java");
             try {

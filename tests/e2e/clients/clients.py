@@ -1,4 +1,4 @@
-"""The Python clients of the `egress exec` matrix: each with its defaults, no proxy settings.
+"""The Python clients of the matrix: each with its defaults, no proxy settings of its own.
 
 Run inside the step by matrix.sh; prints the RESULT lines described there.
 Every client fails on its own line: one broken client never hides the others.
@@ -120,6 +120,20 @@ def boto3_get(u: str) -> Answer:
     return meta["HTTPStatusCode"], headers, json.dumps({"reason": reason}).encode(), "1.1"
 
 
+def stripe_get(u: str) -> Answer:
+    """A raw GET with the SDK's own HTTP client (requests, verifying with the CA bundle it ships)."""
+    import stripe
+
+    client = stripe.StripeClient("sandbox-guess", base_addresses={"api": u}, max_network_retries=0)
+    try:
+        r = client.raw_request("get", "/v1/customers")
+        return r.code, r.headers, r.body.encode(), "1.1"
+    except stripe.StripeError as e:
+        if e.http_status is None:
+            raise
+        return e.http_status, dict(e.headers or {}), (e.http_body or "").encode(), "1.1"
+
+
 CLIENTS: dict[str, Callable[[str], Answer]] = {
     "requests": requests_get,
     "httpx-h1": httpx_get(False),
@@ -128,6 +142,7 @@ CLIENTS: dict[str, Callable[[str], Answer]] = {
     "aiohttp": aiohttp_get,
     "websockets": websockets_get,
     "boto3": boto3_get,
+    "stripe": stripe_get,
 }
 
 if __name__ == "__main__":

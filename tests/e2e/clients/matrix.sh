@@ -1,4 +1,5 @@
-# The client matrix, run as one `egress exec` step (sourced after the test's variables).
+# The client matrix, run as one `egress exec` step or after `eval "$(egress env --grant TOKEN)"`
+# (sourced after the test's variables).
 # Every client makes three requests and prints one line for each:
 #   RESULT <client> <allow|block|host> <status> <x-egress-blocked> <json reason> <http version>
 # or  RESULT <client> <kind> error <message>; then  RESULT <client> exit <code>  per program.
@@ -69,11 +70,50 @@ git_client() {  # git shows a refused fetch as "The requested URL returned error
   finish git 0
 }
 
+status_of() {  # CLIENT KIND FILE SED-SCRIPT: the status a refused command printed, else its error
+  msg=$(tr '\n' ' ' <"$3" | head -c 400)
+  code=$(sed -n "$4" "$3" | head -n1)
+  if [ -n "$code" ]; then echo "RESULT $1 $2 $code - - - $msg"; else echo "RESULT $1 $2 error $msg"; fi
+}
+
+pip_client() {  # pip download from a PEP 503 index; pip shows a refused index page only with -vv
+  for kind in allow block host; do
+    dest="$T/pip-$kind"
+    if env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL -u PIP_INDEX_URL -u PIP_NO_INDEX PIP_CONFIG_FILE=/dev/null \
+      "$MATRIX_PYTHON" -m pip download -vv --no-deps --no-cache-dir \
+      --disable-pip-version-check --retries 0 --timeout 20 -d "$dest" \
+      --index-url "$(url $kind pip)/simple/" egress-probe >"$T/pip.err" 2>&1; then
+      if [ -f "$dest/egress_probe-1.0-py3-none-any.whl" ]; then code=200; else code=missing-files; fi
+      echo "RESULT pip $kind $code - - -"
+    else
+      status_of pip $kind "$T/pip.err" 's/.*Could not fetch URL .*: \([0-9][0-9][0-9]\) Client Error.*/\1/p'
+    fi
+  done
+  finish pip 0
+}
+
+npm_client() {  # npm install from a registry; npm shows a refusal as "code E403", no body
+  for kind in allow block host; do
+    dest="$T/npm-$kind"
+    mkdir -p "$dest"
+    if npm install --prefix "$dest" --registry "$(url $kind npm)/npm/" --cache "$T/npm-cache" \
+      --no-audit --no-fund --no-update-notifier --fetch-retries 0 egress-probe >"$T/npm.err" 2>&1; then
+      if [ -f "$dest/node_modules/egress-probe/package.json" ]; then code=200; else code=missing-files; fi
+      echo "RESULT npm $kind $code - - -"
+    else
+      status_of npm $kind "$T/npm.err" 's/.*code E\([0-9][0-9][0-9]\).*/\1/p'
+    fi
+  done
+  finish npm 0
+}
+
 curl_client curl-h1 --http1.1
 curl_client curl-h2 --http2
 if command -v wget >/dev/null; then wget_client; fi
 if command -v git >/dev/null; then GIT_CONFIG_NOSYSTEM=1 git_client; fi
 "$MATRIX_PYTHON" "$MATRIX_DIR/clients.py" 2>"$T/python.err"; finish python $?
+pip_client
+if command -v npm >/dev/null; then npm_client; fi
 if command -v node >/dev/null; then node "$MATRIX_DIR/clients.js" 2>"$T/node.err"; finish node $?; fi
 if [ -f "$MATRIX_DIR/Matrix.class" ]; then java -cp "$MATRIX_DIR" Matrix 2>"$T/java.err"; finish java $?; fi
 rm -rf "$T"
