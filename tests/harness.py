@@ -436,6 +436,25 @@ def egress(home: Path, *args: str, stdin: str | None = None, **env: str) -> subp
     )
 
 
+def add_connector(home: Path, name: str, secret: str, *flags: str) -> subprocess.CompletedProcess[str]:
+    """``egress connector add NAME FLAGS... --secret-stdin``, which must succeed."""
+    res = egress(home, "connector", "add", name, *flags, "--secret-stdin", stdin=secret)
+    assert res.returncode == 0, res.stderr
+    return res
+
+
+def blocked_rows(home: Path, want: int) -> list[dict[str, Any]]:
+    """The blocked log, once the proxy has flushed ``want`` rows (about once a second)."""
+    deadline = time.monotonic() + 10
+    while True:
+        res = egress(home, "logs", "--blocked", "--json")
+        assert res.returncode == 0, res.stderr
+        rows = [json.loads(line) for line in res.stdout.splitlines()]
+        if len(rows) >= want or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.2)
+
+
 def start_proxy(
     home: Path,
     *args: str,
