@@ -38,23 +38,24 @@ STRIPE = "sk_exfil_e2e_stripe_3d3d3d"
 OTHER = "wx/exfil+e2e=other&9e9e9e"  # percent-encoding changes it
 
 
-def start_with_two_connectors(home: Path, port: int, upstream_ca: Path) -> Proxy:
+@pytest.fixture
+def guarded(tmp_path: Path, pki: tuple[Path, object], upstream: Upstream) -> Iterator[Proxy]:
     """A proxy with connectors stripe (secret STRIPE) and weather (OTHER, which requests to
     stripe must not carry), both injecting Authorization."""
+    home = tmp_path / "home"
+    port = upstream.port
     for name, pattern, secret in (
         ("stripe", f"https://api.stripe.test:{port}/v1/*", STRIPE),
         ("weather", f"https://api.weather.test:{port}/*", OTHER),
     ):
         add_connector(home, name, secret, "--pattern", pattern, "--header", "Authorization")
-    return start_proxy(home, *proxy_args(upstream_ca))
+    proxy = start_proxy(home, *proxy_args(pki[0]))
+    yield proxy
+    proxy.stop()  # the tests stop it themselves; this is for one that failed before
 
 
-def test_another_connectors_secret_is_refused_everywhere(
-    tmp_path: Path, pki: tuple[Path, object], upstream: Upstream
-) -> None:
-    home = tmp_path / "home"
-    port = upstream.port
-    proxy = start_with_two_connectors(home, port, pki[0])
+def test_another_connectors_secret_is_refused_everywhere(guarded: Proxy, upstream: Upstream) -> None:
+    proxy, home, port = guarded, guarded.home, upstream.port
     base = f"https://api.stripe.test:{port}/v1"
     try:
         s = session(proxy.url, proxy.ca)
@@ -136,11 +137,9 @@ def closed(tls: ssl.SSLSocket) -> bool:
 
 
 def test_a_websocket_message_carrying_a_secret_closes_the_connection(
-    tmp_path: Path, pki: tuple[Path, object], upstream: Upstream
+    guarded: Proxy, upstream: Upstream
 ) -> None:
-    home = tmp_path / "home"
-    port = upstream.port
-    proxy = start_with_two_connectors(home, port, pki[0])
+    proxy, home, port = guarded, guarded.home, upstream.port
     tag = f"ws{time.monotonic_ns()}".encode()
     try:
         cases = [
@@ -218,11 +217,9 @@ def test_an_oauth2_token_the_proxy_fetched_is_refused_like_a_secret(
 
 
 def test_compressed_request_bodies_are_decoded_for_the_scan_or_refused(
-    tmp_path: Path, pki: tuple[Path, object], upstream: Upstream
+    guarded: Proxy, upstream: Upstream
 ) -> None:
-    home = tmp_path / "home"
-    port = upstream.port
-    proxy = start_with_two_connectors(home, port, pki[0])
+    proxy, port = guarded, upstream.port
     base = f"https://api.stripe.test:{port}/v1"
     tag = f"z{time.monotonic_ns()}"
     try:
