@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
 import trustme
+
+from proxy.errors import ConfigError
 
 BIN = Path(sys.executable).parent
 EGRESS = str(BIN / "egress")
@@ -434,6 +437,13 @@ def egress(home: Path, *args: str, stdin: str | None = None, **env: str) -> subp
         env=clean_env(home, **env),
         timeout=60,
     )
+
+
+def config_error(fn: Any, *args: Any, **kwargs: Any) -> str:
+    """The message of the ConfigError ``fn(*args, **kwargs)`` raises (it must raise one)."""
+    with pytest.raises(ConfigError) as e:
+        fn(*args, **kwargs)
+    return str(e.value)
 
 
 def add_connector(home: Path, name: str, secret: str, *flags: str) -> subprocess.CompletedProcess[str]:
