@@ -42,6 +42,7 @@ from proxy.grants import Grant
 from proxy.health import CLASS_NAMES
 from proxy.hosts import format_authority
 from proxy.journal import Journals, replay
+from proxy.nearmiss import NearMiss
 from proxy.policy import Block, parse_target
 from proxy.reasons import Reason
 from proxy.runtime.auditlog import DEFAULT_MAX_BYTES, AuditLog
@@ -580,20 +581,8 @@ class Recorder:
             host = tunnel.target.authority
         else:
             host = format_authority(client.sni or str(client.sockname[0]), client.sockname[1], None)
-        self.metrics.blocked.labels(str(Reason.CLIENT_TLS)).inc()
-        event = Event(
-            "blocked",
-            self.clock(),
-            "TLS",
-            printable(host, 300),
-            "",
-            client.id,
-            reason=str(Reason.CLIENT_TLS),
-            grant_label=tunnel.grant.label if tunnel and tunnel.grant else None,
-            workspace=workspace(tunnel),
-        )
-        self.tally.blocked(event)
-        self._audit_refusal(event)
+        grant_label = tunnel.grant.label if tunnel and tunnel.grant else None
+        self._refused_at_tls(client, host, str(Reason.CLIENT_TLS), grant_label, workspace(tunnel))
 
     def connection_refused(
         self,
@@ -605,9 +594,28 @@ class Recorder:
     ) -> None:
         """An intercepted connection refused at its ClientHello (transparent mode): no request
         was made, so the row has method ``TLS`` and no path, like a client-tls one."""
-        reason = str(decision.reason)
+        self._refused_at_tls(
+            client,
+            host,
+            str(decision.reason),
+            grant.label if grant else None,
+            workspace_of(grant.connectors if grant else scope or ()),
+            decision.near_miss,
+        )
+
+    def _refused_at_tls(
+        self,
+        client: connection.Client,
+        host: str,
+        reason: str,
+        grant_label: str | None,
+        ws: str,
+        near_miss: NearMiss | None = None,
+    ) -> None:
+        """A connection refused before any request (TLS level): counted, logged with method
+        ``TLS`` and no path, and audited like a blocked request."""
         self.metrics.blocked.labels(reason).inc()
-        event = Event(
+        e = Event(
             "blocked",
             self.clock(),
             "TLS",
@@ -615,15 +623,11 @@ class Recorder:
             "",
             client.id,
             reason=reason,
-            grant_label=grant.label if grant else None,
-            workspace=workspace_of(grant.connectors if grant else scope or ()),
-            near_miss=decision.near_miss,
+            grant_label=grant_label,
+            workspace=ws,
+            near_miss=near_miss,
         )
-        self.tally.blocked(event)
-        self._audit_refusal(event)
-
-    def _audit_refusal(self, e: Event) -> None:
-        """A connection refused before any request (TLS level): audited like a blocked request."""
+        self.tally.blocked(e)
         if self.audit is not None:
             self._audit(
                 Decision(

@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from sections import write_section
+
 BENCH = Path(__file__).resolve().parent
 SECTION = "exec-startup"
 
@@ -113,21 +115,12 @@ def main() -> int:
     table = "\n".join(lines)
     print(table)
     if args.results:
-        write_section(BENCH / "RESULTS.md", table, args.runs)
+        lead = (
+            f"`sudo python bench/exec_startup.py --results`, {args.runs} runs, {time.strftime('%Y-%m-%d')}, "
+            f"{os.cpu_count()} shared cores (other jobs run beside it: medians move by tens of ms)."
+        )
+        write_section(BENCH / "RESULTS.md", SECTION, "egress exec start-up", lead, table)
     return 0
-
-
-def write_section(path: Path, table: str, runs: int) -> None:
-    body = (
-        f"<!-- {SECTION} -->\n## egress exec start-up\n\n"
-        f"`sudo python bench/exec_startup.py --results`, {runs} runs, {time.strftime('%Y-%m-%d')}, "
-        f"{os.cpu_count()} shared cores (other jobs run beside it: medians move by tens of ms).\n\n"
-        f"{table}\n<!-- /{SECTION} -->\n"
-    )
-    text = path.read_text() if path.exists() else ""
-    pattern = re.compile(rf"<!-- {SECTION} -->.*?<!-- /{SECTION} -->\n", re.S)
-    text = pattern.sub(lambda _: body, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + body
-    path.write_text(text)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import run
+from sections import write_section
 
 SECTION = "transparent-mode"
 SCENARIOS = {"keep-alive, c=32": {"c": 32, "keepalive": True}, "new connection per request, c=8": {"c": 8, "keepalive": False}}  # fmt: skip
@@ -120,7 +120,13 @@ def main() -> int:
     table = report(results)
     print(table)
     if args.results:
-        write_section(Path(run.BENCH) / "RESULTS.md", table, args)
+        lead = (
+            f"`sudo python bench/transparent.py --results`: {args.reps} repetitions of {args.duration:.0f} s, "
+            f"medians, {time.strftime('%Y-%m-%d')}; one worker each, the worker's CPU per 2xx response."
+        )
+        write_section(
+            Path(run.BENCH) / "RESULTS.md", SECTION, "Transparent mode vs regular mode", lead, table
+        )
     return 0
 
 
@@ -146,19 +152,6 @@ def report(results: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
             f"{run.fmt(med(per['regular'], 'rps'))} | {run.fmt(med(per['transparent'], 'rps'))} | {errors} |"
         )
     return "\n".join(lines)
-
-
-def write_section(path: Path, table: str, args: argparse.Namespace) -> None:
-    body = (
-        f"<!-- {SECTION} -->\n## Transparent mode vs regular mode\n\n"
-        f"`sudo python bench/transparent.py --results`: {args.reps} repetitions of {args.duration:.0f} s, "
-        f"medians, {time.strftime('%Y-%m-%d')}; one worker each, the worker's CPU per 2xx response.\n\n"
-        f"{table}\n<!-- /{SECTION} -->\n"
-    )
-    text = path.read_text() if path.exists() else ""
-    pattern = re.compile(rf"<!-- {SECTION} -->.*?<!-- /{SECTION} -->\n", re.S)
-    text = pattern.sub(lambda _: body, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + body
-    path.write_text(text)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
 import trustme
+
+from proxy.errors import ConfigError
 
 BIN = Path(sys.executable).parent
 EGRESS = str(BIN / "egress")
@@ -498,6 +501,32 @@ def egress(home: Path, *args: str, stdin: str | None = None, **env: str) -> subp
         env=clean_env(home, **env),
         timeout=60,
     )
+
+
+def config_error(fn: Any, *args: Any, **kwargs: Any) -> str:
+    """The message of the ConfigError ``fn(*args, **kwargs)`` raises (it must raise one)."""
+    with pytest.raises(ConfigError) as e:
+        fn(*args, **kwargs)
+    return str(e.value)
+
+
+def add_connector(home: Path, name: str, secret: str, *flags: str) -> subprocess.CompletedProcess[str]:
+    """``egress connector add NAME FLAGS... --secret-stdin``, which must succeed."""
+    res = egress(home, "connector", "add", name, *flags, "--secret-stdin", stdin=secret)
+    assert res.returncode == 0, res.stderr
+    return res
+
+
+def blocked_rows(home: Path, want: int) -> list[dict[str, Any]]:
+    """The blocked log, once the proxy has flushed ``want`` rows (about once a second)."""
+    deadline = time.monotonic() + 10
+    while True:
+        res = egress(home, "logs", "--blocked", "--json")
+        assert res.returncode == 0, res.stderr
+        rows = [json.loads(line) for line in res.stdout.splitlines()]
+        if len(rows) >= want or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.2)
 
 
 def start_proxy(

@@ -271,20 +271,25 @@ def test_a_secret_split_across_two_websocket_messages_stops_the_second() -> None
 # -- compressed request bodies --------------------------------------------------------------
 
 
+def sent_encoded(tunnels: Tunnels, inject: Inject, coding: str, body: bytes, refuse: bool) -> None:
+    """A request with ``body`` as Content-Encoding ``coding``: refused if ``refuse``, else sent as it came."""
+    f = tunnel_flow(tunnels)
+    f.request.headers["content-encoding"] = coding
+    f.request.raw_content = body
+    inject.requestheaders(f)
+    inject.request(f)
+    if refuse:
+        refused(f)
+    else:
+        assert f.response is None and f.request.raw_content == body
+
+
 @pytest.mark.parametrize("coding", ["gzip", "deflate", "br", "zstd", "gzip, br"])
 def test_a_compressed_body_is_decoded_for_the_scan_and_sent_as_it_came(coding: str) -> None:
     _, tunnels, inject = wired(two_connectors())
     for secret, refused_ in ((OTHER, True), ("nothing secret in here at all", False)):
         body = compress(json.dumps({"k": secret}).encode(), coding)
-        f = tunnel_flow(tunnels)
-        f.request.headers["content-encoding"] = coding
-        f.request.raw_content = body
-        inject.requestheaders(f)
-        inject.request(f)
-        if refused_:
-            refused(f)
-        else:
-            assert f.response is None and f.request.raw_content == body
+        sent_encoded(tunnels, inject, coding, body, refused_)
 
 
 @pytest.mark.parametrize(
@@ -323,15 +328,7 @@ def test_aws_chunked_framing_is_scanned_as_sent_not_refused() -> None:
     _, tunnels, inject = wired(two_connectors())
     for secret, refused_ in ((OTHER, True), ("hello from the sandbox", False)):
         body = f"{len(secret):x};chunk-signature=abc\r\n{secret}\r\n0;chunk-signature=def\r\n\r\n".encode()
-        f = tunnel_flow(tunnels)
-        f.request.headers["content-encoding"] = "aws-chunked"
-        f.request.raw_content = body
-        inject.requestheaders(f)
-        inject.request(f)
-        if refused_:
-            refused(f)
-        else:
-            assert f.response is None and f.request.raw_content == body
+        sent_encoded(tunnels, inject, "aws-chunked", body, refused_)
 
 
 def compress(data: bytes, coding: str) -> bytes:

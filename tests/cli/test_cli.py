@@ -102,6 +102,15 @@ def add_stripe(egress: Callable[..., Result], name: str = "stripe") -> None:
     assert r.code == 0, r.err
 
 
+def add_weather(egress: Callable[..., Result], secret_file: Path) -> None:
+    """The weather connector (query ``appid``), its secret read from ``secret_file``."""
+    r = egress(
+        "connector", "add", "weather", "--pattern", "https://api.weather.example/v1/*",
+        "--query", "appid", "--secret-file", str(secret_file),
+    )  # fmt: skip
+    assert r.code == 0, r.err
+
+
 def other_key_text() -> str:
     return base64.b64encode(os.urandom(32)).decode()
 
@@ -216,18 +225,7 @@ def test_add_with_secret_env_list_show(egress: Callable[..., Result], home: Path
 def test_add_with_secret_file(egress: Callable[..., Result], home: Path, tmp_path: Path) -> None:
     f = tmp_path / "weather.secret"
     f.write_text(SECRET + "\n")
-    r = egress(
-        "connector",
-        "add",
-        "weather",
-        "--pattern",
-        "https://api.weather.example/v1/*",
-        "--query",
-        "appid",
-        "--secret-file",
-        str(f),
-    )
-    assert r.code == 0, r.err
+    add_weather(egress, f)
     assert stored_secret("weather") == f"appid={quote(SECRET, safe='')}"
     show = json.loads(egress("connector", "show", "weather", "--json").out)
     assert show["inject"] == {"query": "appid"}
@@ -691,20 +689,7 @@ def test_check_allowed_and_blocked(egress: Callable[..., Result], home: Path, tm
     add_stripe(egress)
     f = tmp_path / "s"
     f.write_text(SECRET2)
-    assert (
-        egress(
-            "connector",
-            "add",
-            "weather",
-            "--pattern",
-            "https://api.weather.example/v1/*",
-            "--query",
-            "appid",
-            "--secret-file",
-            str(f),
-        ).code
-        == 0
-    )
+    add_weather(egress, f)
     ok = egress("check", "https://api.stripe.com/v1/charges?limit=1")
     assert ok.code == 0
     assert "allowed" in ok.out

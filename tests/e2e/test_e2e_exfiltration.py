@@ -22,26 +22,40 @@ import requests
 
 from tests.clients import session
 from tests.conftest import proxy_args
-from tests.harness import Proxy, Upstream, egress, oauth_connector_yaml, start_proxy, ws_frame
+from tests.harness import (
+    Proxy,
+    Upstream,
+    add_connector,
+    blocked_rows,
+    egress,
+    oauth_connector_yaml,
+    start_proxy,
+    ws_frame,
+)
 
 pytestmark = pytest.mark.e2e
 STRIPE = "sk_exfil_e2e_stripe_3d3d3d"
 OTHER = "wx/exfil+e2e=other&9e9e9e"  # percent-encoding changes it
 
 
-def test_another_connectors_secret_is_refused_everywhere(
-    tmp_path: Path, pki: tuple[Path, object], upstream: Upstream
-) -> None:
+@pytest.fixture
+def guarded(tmp_path: Path, pki: tuple[Path, object], upstream: Upstream) -> Iterator[Proxy]:
+    """A proxy with connectors stripe (secret STRIPE) and weather (OTHER, which requests to
+    stripe must not carry), both injecting Authorization."""
     home = tmp_path / "home"
     port = upstream.port
     for name, pattern, secret in (
         ("stripe", f"https://api.stripe.test:{port}/v1/*", STRIPE),
         ("weather", f"https://api.weather.test:{port}/*", OTHER),
     ):
-        res = egress(home, "connector", "add", name, "--pattern", pattern, "--header", "Authorization",
-                     "--secret-stdin", stdin=secret)  # fmt: skip
-        assert res.returncode == 0, res.stderr
+        add_connector(home, name, secret, "--pattern", pattern, "--header", "Authorization")
     proxy = start_proxy(home, *proxy_args(pki[0]))
+    yield proxy
+    proxy.stop()  # the tests stop it themselves; this is for one that failed before
+
+
+def test_another_connectors_secret_is_refused_everywhere(guarded: Proxy, upstream: Upstream) -> None:
+    proxy, home, port = guarded, guarded.home, upstream.port
     base = f"https://api.stripe.test:{port}/v1"
     try:
         s = session(proxy.url, proxy.ca)
@@ -70,12 +84,7 @@ def test_another_connectors_secret_is_refused_everywhere(
             s.post(f"{base}/streamed", data=chunks()).raise_for_status()
         assert len(upstream.records) == seen  # the upstream completed none of them
         assert s.get(f"{base}/ok-after").status_code == 200
-        deadline = time.monotonic() + 10
-        while True:
-            rows = [json.loads(x) for x in egress(home, "logs", "--blocked", "--json").stdout.splitlines()]
-            if len(rows) >= 6 or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+        rows = blocked_rows(home, 6)
         log_text = proxy.log_text()
     finally:
         assert proxy.stop(signal.SIGTERM) == 0
@@ -128,18 +137,9 @@ def closed(tls: ssl.SSLSocket) -> bool:
 
 
 def test_a_websocket_message_carrying_a_secret_closes_the_connection(
-    tmp_path: Path, pki: tuple[Path, object], upstream: Upstream
+    guarded: Proxy, upstream: Upstream
 ) -> None:
-    home = tmp_path / "home"
-    port = upstream.port
-    for name, pattern, secret in (
-        ("stripe", f"https://api.stripe.test:{port}/v1/*", STRIPE),
-        ("weather", f"https://api.weather.test:{port}/*", OTHER),
-    ):
-        res = egress(home, "connector", "add", name, "--pattern", pattern, "--header", "Authorization",
-                     "--secret-stdin", stdin=secret)  # fmt: skip
-        assert res.returncode == 0, res.stderr
-    proxy = start_proxy(home, *proxy_args(pki[0]))
+    proxy, home, port = guarded, guarded.home, upstream.port
     tag = f"ws{time.monotonic_ns()}".encode()
     try:
         cases = [
@@ -156,10 +156,7 @@ def test_a_websocket_message_carrying_a_secret_closes_the_connection(
         deadline = time.monotonic() + 10
         while len([m for m in upstream.ws_messages if tag in m]) < 3 and time.monotonic() < deadline:
             time.sleep(0.1)
-        rows = []
-        while len(rows) < 3 and time.monotonic() < deadline:
-            rows = [json.loads(x) for x in egress(home, "logs", "--blocked", "--json").stdout.splitlines()]
-            time.sleep(0.2)
+        rows = blocked_rows(home, 3)
         log_text = proxy.log_text()
     finally:
         assert proxy.stop(signal.SIGTERM) == 0
@@ -220,18 +217,9 @@ def test_an_oauth2_token_the_proxy_fetched_is_refused_like_a_secret(
 
 
 def test_compressed_request_bodies_are_decoded_for_the_scan_or_refused(
-    tmp_path: Path, pki: tuple[Path, object], upstream: Upstream
+    guarded: Proxy, upstream: Upstream
 ) -> None:
-    home = tmp_path / "home"
-    port = upstream.port
-    for name, pattern, secret in (
-        ("stripe", f"https://api.stripe.test:{port}/v1/*", STRIPE),
-        ("weather", f"https://api.weather.test:{port}/*", OTHER),
-    ):
-        res = egress(home, "connector", "add", name, "--pattern", pattern, "--header", "Authorization",
-                     "--secret-stdin", stdin=secret)  # fmt: skip
-        assert res.returncode == 0, res.stderr
-    proxy = start_proxy(home, *proxy_args(pki[0]))
+    proxy, port = guarded, upstream.port
     base = f"https://api.stripe.test:{port}/v1"
     tag = f"z{time.monotonic_ns()}"
     try:

@@ -4,31 +4,17 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.clients import session
 from tests.conftest import network_args
-from tests.harness import Upstream, egress, start_proxy
+from tests.harness import Upstream, add_connector, blocked_rows, egress, start_proxy
 
 pytestmark = pytest.mark.e2e
 SECRET = "sk_nearmiss_e2e_7c7c7c"
-
-
-def blocked_rows(home: Path, want: int) -> list[dict[str, Any]]:
-    """The blocked log, once the proxy has flushed ``want`` rows (about once a second)."""
-    deadline = time.monotonic() + 10
-    while True:
-        res = egress(home, "logs", "--blocked", "--json")
-        assert res.returncode == 0, res.stderr
-        rows = [json.loads(line) for line in res.stdout.splitlines()]
-        if len(rows) >= want or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.2)
 
 
 def test_near_miss_in_body_log_check_and_suggest(
@@ -37,13 +23,12 @@ def test_near_miss_in_body_log_check_and_suggest(
     home = tmp_path / "home"
     port = upstream.port
     outputs = []
-    for args in (
+    for name, *flags in (
         ["stripe", "--pattern", f"https://api.stripe.test:{port}/v1/*", "--header", "Authorization"],
         ["wild", "--pattern", f"https://*.wild.test:{port}/*", "--header", "X-Api-Key"],
         ["ro", "--pattern", f"https://api.weather.test:{port}/*", "--query", "k", "--method", "GET"],
     ):
-        res = egress(home, "connector", "add", *args, "--secret-stdin", stdin=SECRET)
-        assert res.returncode == 0, res.stderr
+        res = add_connector(home, name, SECRET, *flags)
         outputs += [res.stdout, res.stderr]
     seen_before = len(upstream.records)
     proxy = start_proxy(home, *network_args(pki[0]))  # loopback: blocks explained
@@ -113,9 +98,9 @@ def test_other_workspace_named_to_the_operator_only_the_word_to_the_client(
         ("default", "weather", f"https://api.weather.test:{port}/v1/*"),
         ("acme", "weather2", f"https://api.weather.test:{port}/v2/*"),
     ):
-        res = egress(home, "connector", "add", name, "--workspace", ws, "--pattern", pattern,
-                     "--header", "Authorization", "--secret-stdin", stdin=SECRET)  # fmt: skip
-        assert res.returncode == 0, res.stderr
+        add_connector(
+            home, name, SECRET, "--workspace", ws, "--pattern", pattern, "--header", "Authorization"
+        )
     tokens = {}
     for scope in ((), ("--workspace", "default")):
         made = egress(home, "admin", "token", "create", *scope, "--label", f"t{len(tokens)}")

@@ -380,6 +380,41 @@ class H2:
             self.sock.close()
 
 
+@dataclass
+class Exchange:
+    """One GET through a fresh tunnel. ``wire``: what the client got (HTTP/1.1: every byte;
+    HTTP/2: the decoded fields and body), ``frames``: the raw HTTP/2 frames (b"" for HTTP/1.1);
+    ``complete``: the response ended as framed; ``closed``: the connection closed (HTTP/2:
+    or the stream reset)."""
+
+    status: int | None
+    body: bytes
+    wire: bytes
+    frames: bytes
+    complete: bool
+    closed: bool
+
+
+def exchange(
+    proxy: Proxy, server: Hostile, path: str, client: str, *, host: str = STRIPE[0], wait: float = TIMEOUT
+) -> Exchange:
+    """GET ``path`` from ``server`` over a tunnel speaking ``client`` ("h1" or "h2")."""
+    authority = f"{host}:{server.port}"
+    tls = open_tunnel(proxy, host, server.port, "h2" if client == "h2" else "http/1.1")
+    try:
+        if client == "h2":
+            c2 = H2(tls)
+            r2 = c2.wait(c2.get(authority, path), wait=wait)
+            closed = r2.reset is not None or c2.terminated
+            return Exchange(r2.status, r2.body, r2.text().encode(), c2.wire, r2.ended, closed)
+        c1 = H1(tls)
+        c1.send(f"GET {path} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+        r1 = c1.read(wait=wait)
+        return Exchange(r1.status, r1.body, c1.wire, b"", r1.complete, c1.closed)
+    finally:
+        tls.close()
+
+
 # --------------------------------------------------------------------------- 1. trailers
 
 
@@ -476,24 +511,11 @@ def test_reason_phrase_does_not_carry_the_secret(rproxy: Proxy, upstreams: Upstr
     """``HTTP/1.1 200 <secret>``: mitmproxy copies an HTTP/1 reason phrase verbatim
     to an HTTP/1 client (an HTTP/2 client gets none: a guard)."""
     server, secret, t = upstreams.h1, SECRETS["stripe"], tag()
-    host, prefix = STRIPE
-    authority = f"{host}:{server.port}"
-    tls = open_tunnel(rproxy, host, server.port, "h2" if client == "h2" else "http/1.1")
-    try:
-        if client == "h2":
-            c2 = H2(tls)
-            r2 = c2.wait(c2.get(authority, f"{prefix}reason?t={t}"))
-            status, body, wire, frames = r2.status, r2.body, r2.text().encode(), c2.wire
-        else:
-            c1 = H1(tls)
-            r1 = c1.get(authority, f"{prefix}reason?t={t}")
-            status, body, wire, frames = r1.status, r1.body, c1.wire, b""
-    finally:
-        tls.close()
+    r = exchange(rproxy, server, f"{STRIPE[1]}reason?t={t}", client)
     seen_once(server, t, "http/1.1")
-    problems = leak_problem("the response", wire, secret) + frame_leaks(frames, secret)
-    if status != 200 or body != OK_BODY:
-        problems.append(f"no sensible answer: status={status} body={redact(body, secret)}")
+    problems = leak_problem("the response", r.wire, secret) + frame_leaks(r.frames, secret)
+    if r.status != 200 or r.body != OK_BODY:
+        problems.append(f"no sensible answer: status={r.status} body={redact(r.body, secret)}")
     assert_no_problems(problems)
 
 
@@ -502,24 +524,11 @@ def test_header_names_do_not_carry_the_secret(rproxy: Proxy, upstreams: Upstream
     """``X-<secret>: 1``: the scrubber looks at header values only. (HTTP/2 lowercases
     the name, hence the "lower" spelling.)"""
     server, secret, t = upstreams.of(upstream), SECRETS["stripe"], tag()
-    host, prefix = STRIPE
-    alpn = "h2" if upstream == "h2" else "http/1.1"
-    tls = open_tunnel(rproxy, host, server.port, alpn)
-    try:
-        if upstream == "h2":
-            c2 = H2(tls)
-            r2 = c2.wait(c2.get(f"{host}:{server.port}", f"{prefix}header-name?t={t}"))
-            status, body, wire, frames = r2.status, r2.body, r2.text().encode(), c2.wire
-        else:
-            c1 = H1(tls)
-            r1 = c1.get(f"{host}:{server.port}", f"{prefix}header-name?t={t}")
-            status, body, wire, frames = r1.status, r1.body, c1.wire, b""
-    finally:
-        tls.close()
-    seen_once(server, t, alpn)
-    problems = leak_problem("the response", wire, secret) + frame_leaks(frames, secret)
-    if status != 200 or body != OK_BODY:
-        problems.append(f"no sensible answer: status={status} body={redact(body, secret)}")
+    r = exchange(rproxy, server, f"{STRIPE[1]}header-name?t={t}", upstream)
+    seen_once(server, t, "h2" if upstream == "h2" else "http/1.1")
+    problems = leak_problem("the response", r.wire, secret) + frame_leaks(r.frames, secret)
+    if r.status != 200 or r.body != OK_BODY:
+        problems.append(f"no sensible answer: status={r.status} body={redact(r.body, secret)}")
     assert_no_problems(problems)
 
 
@@ -551,29 +560,15 @@ def test_error_page_does_not_quote_the_secret(
     secret, or the connection or stream closed without an answer."""
     server, secret, t = upstreams.h1, SECRETS[connector], tag()
     host, prefix = ROUTES[connector]
-    authority = f"{host}:{server.port}"
-    tls = open_tunnel(rproxy, host, server.port, "h2" if client == "h2" else "http/1.1")
-    try:
-        if client == "h2":
-            c2 = H2(tls)
-            r2 = c2.wait(c2.get(authority, f"{prefix}malformed.{kind}?t={t}"))
-            status, wire, frames = r2.status, r2.text().encode(), c2.wire
-            refused = r2.reset is not None or c2.terminated
-            answered = r2.ended or refused
-        else:
-            c1 = H1(tls)
-            r1 = c1.get(authority, f"{prefix}malformed.{kind}?t={t}")
-            status, wire, frames = r1.status, c1.wire, b""
-            refused = r1.status is None and c1.closed
-            answered = r1.complete or refused
-    finally:
-        tls.close()
+    r = exchange(rproxy, server, f"{prefix}malformed.{kind}?t={t}", client, host=host)
+    refused = r.closed if client == "h2" else r.status is None and r.closed
+    answered = r.complete or refused
     seen_once(server, t, "http/1.1")
-    problems = leak_problem("the proxy's answer", wire, secret) + frame_leaks(frames, secret)
+    problems = leak_problem("the proxy's answer", r.wire, secret) + frame_leaks(r.frames, secret)
     if not answered:
-        problems.append(f"no answer within {TIMEOUT}s (status={status})")
-    elif not refused and (status is None or status < 500):
-        problems.append(f"a malformed upstream head was passed on as {status}")
+        problems.append(f"no answer within {TIMEOUT}s (status={r.status})")
+    elif not refused and (r.status is None or r.status < 500):
+        problems.append(f"a malformed upstream head was passed on as {r.status}")
     assert_no_problems(problems)
 
 
@@ -590,12 +585,10 @@ class WsResult:
     wire: bytes = b""
 
 
-def websocket_session(proxy: Proxy, server: Hostile, path: str) -> WsResult:
-    """Handshake through the proxy, then read frames (reassembling messages) until
-    a close frame, the end of the connection or the timeout."""
+def ws_upgrade(proxy: Proxy, server: Hostile, path: str) -> tuple[H1, H1Reply]:
+    """A WebSocket handshake for ``path`` on the stripe host of ``server``: the client and the answer."""
     host = STRIPE[0]
-    tls = open_tunnel(proxy, host, server.port, "http/1.1")
-    c = H1(tls)
+    c = H1(open_tunnel(proxy, host, server.port, "http/1.1"))
     try:
         key = base64.b64encode(os.urandom(16)).decode()
         c.send(
@@ -604,7 +597,17 @@ def websocket_session(proxy: Proxy, server: Hostile, path: str) -> WsResult:
                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
             ).encode()
         )
-        head = c.read()
+        return c, c.read()
+    except BaseException:
+        c.close()
+        raise
+
+
+def websocket_session(proxy: Proxy, server: Hostile, path: str) -> WsResult:
+    """Handshake through the proxy, then read frames (reassembling messages) until
+    a close frame, the end of the connection or the timeout."""
+    c, head = ws_upgrade(proxy, server, path)
+    try:
         result = WsResult(head.status)
         if head.status != 101:
             result.wire = c.wire
@@ -785,6 +788,14 @@ def cut_off_within(server: Hostile, t: str, seconds: float = 10.0) -> int | None
 BOUND = 64 * 1024 * 1024  # what socket buffers may hold before the close is seen; the cap is 256 MiB
 
 
+def upstream_cut_off(server: Hostile, t: str) -> list[str]:
+    """A problem unless the proxy closed the upstream of the endless answer tagged ``t`` in time."""
+    sent = cut_off_within(server, t)
+    if sent is None or sent > BOUND:
+        return [f"the upstream was not cut off (sent {sent} bytes before a close)"]
+    return []
+
+
 @pytest.mark.parametrize("client", ["h1", "h2"])
 @pytest.mark.parametrize("kind", ["head", "header-value"])
 def test_endless_response_head_gets_502(rproxy: Proxy, upstreams: Upstreams, kind: str, client: str) -> None:
@@ -792,27 +803,13 @@ def test_endless_response_head_gets_502(rproxy: Proxy, upstreams: Upstreams, kin
     value) was buffered whole. The proxy must give up after a bounded head: 502 to
     the client, without quoting the head (the secret is in it), and close the upstream."""
     server, secret, t = upstreams.h1, SECRETS["stripe"], tag()
-    host, prefix = STRIPE
-    authority = f"{host}:{server.port}"
-    tls = open_tunnel(rproxy, host, server.port, "h2" if client == "h2" else "http/1.1")
-    try:
-        if client == "h2":
-            c2 = H2(tls)
-            r2 = c2.wait(c2.get(authority, f"{prefix}endless.{kind}?t={t}"), wait=3 * TIMEOUT)
-            status, wire = r2.status, r2.text().encode() + c2.wire
-        else:
-            c1 = H1(tls)
-            r1 = c1.get(authority, f"{prefix}endless.{kind}?t={t}")
-            status, wire = r1.status, c1.wire
-    finally:
-        tls.close()
+    wait = 3 * TIMEOUT if client == "h2" else TIMEOUT
+    r = exchange(rproxy, server, f"{STRIPE[1]}endless.{kind}?t={t}", client, wait=wait)
     seen_once(server, t, "http/1.1")
-    problems = leak_problem("the proxy's answer", wire, secret)
-    if status != 502:
-        problems.append(f"an endless response head was answered {status}, not 502")
-    sent = cut_off_within(server, t)
-    if sent is None or sent > BOUND:
-        problems.append(f"the upstream was not cut off (sent {sent} bytes before a close)")
+    problems = leak_problem("the proxy's answer", r.wire + r.frames, secret)
+    if r.status != 502:
+        problems.append(f"an endless response head was answered {r.status}, not 502")
+    problems += upstream_cut_off(server, t)
     assert_no_problems(problems)
 
 
@@ -825,32 +822,14 @@ def test_endless_chunk_line_is_cut_off(rproxy: Proxy, upstreams: Upstreams, kind
     (connection closed, or the stream reset), never end as if complete, and the
     upstream must be closed after a bounded amount."""
     server, secret, t = upstreams.h1, SECRETS["stripe"], tag()
-    host, prefix = STRIPE
-    authority = f"{host}:{server.port}"
-    tls = open_tunnel(rproxy, host, server.port, "h2" if client == "h2" else "http/1.1")
-    try:
-        if client == "h2":
-            c2 = H2(tls)
-            r2 = c2.wait(c2.get(authority, f"{prefix}endless.{kind}?t={t}"), wait=3 * TIMEOUT)
-            status, wire, body = r2.status, r2.text().encode() + c2.wire, r2.body
-            cut = (r2.reset is not None or c2.terminated) and not r2.ended
-        else:
-            c1 = H1(tls)
-            c1.send(f"GET {prefix}endless.{kind}?t={t} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
-            r1 = c1.read(wait=3 * TIMEOUT)
-            status, wire, body = r1.status, c1.wire, r1.body
-            cut = c1.closed and not r1.complete
-    finally:
-        tls.close()
+    r = exchange(rproxy, server, f"{STRIPE[1]}endless.{kind}?t={t}", client, wait=3 * TIMEOUT)
     seen_once(server, t, "http/1.1")
-    problems = leak_problem("the proxy's answer", wire, secret)
-    if status != 200 or not body.startswith(b"start "):
-        problems.append(f"the well-formed start did not arrive: status={status}")
-    if not cut:
+    problems = leak_problem("the proxy's answer", r.wire + r.frames, secret)
+    if r.status != 200 or not r.body.startswith(b"start "):
+        problems.append(f"the well-formed start did not arrive: status={r.status}")
+    if not (r.closed and not r.complete):
         problems.append("the response was not cut off")
-    sent = cut_off_within(server, t)
-    if sent is None or sent > BOUND:
-        problems.append(f"the upstream was not cut off (sent {sent} bytes before a close)")
+    problems += upstream_cut_off(server, t)
     assert_no_problems(problems)
 
 
@@ -865,16 +844,7 @@ def client_frame(opcode: int, payload: bytes, *, fin: bool) -> bytes:
 
 
 def ws_open(proxy: Proxy, server: Hostile, path: str) -> H1:
-    host = STRIPE[0]
-    c = H1(open_tunnel(proxy, host, server.port, "http/1.1"))
-    key = base64.b64encode(os.urandom(16)).decode()
-    c.send(
-        (
-            f"GET {path} HTTP/1.1\r\nHost: {host}:{server.port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
-    head = c.read()
+    c, head = ws_upgrade(proxy, server, path)
     assert head.status == 101, head
     return c
 
@@ -911,9 +881,7 @@ def test_endless_websocket_message_from_the_upstream_closes_1009(rproxy: Proxy, 
         problems.append(f"the client got close {code}, not 1009 (message too big)")
     if data:
         problems.append(f"{len(data)} bytes of the unfinished message reached the client")
-    sent = cut_off_within(server, t)
-    if sent is None or sent > BOUND:
-        problems.append(f"the upstream was not cut off (sent {sent} bytes before a close)")
+    problems += upstream_cut_off(server, t)
     assert_no_problems(problems)
 
 

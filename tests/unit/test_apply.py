@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -11,16 +10,7 @@ from proxy.credentials import HeaderPlacement, QueryPlacement
 from proxy.credentials.sources import CredentialSource, SecretSource
 from proxy.errors import ConfigError
 from proxy.service.apply import load_yaml
-
-HEADER = {"header": "Authorization", "template": "Bearer {{secret}}"}
-PAT = ["https://api.example.com/*"]
-
-
-def bad(fn: Any, *args: Any, **kwargs: Any) -> str:
-    with pytest.raises(ConfigError) as e:
-        fn(*args, **kwargs)
-    return str(e.value)
-
+from tests.harness import config_error
 
 # -- YAML ------------------------------------------------------------------------
 
@@ -82,7 +72,7 @@ def test_demo_config_loads() -> None:
 
 def test_missing_file(tmp_path: Path) -> None:
     p = tmp_path / "nope.yaml"
-    assert str(p) in bad(load_yaml, p)
+    assert str(p) in config_error(load_yaml, p)
 
 
 @pytest.mark.parametrize(
@@ -99,7 +89,7 @@ def test_missing_file(tmp_path: Path) -> None:
 )
 def test_broken_yaml_names_file_and_line(tmp_path: Path, text: str, line: int) -> None:
     p = write(tmp_path, text)
-    msg = bad(load_yaml, p)
+    msg = config_error(load_yaml, p)
     assert msg.startswith(str(p))
     assert f"line {line}" in msg
     assert "\n" not in msg
@@ -108,24 +98,24 @@ def test_broken_yaml_names_file_and_line(tmp_path: Path, text: str, line: int) -
 @pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "42\n"])
 def test_top_level_must_be_mapping(tmp_path: Path, text: str) -> None:
     p = write(tmp_path, text)
-    assert str(p) in bad(load_yaml, p)
+    assert str(p) in config_error(load_yaml, p)
 
 
 def test_unknown_top_level_key(tmp_path: Path) -> None:
     p = write(tmp_path, "connectors: []\nconectors: []\n")
-    msg = bad(load_yaml, p)
+    msg = config_error(load_yaml, p)
     assert str(p) in msg
     assert "conectors" in msg
 
 
 def test_connectors_must_be_a_list(tmp_path: Path) -> None:
     p = write(tmp_path, "connectors:\n  stripe: {preset: stripe}\n")
-    assert "list" in bad(load_yaml, p)
+    assert "list" in config_error(load_yaml, p)
 
 
 def test_connector_must_be_mapping(tmp_path: Path) -> None:
     p = write(tmp_path, "connectors:\n  - stripe\n")
-    msg = bad(load_yaml, p)
+    msg = config_error(load_yaml, p)
     assert str(p) in msg
     assert "connectors[0]" in msg
 
@@ -136,7 +126,7 @@ def test_unknown_connector_key(tmp_path: Path) -> None:
         "connectors:\n  - name: good\n    preset: openai\n    secret: {env: A}\n"
         "  - name: typo\n    preset: stripe\n    secret: {env: B}\n    injcet: {query: k}\n",
     )
-    msg = bad(load_yaml, p)
+    msg = config_error(load_yaml, p)
     assert str(p) in msg
     assert "connectors[1]" in msg
     assert "typo" in msg
@@ -149,7 +139,7 @@ def test_duplicate_names(tmp_path: Path) -> None:
         "connectors:\n  - name: dup\n    preset: openai\n    secret: {env: A}\n"
         "  - name: dup\n    preset: stripe\n    secret: {env: B}\n",
     )
-    msg = bad(load_yaml, p)
+    msg = config_error(load_yaml, p)
     assert str(p) in msg
     assert "duplicate" in msg
     assert "dup" in msg
@@ -158,7 +148,7 @@ def test_duplicate_names(tmp_path: Path) -> None:
 
 def test_inline_secret_refused_and_not_echoed(tmp_path: Path) -> None:
     p = write(tmp_path, "connectors:\n  - name: s\n    preset: stripe\n    secret: sk_live_INLINE_VALUE\n")
-    msg = bad(load_yaml, p)
+    msg = config_error(load_yaml, p)
     assert str(p) in msg
     assert "(s)" in msg
     assert "secret" in msg
@@ -167,7 +157,7 @@ def test_inline_secret_refused_and_not_echoed(tmp_path: Path) -> None:
 
 def test_missing_secret_refused(tmp_path: Path) -> None:
     p = write(tmp_path, "connectors:\n  - name: s\n    preset: stripe\n")
-    msg = bad(load_yaml, p)
+    msg = config_error(load_yaml, p)
     assert str(p) in msg
     assert "secret" in msg
 
@@ -193,7 +183,7 @@ def test_field_errors_name_file_connector_and_field(tmp_path: Path, body: str, f
         "connectors:\n  - name: fine\n    preset: openai\n    secret: {env: A}\n"
         "  - name: broken\n    secret: {env: B}\n" + body,
     )
-    msg = bad(load_yaml, p)
+    msg = config_error(load_yaml, p)
     assert msg.startswith(f"{p}: connectors[1] (broken)")
     assert field in msg
 
@@ -204,7 +194,7 @@ def test_too_many_patterns_in_yaml(tmp_path: Path) -> None:
         tmp_path,
         "connectors:\n  - name: many\n    secret: {env: A}\n    inject: {query: k}\n    patterns:\n" + pats,
     )
-    msg = bad(load_yaml, p)
+    msg = config_error(load_yaml, p)
     assert str(p) in msg
     assert "(many)" in msg
     assert "21 patterns" in msg
@@ -212,7 +202,7 @@ def test_too_many_patterns_in_yaml(tmp_path: Path) -> None:
 
 def test_invalid_name_in_yaml(tmp_path: Path) -> None:
     p = write(tmp_path, "connectors:\n  - name: Bad Name\n    preset: openai\n    secret: {env: A}\n")
-    msg = bad(load_yaml, p)
+    msg = config_error(load_yaml, p)
     assert str(p) in msg
     assert "connectors[0]" in msg
     assert "Bad Name" in msg

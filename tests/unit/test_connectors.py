@@ -8,16 +8,10 @@ import pytest
 
 from proxy.connectors import MAX_PATTERNS, PRESETS, check_name, make_connector
 from proxy.credentials import HeaderPlacement, QueryPlacement
-from proxy.errors import ConfigError
+from tests.harness import config_error
 
 HEADER = {"header": "Authorization", "template": "Bearer {{secret}}"}
 PAT = ["https://api.example.com/*"]
-
-
-def bad(fn: Any, *args: Any, **kwargs: Any) -> str:
-    with pytest.raises(ConfigError) as e:
-        fn(*args, **kwargs)
-    return str(e.value)
 
 
 # -- names -------------------------------------------------------------------
@@ -50,12 +44,12 @@ def test_valid_names(name: str) -> None:
     ],
 )
 def test_invalid_names(name: Any) -> None:
-    msg = bad(make_connector, name, patterns=PAT, inject=HEADER)
+    msg = config_error(make_connector, name, patterns=PAT, inject=HEADER)
     assert "name" in msg
 
 
 def test_check_name_message_names_the_place() -> None:
-    msg = bad(check_name, "Bad", "cfg.yaml: connectors[3]")
+    msg = config_error(check_name, "Bad", "cfg.yaml: connectors[3]")
     assert msg.startswith("cfg.yaml: connectors[3]: name 'Bad' is invalid")
 
 
@@ -72,7 +66,7 @@ def test_one_to_twenty_patterns() -> None:
 
 def test_twenty_one_patterns_refused() -> None:
     patterns = [f"https://api{i}.example.com/*" for i in range(21)]
-    msg = bad(make_connector, "c", patterns=patterns, inject=HEADER)
+    msg = config_error(make_connector, "c", patterns=patterns, inject=HEADER)
     assert "21 patterns" in msg
     assert "20" in msg
     assert "'c'" in msg
@@ -80,16 +74,16 @@ def test_twenty_one_patterns_refused() -> None:
 
 @pytest.mark.parametrize("patterns", [None, [], ()])
 def test_zero_patterns_refused(patterns: Any) -> None:
-    assert "at least one pattern" in bad(make_connector, "c", patterns=patterns, inject=HEADER)
+    assert "at least one pattern" in config_error(make_connector, "c", patterns=patterns, inject=HEADER)
 
 
 @pytest.mark.parametrize("patterns", ["https://api.example.com/*", {"a": 1}, 5])
 def test_patterns_must_be_a_list(patterns: Any) -> None:
-    assert "list" in bad(make_connector, "c", patterns=patterns, inject=HEADER)
+    assert "list" in config_error(make_connector, "c", patterns=patterns, inject=HEADER)
 
 
 def test_bad_pattern_error_names_connector_and_index() -> None:
-    msg = bad(
+    msg = config_error(
         make_connector,
         "weather",
         patterns=["https://ok.example.com/*", "http://plain.example.com/*"],
@@ -101,7 +95,7 @@ def test_bad_pattern_error_names_connector_and_index() -> None:
 
 
 def test_non_string_pattern_refused() -> None:
-    assert "patterns[0]" in bad(make_connector, "c", patterns=[123], inject=HEADER)
+    assert "patterns[0]" in config_error(make_connector, "c", patterns=[123], inject=HEADER)
 
 
 # -- presets ---------------------------------------------------------------------
@@ -152,7 +146,7 @@ def test_using_preset_does_not_mutate_it() -> None:
 
 
 def test_unknown_preset() -> None:
-    msg = bad(make_connector, "c", preset="strype")
+    msg = config_error(make_connector, "c", preset="strype")
     assert "'strype'" in msg
     assert "stripe" in msg
     assert "'c'" in msg

@@ -16,15 +16,10 @@ from proxy.credentials.header import FORBIDDEN_HEADERS
 from proxy.credentials.query import with_query_item
 from proxy.credentials.sources import SecretSource, check_secret, source_from_yaml
 from proxy.errors import ConfigError
+from tests.harness import config_error
 
 HEADER = {"header": "Authorization", "template": "Bearer {{secret}}"}
 PAT = ["https://api.example.com/*"]
-
-
-def bad(fn: Any, *args: Any, **kwargs: Any) -> str:
-    with pytest.raises(ConfigError) as e:
-        fn(*args, **kwargs)
-    return str(e.value)
 
 
 # -- injection -----------------------------------------------------------------
@@ -45,7 +40,7 @@ def test_valid_headers(header: str) -> None:
     ["", "X Key", "X:Key", ":authority", "X-Key\r\n", "X-Key\n", "X\x00", "X-K\u00e9y", "(x)", 5],
 )
 def test_invalid_header_names(header: Any) -> None:
-    msg = bad(placement_from_spec, {"header": header}, "connector 'c'")
+    msg = config_error(placement_from_spec, {"header": header}, "connector 'c'")
     assert "connector 'c'" in msg
     assert "inject.header" in msg
 
@@ -72,7 +67,7 @@ def test_invalid_header_names(header: Any) -> None:
 )
 def test_forbidden_headers(header: str) -> None:
     assert header.lower() in FORBIDDEN_HEADERS
-    msg = bad(placement_from_spec, {"header": header}, "connector 'c'")
+    msg = config_error(placement_from_spec, {"header": header}, "connector 'c'")
     assert "cannot carry a secret" in msg
     assert header in msg
 
@@ -92,12 +87,12 @@ def test_template_must_contain_placeholder(template: Any) -> None:
         # An explicit null means "default template".
         assert placement_from_spec(spec, "c").template == "Bearer {{secret}}"
         return
-    assert "{{secret}}" in bad(placement_from_spec, spec, "c")
+    assert "{{secret}}" in config_error(placement_from_spec, spec, "c")
 
 
 @pytest.mark.parametrize("template", ["Bearer {{secret}}\r\nX-Evil: 1", "{{secret}}\n", "\x00{{secret}}"])
 def test_template_control_characters_refused(template: str) -> None:
-    assert "control" in bad(placement_from_spec, {"header": "X-Key", "template": template}, "c")
+    assert "control" in config_error(placement_from_spec, {"header": "X-Key", "template": template}, "c")
 
 
 @pytest.mark.parametrize("param", ["appid", "api_key", "key", "a.b", "a~b", "a-b", "key[]", "K3Y"])
@@ -111,7 +106,7 @@ def test_valid_query_params(param: str) -> None:
     "param", ["", "a b", "a=b", "a&b", "a#b", "a?b", "a%20b", "caf\u00e9", "a+b", "key\n", 5]
 )
 def test_invalid_query_params(param: Any) -> None:
-    msg = bad(placement_from_spec, {"query": param}, "connector 'c'")
+    msg = config_error(placement_from_spec, {"query": param}, "connector 'c'")
     assert "inject.query" in msg
 
 
@@ -129,11 +124,11 @@ def test_invalid_query_params(param: Any) -> None:
     ],
 )
 def test_invalid_injection_shapes(spec: Any) -> None:
-    assert "connector 'c'" in bad(placement_from_spec, spec, "connector 'c'")
+    assert "connector 'c'" in config_error(placement_from_spec, spec, "connector 'c'")
 
 
 def test_inject_required_without_preset() -> None:
-    assert "inject is required" in bad(make_connector, "c", patterns=PAT, inject=None)
+    assert "inject is required" in config_error(make_connector, "c", patterns=PAT, inject=None)
 
 
 def test_query_item_is_percent_encoded() -> None:
@@ -153,14 +148,14 @@ def test_injection_round_trips_to_dict() -> None:
     "secret", ["sk\nlive", "sk\rlive", "sk\x00", "\x00", "a\tb", "x\x7f", "line1\r\nline2"]
 )
 def test_secrets_with_control_characters_refused(secret: str) -> None:
-    msg = bad(check_secret, secret, "where")
+    msg = config_error(check_secret, secret, "where")
     assert msg.startswith("where:")
     assert secret not in msg
 
 
 def test_empty_and_oversized_secrets_refused() -> None:
-    assert "empty" in bad(check_secret, "", "w")
-    assert "longer" in bad(check_secret, "x" * (16 * 1024 + 1), "w")
+    assert "empty" in config_error(check_secret, "", "w")
+    assert "longer" in config_error(check_secret, "x" * (16 * 1024 + 1), "w")
     assert check_secret("x" * (16 * 1024), "w") == "x" * (16 * 1024)
 
 
@@ -172,14 +167,14 @@ def test_source_from_yaml_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EGRESS_TEST_SECRET", "s3cret\n")
     assert SecretSource("env", "EGRESS_TEST_SECRET").read("w") == "s3cret"
     monkeypatch.setenv("EGRESS_TEST_SECRET", "s3\ncret")
-    msg = bad(SecretSource("env", "EGRESS_TEST_SECRET").read, "f.yaml: connector 'x': secret")
+    msg = config_error(SecretSource("env", "EGRESS_TEST_SECRET").read, "f.yaml: connector 'x': secret")
     assert msg.startswith("f.yaml: connector 'x': secret")
     assert "s3\ncret" not in msg
 
 
 def test_source_from_yaml_missing_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("EGRESS_TEST_NOPE", raising=False)
-    msg = bad(SecretSource("env", "EGRESS_TEST_NOPE").read, "f.yaml: connector 'x': secret")
+    msg = config_error(SecretSource("env", "EGRESS_TEST_NOPE").read, "f.yaml: connector 'x': secret")
     assert "f.yaml" in msg
     assert "'x'" in msg
     assert "EGRESS_TEST_NOPE" in msg
@@ -190,11 +185,11 @@ def test_source_from_yaml_file(tmp_path: Path) -> None:
     f.write_text("file-secret\r\n")
     assert SecretSource("file", str(f)).read("w") == "file-secret"
     missing = tmp_path / "missing"
-    msg = bad(SecretSource("file", str(missing)).read, "f.yaml: connector 'x': secret")
+    msg = config_error(SecretSource("file", str(missing)).read, "f.yaml: connector 'x': secret")
     assert str(missing) in msg
     assert "'x'" in msg
     f.write_bytes(b"\xff\xfe\x00bad")
-    assert str(f) in bad(SecretSource("file", str(f)).read, "w")
+    assert str(f) in config_error(SecretSource("file", str(f)).read, "w")
 
 
 @pytest.mark.parametrize(
@@ -210,7 +205,7 @@ def test_source_from_yaml_file(tmp_path: Path) -> None:
     ],
 )
 def test_source_from_yaml_shapes(spec: Any) -> None:
-    msg = bad(source_from_yaml, spec, "f.yaml: connectors[0] (x)")
+    msg = config_error(source_from_yaml, spec, "f.yaml: connectors[0] (x)")
     assert msg.startswith("f.yaml: connectors[0] (x): secret")
     assert "sk_live_inline" not in msg
 

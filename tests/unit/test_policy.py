@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.connectors import make_connector
-from proxy.errors import ConfigError
 from proxy.policy import Allow, Block, Policy, Target
 from proxy.reasons import Reason
 
 HEADER = {"header": "Authorization", "template": "Bearer {{secret}}"}
 PAT = ["https://api.example.com/*"]
-
-
-def bad(fn: Any, *args: Any, **kwargs: Any) -> str:
-    with pytest.raises(ConfigError) as e:
-        fn(*args, **kwargs)
-    return str(e.value)
 
 
 # -- Policy ----------------------------------------------------------------------

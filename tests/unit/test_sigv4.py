@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 
 from proxy.credentials.signing import Signed, Unsignable
 from proxy.credentials.sigv4 import SigV4Placement, SigV4Signer
-from proxy.errors import ConfigError
 from proxy.policy import header_key
+from tests.harness import config_error
 
 KEY_ID = "AKIAREALKEY000000001"
 SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYREALSECRET"
@@ -45,12 +45,6 @@ SPEC = {
     }
 }
 EMPTY_SHA = hashlib.sha256(b"").hexdigest()
-
-
-def bad(fn: Any, *args: Any, **kwargs: Any) -> str:
-    with pytest.raises(ConfigError) as e:
-        fn(*args, **kwargs)
-    return str(e.value)
 
 
 def spec(**changes: Any) -> dict[str, Any]:
@@ -520,24 +514,26 @@ def test_templates_may_combine_fields() -> None:
     ],
 )
 def test_config_errors_name_where_and_field(changes: dict[str, Any], words: str) -> None:
-    msg = bad(SigV4Placement.from_spec, spec(**changes), "connector 'aws'")
+    msg = config_error(SigV4Placement.from_spec, spec(**changes), "connector 'aws'")
     assert msg.startswith("connector 'aws': inject.aws_sigv4")
     assert words in msg
 
 
 def test_literal_secret_in_template_is_refused_without_echo() -> None:
-    msg = bad(SigV4Placement.from_spec, spec(secret_access_key=SECRET), "connector 'aws'")
+    msg = config_error(SigV4Placement.from_spec, spec(secret_access_key=SECRET), "connector 'aws'")
     assert "secret_access_key" in msg and "field" in msg
     assert SECRET not in msg
 
 
 @pytest.mark.parametrize("body", [None, "x", ["access_key_id"]])
 def test_body_must_be_a_mapping(body: Any) -> None:
-    assert "inject.aws_sigv4 must be a mapping" in bad(SigV4Placement.from_spec, {"aws_sigv4": body}, "c")
+    assert "inject.aws_sigv4 must be a mapping" in config_error(
+        SigV4Placement.from_spec, {"aws_sigv4": body}, "c"
+    )
 
 
 def test_sibling_keys_are_refused() -> None:
-    msg = bad(SigV4Placement.from_spec, {**SPEC, "template": "Bearer {{secret}}"}, "c")
+    msg = config_error(SigV4Placement.from_spec, {**SPEC, "template": "Bearer {{secret}}"}, "c")
     assert "inject.template" in msg
 
 
@@ -546,7 +542,9 @@ def test_unknown_fields_are_the_connectors_check() -> None:
 
     s = spec(secret_access_key="{{aws_secret}}")
     pat = ["https://s3.amazonaws.com/*"]
-    msg = bad(make_connector, "c", patterns=pat, inject=s, fields=["access_key_id", "secret_access_key"])
+    msg = config_error(
+        make_connector, "c", patterns=pat, inject=s, fields=["access_key_id", "secret_access_key"]
+    )
     assert "aws_secret" in msg and "'c'" in msg
     ok = make_connector("c", patterns=pat, inject=s, fields=["access_key_id", "aws_secret"])
     assert ok.inject.fields() == {"access_key_id", "aws_secret"}
@@ -558,5 +556,5 @@ def test_unknown_fields_are_the_connectors_check() -> None:
 )
 def test_render_refuses_values_that_break_the_header(field: str, value: str) -> None:
     p = SigV4Placement.from_spec(spec(session_token="{{session_token}}"), "c")
-    msg = bad(p.render, {**FIELDS, field: value})
+    msg = config_error(p.render, {**FIELDS, field: value})
     assert field in msg and value not in msg

@@ -26,47 +26,56 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
     return {"anyOf": [schema, {"type": "null"}]}
 
 
-_COUNTS = {
-    "type": "object",
-    "properties": {
-        k: _INT for k in ("requests", "rejected", "client_errors", "server_errors", "transport_failures")
-    },
-}
+def _array(items: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"type": "array", **extra, "items": items}
+
+
+def _object(
+    properties: dict[str, Any],
+    required: list[str] | None = None,
+    description: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """An object schema with these ``properties``, of which it must have ``required``;
+    ``extra`` adds keywords (``additionalProperties``)."""
+    out: dict[str, Any] = {"type": "object"}
+    if description is not None:
+        out["description"] = description
+    if required is not None:
+        out["required"] = required
+    return {**out, **extra, "properties": properties}
+
+
+def _record(properties: dict[str, Any], description: str | None = None) -> dict[str, Any]:
+    """An object schema that must have every one of its ``properties``."""
+    return _object(properties, list(properties), description)
+
+
+_COUNTS = _object(
+    {k: _INT for k in ("requests", "rejected", "client_errors", "server_errors", "transport_failures")}
+)
 _SECRET_VALUE = {"type": "string", "minLength": 1, "description": "Accepted, never returned."}
 
 SCHEMAS: dict[str, Any] = {
-    "Error": {
-        "type": "object",
-        "required": ["error", "detail"],
-        "properties": {
-            "error": _STR,
-            "detail": _STR,
-            "field": {**_STR, "description": "The input at fault (400 only)."},
-        },
-    },
-    "WhoAmI": {
-        "type": "object",
-        "required": ["workspace", "read_only"],
-        "properties": {"workspace": _nullable(_STR), "read_only": _BOOL},
-    },
+    "Error": _object(
+        {"error": _STR, "detail": _STR, "field": {**_STR, "description": "The input at fault (400 only)."}},
+        ["error", "detail"],
+    ),
+    "WhoAmI": _record({"workspace": _nullable(_STR), "read_only": _BOOL}),
     "OpenAPI": {"type": "object"},
-    "Session": {
-        "type": "object",
-        "description": "A dashboard session: the token's scope and access, and the CSRF token that every "
-        "change made with the session cookie sends as X-CSRF-Token.",
-        "required": ["workspace", "read_only", "csrf_token", "expires_at", "idle_timeout"],
-        "properties": {
+    "Session": _record(
+        {
             "workspace": _nullable(_STR),
             "read_only": _BOOL,
             "csrf_token": _STR,
             "expires_at": {**_NUM, "description": "The latest it ends (login + 12 hours), epoch seconds."},
             "idle_timeout": {**_NUM, "description": "Seconds without a request after which it ends."},
         },
-    },
-    "Preset": {
-        "type": "object",
-        "required": ["name", "patterns", "inject", "fields", "strip_headers", "placeholders"],
-        "properties": {
+        "A dashboard session: the token's scope and access, and the CSRF token that every "
+        "change made with the session cookie sends as X-CSRF-Token.",
+    ),
+    "Preset": _object(
+        {
             "name": _STR,
             "patterns": _STRS,
             "inject": _OBJ,
@@ -75,12 +84,11 @@ SCHEMAS: dict[str, Any] = {
             "strip_headers": _STRS,
             "placeholders": {"type": "object", "additionalProperties": _STR},
         },
-    },
-    "Workspace": {"type": "object", "required": ["name"], "properties": {"name": _STR}},
-    "Health": {
-        "type": "object",
-        "required": ["state", "alert"],
-        "properties": {
+        ["name", "patterns", "inject", "fields", "strip_headers", "placeholders"],
+    ),
+    "Workspace": _record({"name": _STR}),
+    "Health": _object(
+        {
             "state": {"enum": ["ok", "unused", "credential-rejected", "failing"]},
             "alert": _BOOL,
             "last_1h": _COUNTS,
@@ -88,29 +96,10 @@ SCHEMAS: dict[str, Any] = {
             "rejected_share_1h": _NUM,
             "rejected_share_24h": _NUM,
         },
-    },
-    "Connector": {
-        "type": "object",
-        "description": "A connector. Never carries a secret value: only field names and when it changed.",
-        "required": [
-            "name",
-            "workspace",
-            "preset",
-            "patterns",
-            "methods",
-            "inject",
-            "inject_summary",
-            "strip_headers",
-            "fields",
-            "secret_set",
-            "secret_updated_at",
-            "created_at",
-            "updated_at",
-            "requests_24h",
-            "errors_24h",
-            "health",
-        ],
-        "properties": {
+        ["state", "alert"],
+    ),
+    "Connector": _record(
+        {
             "name": _STR,
             "workspace": _STR,
             "preset": _nullable(_STR),
@@ -128,31 +117,18 @@ SCHEMAS: dict[str, Any] = {
             "errors_24h": _INT,
             "health": _ref("Health"),
         },
-    },
+        "A connector. Never carries a secret value: only field names and when it changed.",
+    ),
     "SecretIn": {
         "description": 'One value (the field "secret") or named fields; replaces the whole credential.',
         "oneOf": [
-            {
-                "type": "object",
-                "required": ["value"],
-                "properties": {"value": _SECRET_VALUE},
-                "additionalProperties": False,
-            },
-            {
-                "type": "object",
-                "required": ["fields"],
-                "properties": {
-                    "fields": {"type": "object", "minProperties": 1, "additionalProperties": _SECRET_VALUE}
-                },
-                "additionalProperties": False,
-            },
+            _record({"value": _SECRET_VALUE}) | {"additionalProperties": False},
+            _record({"fields": {"type": "object", "minProperties": 1, "additionalProperties": _SECRET_VALUE}})
+            | {"additionalProperties": False},
         ],
     },
-    "ConnectorIn": {
-        "type": "object",
-        "required": ["name", "secret"],
-        "additionalProperties": False,
-        "properties": {
+    "ConnectorIn": _object(
+        {
             "name": {**_STR, "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"},
             "preset": {**_STR, "description": "Fills patterns, inject and strip_headers (see /presets)."},
             "patterns": _STRS,
@@ -164,12 +140,11 @@ SCHEMAS: dict[str, Any] = {
             "strip_headers": _STRS,
             "secret": _ref("SecretIn"),
         },
-    },
-    "ConnectorPatch": {
-        "type": "object",
-        "description": "Keys to change; absent keys keep their value. A secret's fields merge into the stored ones.",
-        "additionalProperties": False,
-        "properties": {
+        ["name", "secret"],
+        additionalProperties=False,
+    ),
+    "ConnectorPatch": _object(
+        {
             "preset": _nullable(_STR),
             "patterns": _STRS,
             "inject": _OBJ,
@@ -177,27 +152,14 @@ SCHEMAS: dict[str, Any] = {
             "strip_headers": _nullable(_STRS),
             "secret": _ref("SecretIn"),
         },
-    },
-    "Series": {
-        "type": "object",
-        "required": ["hours"],
-        "properties": {
-            "hours": {
-                "type": "array",
-                "minItems": 24,
-                "maxItems": 24,
-                "items": {
-                    "type": "object",
-                    "required": ["hour", "requests", "errors"],
-                    "properties": {"hour": _INT, "requests": _INT, "errors": _INT},
-                },
-            }
-        },
-    },
-    "ConnectorStats": {
-        "type": "object",
-        "required": ["connector", "workspace", "requests_24h", "errors_24h", "error_rate", "alert", "health"],
-        "properties": {
+        description="Keys to change; absent keys keep their value. A secret's fields merge into the stored ones.",
+        additionalProperties=False,
+    ),
+    "Series": _record(
+        {"hours": _array(_record({"hour": _INT, "requests": _INT, "errors": _INT}), minItems=24, maxItems=24)}
+    ),
+    "ConnectorStats": _object(
+        {
             "connector": _STR,
             "workspace": _STR,
             "requests_24h": _INT,
@@ -208,56 +170,35 @@ SCHEMAS: dict[str, Any] = {
             "last_error": _nullable(_OBJ),
             "health": _ref("Health"),
         },
-    },
-    "Stats": {
-        "type": "object",
-        "required": ["window_hours", "connectors", "blocked"],
-        "properties": {
+        ["connector", "workspace", "requests_24h", "errors_24h", "error_rate", "alert", "health"],
+    ),
+    "Stats": _record(
+        {
             "window_hours": _INT,
-            "connectors": {"type": "array", "items": _ref("ConnectorStats")},
-            "blocked": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["host", "reason", "count"],
-                    "properties": {"host": _STR, "reason": _STR, "count": _INT},
-                },
-            },
-        },
-    },
-    "NodeStats": {
-        "type": "object",
-        "required": ["window_hours", "nodes"],
-        "properties": {
+            "connectors": _ref("[ConnectorStats]"),
+            "blocked": _array(_record({"host": _STR, "reason": _STR, "count": _INT})),
+        }
+    ),
+    "NodeStats": _record(
+        {
             "window_hours": _INT,
-            "nodes": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["node", "requests_24h", "errors_24h", "last_seen", "connectors"],
-                    "properties": {
+            "nodes": _array(
+                _record(
+                    {
                         "node": _STR,
                         "requests_24h": _INT,
                         "errors_24h": _INT,
                         "last_seen": _NUM,
-                        "connectors": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "required": ["connector", "requests_24h", "errors_24h"],
-                                "properties": {"connector": _STR, "requests_24h": _INT, "errors_24h": _INT},
-                            },
-                        },
-                    },
-                },
-            },
-        },
-    },
-    "Event": {
-        "type": "object",
-        "description": "An error or blocked request; paths never carry a query string.",
-        "required": ["kind", "ts", "method", "host", "path", "workspace"],
-        "properties": {
+                        "connectors": _array(
+                            _record({"connector": _STR, "requests_24h": _INT, "errors_24h": _INT})
+                        ),
+                    }
+                )
+            ),
+        }
+    ),
+    "Event": _object(
+        {
             "kind": {"enum": ["error", "blocked"]},
             "ts": _NUM,
             "method": _STR,
@@ -274,14 +215,11 @@ SCHEMAS: dict[str, Any] = {
             "node": _STR,
             "id": _INT,
         },
-    },
-    "NearMiss": {
-        "type": "object",
-        "description": "On a blocked row: the connector that came closest and what differed. "
-        "Readers keep a `differs` word they do not know. For `other-workspace` a token that does "
-        "not see that workspace gets neither `connector` nor `pattern`.",
-        "required": ["differs", "detail"],
-        "properties": {
+        ["kind", "ts", "method", "host", "path", "workspace"],
+        "An error or blocked request; paths never carry a query string.",
+    ),
+    "NearMiss": _object(
+        {
             "connector": {
                 "type": "string",
                 "description": "The connector's key (`ws/name`; `name` in default)",
@@ -308,20 +246,13 @@ SCHEMAS: dict[str, Any] = {
             },
             "others": {**_STRS, "description": "For `ambiguous-with`: the connectors tied with `connector`"},
         },
-    },
-    "Grant": {
-        "type": "object",
-        "required": [
-            "id",
-            "label",
-            "connectors",
-            "expires_at",
-            "created_at",
-            "revoked_at",
-            "workspace",
-            "state",
-        ],
-        "properties": {
+        ["differs", "detail"],
+        "On a blocked row: the connector that came closest and what differed. "
+        "Readers keep a `differs` word they do not know. For `other-workspace` a token that does "
+        "not see that workspace gets neither `connector` nor `pattern`.",
+    ),
+    "Grant": _record(
+        {
             "id": _STR,
             "label": _STR,
             "connectors": _STRS,
@@ -330,13 +261,10 @@ SCHEMAS: dict[str, Any] = {
             "revoked_at": _nullable(_NUM),
             "workspace": _STR,
             "state": {"enum": ["active", "expired", "revoked"]},
-        },
-    },
-    "GrantIn": {
-        "type": "object",
-        "required": ["connectors"],
-        "additionalProperties": False,
-        "properties": {
+        }
+    ),
+    "GrantIn": _object(
+        {
             "connectors": {**_STRS, "minItems": 1},
             "ttl": {
                 "anyOf": [_STR, {"type": "integer", "minimum": 1}],
@@ -344,11 +272,11 @@ SCHEMAS: dict[str, Any] = {
             },
             "label": {**_STR, "maxLength": 200},
         },
-    },
-    "MintedGrant": {
-        "type": "object",
-        "required": ["id", "token", "connectors", "label", "expires_at"],
-        "properties": {
+        ["connectors"],
+        additionalProperties=False,
+    ),
+    "MintedGrant": _object(
+        {
             "id": _STR,
             "token": {**_STR, "description": "The grant token, shown only here."},
             "workspace": _STR,
@@ -356,7 +284,8 @@ SCHEMAS: dict[str, Any] = {
             "label": _STR,
             "expires_at": _INT,
         },
-    },
+        ["id", "token", "connectors", "label", "expires_at"],
+    ),
 }
 
 _ERRORS = {
