@@ -264,6 +264,7 @@ class Procs:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=env,
+                cwd=log_path.parent,  # not the checkout: `python -m` would import its code first
                 preexec_fn=_die_with_parent,
             )
         self.items.append((name, proc))
