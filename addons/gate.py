@@ -75,10 +75,13 @@ class Gate:
                 self.guard = NetGuard(ctx.options.egress_allow_network, ctx.options.egress_resolve)
             except ConfigError as e:
                 raise exceptions.OptionsError(str(e)) from None
-        unsafe = {k: v for k, v in SAFE_OPTIONS.items() if getattr(ctx.options, k) != v}
-        if unsafe:
-            logger.warning("egress-proxy forces %s", ", ".join(f"{k}={v!r}" for k, v in unsafe.items()))
-            ctx.options.update(**unsafe)
+        forced = {k: v for k, v in SAFE_OPTIONS.items() if getattr(ctx.options, k) != v}
+        if forced:
+            # mitmproxy's own defaults (rawtcp, eager connections) are forced quietly; a value
+            # someone set is worth a warning.
+            if chosen := [k for k in forced if ctx.options.has_changed(k)]:
+                logger.warning("egress-proxy forces %s", ", ".join(f"{k}={forced[k]!r}" for k in chosen))
+            ctx.options.update(**forced)
         if "mode" in updated:
             for spec in ctx.options.mode:
                 if not isinstance(

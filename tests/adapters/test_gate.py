@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 from pathlib import Path
 
 import pytest
@@ -121,14 +122,22 @@ def test_server_connect_without_a_tunnel_is_refused() -> None:
     assert f.server_conn.error
 
 
-def test_unsafe_mitmproxy_options_are_forced_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unsafe_mitmproxy_options_are_forced_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """mitmproxy's defaults (rawtcp, eager) are forced quietly; an unsafe value someone set, loudly."""
     monkeypatch.setenv("EGRESS_HOME", str(tmp_path))
     monkeypatch.delenv("EGRESS_MASTER_KEY", raising=False)
     Home.from_env().init()
-    with taddons.context(proxyserver.Proxyserver(), *make_addons()) as tctx:
+    with caplog.at_level(logging.WARNING), taddons.context(proxyserver.Proxyserver(), *make_addons()) as tctx:
+        assert tctx.options.rawtcp is False and tctx.options.connection_strategy == "lazy"
+        assert "forces" not in caplog.text
         tctx.configure(tctx.master.addons.get("gate"), rawtcp=True, connection_strategy="eager")
         assert tctx.options.rawtcp is False
         assert tctx.options.connection_strategy == "lazy"
+        tctx.configure(tctx.master.addons.get("gate"), ignore_hosts=["api.stripe.test"])
+        assert tctx.options.ignore_hosts == []
+        assert "egress-proxy forces ignore_hosts=[]" in caplog.text
 
 
 def test_ip_literal_target_has_no_sni() -> None:
