@@ -535,11 +535,13 @@ def start_proxy(
     log: Path | None = None,
     prefix: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> Proxy:
     """Start ``egress run`` on a free loopback port and wait until it listens.
 
     ``prefix`` runs it under another command (``ip netns exec NS``); ``env``
-    adds variables (``EGRESS_DATABASE_URL``...) to the clean environment."""
+    adds variables (``EGRESS_DATABASE_URL``...) to the clean environment; ``cwd``
+    is where it starts."""
     home.mkdir(parents=True, exist_ok=True)
     log = log or home / "proxy.log"
     addr_file = home / "run" / "proxy.addr"
@@ -558,6 +560,7 @@ def start_proxy(
             stdout=out,
             stderr=subprocess.STDOUT,
             env=clean_env(home, **(env or {})),
+            cwd=cwd,
         )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -17,7 +17,7 @@ from proxy.netguard import NetGuard
 from proxy.reasons import Reason, help_of
 from proxy.runtime import logsetup
 from proxy.runtime.adminserver import check_available, login_limit
-from proxy.runtime.settings import SETTINGS_ENV, RunSettings
+from proxy.runtime.settings import SETTINGS_ENV, RunSettings, python_module
 from proxy.service import policycache
 from proxy.service.admin_tokens import check_bootstrap
 from proxy.service.apply import apply_config
@@ -198,7 +198,7 @@ def cmd_run(args: argparse.Namespace, home: Home) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os.environ[SETTINGS_ENV] = settings.to_json()
-    os.execv(sys.executable, [sys.executable, "-m", "proxy.runtime.supervisor"])
+    os.execv(sys.executable, python_module("proxy.runtime.supervisor"))
     return 1  # not reached
 
 

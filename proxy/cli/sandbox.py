@@ -34,7 +34,7 @@ from proxy.cli.run import (
 )
 from proxy.errors import ConfigError, StoreUnavailable
 from proxy.runtime.netns import StepNamespace, check_privileges
-from proxy.runtime.settings import LISTEN_FD_ENV, SETTINGS_ENV, RunSettings
+from proxy.runtime.settings import LISTEN_FD_ENV, SETTINGS_ENV, WORKER_MODULE, RunSettings, python_module
 from proxy.service import ca, clientenv
 from proxy.service.home import Home
 
@@ -147,7 +147,7 @@ def _start_proxy(
     # Private: the step shares this host's file system, and the log is no business of its.
     with open(os.open(work / "proxy.log", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "addons.runner"], stdin=subprocess.DEVNULL, stdout=out,
+            python_module(WORKER_MODULE), stdin=subprocess.DEVNULL, stdout=out,
             stderr=subprocess.STDOUT, env=env, pass_fds=(sock.fileno(),),
         )  # fmt: skip
 
@@ -192,7 +192,7 @@ def _reexec_without_grant(token: str) -> None:
         return  # not spelled on our command line (abbreviated, or already moved)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "proxy.cli", *rest], {**os.environ, GRANT_ENV: token})
+    os.execve(sys.executable, [*python_module("proxy.cli"), *rest], {**os.environ, GRANT_ENV: token})
 
 
 def cmd_exec(args: argparse.Namespace, home: Home) -> int:

@@ -8,6 +8,7 @@ and one option in the worker.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -19,6 +20,16 @@ from proxy.hosts import parse_listen
 SETTINGS_ENV = "EGRESS_RUN_SETTINGS"
 # A listening socket a worker inherits instead of binding its own (`egress exec` makes it).
 LISTEN_FD_ENV = "EGRESS_LISTEN_FD"
+WORKER_MODULE = "addons.runner"  # the mitmproxy side; started by name, never imported by the CLI
+
+
+def python_module(name: str) -> list[str]:
+    """The argv that runs module ``name`` with this interpreter.
+
+    ``-P``: the working directory is not put first on ``sys.path``, so a folder named
+    ``addons`` or ``proxy`` where `egress` is started is never imported in place of ours.
+    """
+    return [sys.executable, "-P", "-m", name]
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from proxy.errors import EgressError
 from proxy.hosts import format_authority
-from proxy.runtime.settings import SETTINGS_ENV, RunSettings
+from proxy.runtime.settings import SETTINGS_ENV, WORKER_MODULE, RunSettings, python_module
 from proxy.service.files import write_atomic
 
 if TYPE_CHECKING:
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from proxy.service.home import Home
 
 logger = logging.getLogger(__name__)
-WORKER_MODULE = "addons.runner"  # the mitmproxy side; started by name, never imported here
 STARTUP_TIMEOUT = 60.0
 STOP_TIMEOUT = 60.0
 MAX_RESTARTS = 5  # within RESTART_WINDOW seconds, then give up
@@ -235,7 +234,7 @@ def main(argv: list[str]) -> int:
 
     def command(index: int) -> list[str]:
         supervisor.env[SETTINGS_ENV] = settings.with_listen(supervisor.address).to_json()
-        return [sys.executable, "-m", WORKER_MODULE]
+        return python_module(WORKER_MODULE)
 
     def reload() -> None:
         from proxy.service.apply import apply_config  # imported only when needed: keeps us small

@@ -81,3 +81,24 @@ def test_json_log_format_one_line_per_request(
     assert ok["connector"] == "dl" and ok["method"] == "GET" and ok["path"] == "/v1/download"
     assert ok["bytes"] == 1000 and ok["duration_ms"] >= 0 and ok["request_id"]
     assert SECRET not in proxy.log_text()
+
+
+def test_packages_named_like_ours_in_the_working_directory_are_never_imported(
+    tmp_path: Path, pki: tuple[Path, object], upstream: Upstream
+) -> None:
+    """`python -m` puts the working directory first on sys.path: a project folder named
+    ``addons`` (mitmproxy users have one) or ``proxy`` would run in place of the proxy's code."""
+    work, marker = tmp_path / "project", tmp_path / "imported"
+    for package in ("addons", "proxy"):
+        (work / package).mkdir(parents=True)
+        (work / package / "__init__.py").write_text(f"open({str(marker)!r}, 'a').write({package!r})\n")
+    home = tmp_path / "home"
+    make_home(home, upstream)
+    proxy = start_proxy(home, *proxy_args(pki[0]), cwd=work)
+    try:
+        r = session(proxy.url, proxy.ca).get(f"https://api.stripe.test:{upstream.port}/v1/cwd", timeout=20)
+        assert r.status_code == 200
+        assert upstream.find("/v1/cwd")[0].path.endswith(f"key={SECRET}")
+    finally:
+        assert proxy.stop() == 0
+    assert not marker.exists(), marker.read_text()
