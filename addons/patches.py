@@ -57,6 +57,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import inspect
 import logging
 import re
 import socket
@@ -70,7 +71,7 @@ import h2.errors
 import h2.events
 import h11
 import wsproto.events
-from mitmproxy import connection, ctx, flow, http
+from mitmproxy import addonmanager, connection, ctx, exceptions, flow, hooks, http
 from mitmproxy import version as mitmproxy_version
 from mitmproxy.addons import tlsconfig
 from mitmproxy.net.http import status_codes
@@ -573,6 +574,44 @@ def _no_field_typecheck(self: http.MessageData) -> None:
     pass
 
 
+_HookIndex = dict[str, list[list[Any]]]
+
+
+def _hooks_by_addon(manager: addonmanager.AddonManager, event: hooks.Hook) -> list[list[Any]]:
+    """Per top-level addon that implements ``name``: its callables (its own, then its children's).
+
+    What ``AddonManager.invoke_addon`` finds with ``getattr`` on every event, looked up once.
+    The index is rebuilt when the chain changes (``add`` appends, ``remove`` replaces it);
+    none of our addons changes its children at run time.
+    """
+    key = (id(manager.chain), len(manager.chain))
+    index: _HookIndex | None = manager.__dict__.get("_egress_index")
+    if index is None or manager.__dict__.get("_egress_index_key") != key:
+        index = {}
+        manager.__dict__.update(_egress_index=index, _egress_index_key=key)
+    found = index.get(event.name)
+    if found is None:
+        found = index[event.name] = [
+            funcs for top in manager.chain if (funcs := [f for _, f in manager._iter_hooks(top, event)])
+        ]
+    return found
+
+
+async def _trigger_indexed(self: addonmanager.AddonManager, event: hooks.Hook) -> None:
+    """``trigger_event`` skipping the addons without a handler: same order, same ``safecall``
+    per addon (an exception is logged and the next addon runs), same ``AddonHalt``."""
+    args = event.args()  # hooks share the event's objects; none reassigns its fields
+    for funcs in _hooks_by_addon(self, event):
+        try:
+            with addonmanager.safecall():
+                for func in funcs:
+                    res = func(*args)
+                    if res is not None and inspect.isawaitable(res):
+                        await res
+        except exceptions.AddonHalt:
+            return
+
+
 def install_guards() -> None:
     """The safety guards; idempotent."""
     if "guards" in _installed:
@@ -605,4 +644,5 @@ def install_speedups() -> None:
     mode_servers.TransparentInstance.listen = _listen_reuse_port  # type: ignore[method-assign,assignment]
     http.MessageData.__post_init__ = _no_field_typecheck  # type: ignore[method-assign]
     tlsconfig.alpn_select_callback = _alpn_prefer_h2
+    addonmanager.AddonManager.trigger_event = _trigger_indexed  # type: ignore[method-assign]
     _installed.add("speedups")
