@@ -129,6 +129,8 @@ def test_the_worker_imports_only_the_default_addons_it_loads() -> None:
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
 class _Recorder:
     def __init__(self, name: str, calls: list[str], fail: bool = False, halt: bool = False) -> None:
         self.name, self.calls, self.fail, self.halt = name, calls, fail, halt
@@ -173,6 +175,9 @@ async def _dispatch(calls: list[str], *extra: object, trigger: Any = patches._tr
         await trigger(manager, hooks.all_hooks["request"](flow))
         manager.add(_Recorder("late", calls))  # the chain changed: the index is rebuilt
         await trigger(manager, hooks.all_hooks["request"](flow))
+        manager.remove(manager.get("a"))  # one out, one in: the same length, rebuilt too
+        manager.add(_Recorder("new", calls))
+        await trigger(manager, hooks.all_hooks["request"](flow))
 
 
 async def _both(calls: list[str], halted: list[str], trigger: Any) -> None:
@@ -187,5 +192,5 @@ def test_indexed_dispatch_keeps_order_errors_children_and_halt(trigger: Any) -> 
     halted: list[str] = []
     asyncio.run(_both(calls, halted, trigger))
     # b raised: logged by safecall, the next addon still runs (as in mitmproxy's own dispatch)
-    assert calls == ["a", "child", "b", "c", "a", "child", "b", "c", "late"]
-    assert halted == ["a", "child", "b", "c", "halt", "a", "child", "b", "c", "halt"]
+    assert calls == ["a", "child", "b", "c", "a", "child", "b", "c", "late", "child", "b", "c", "late", "new"]
+    assert halted == ["a", "child", "b", "c", "halt"] * 2 + ["child", "b", "c", "halt"]
