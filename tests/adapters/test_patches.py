@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from typing import Any
 
 import pytest
+from mitmproxy import addonmanager, exceptions, hooks
 
 from addons import patches
 from proxy.reasons import Reason
@@ -126,3 +129,68 @@ def test_the_worker_imports_only_the_default_addons_it_loads() -> None:
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+class _Recorder:
+    def __init__(self, name: str, calls: list[str], fail: bool = False, halt: bool = False) -> None:
+        self.name, self.calls, self.fail, self.halt = name, calls, fail, halt
+
+    def request(self, flow: object) -> None:
+        self.calls.append(self.name)
+        if self.fail:
+            raise RuntimeError("boom")
+        if self.halt:
+            raise exceptions.AddonHalt()
+
+
+class _AsyncChild:
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+
+    async def request(self, flow: object) -> None:
+        await asyncio.sleep(0)
+        self.calls.append("child")
+
+
+class _Parent:
+    def __init__(self, calls: list[str]) -> None:
+        self.addons = [_AsyncChild(calls)]
+
+
+class _Quiet:
+    """Implements no request hook: the index skips it."""
+
+
+_ORIGINAL = addonmanager.AddonManager.trigger_event
+
+
+async def _dispatch(calls: list[str], *extra: object, trigger: Any = patches._trigger_indexed) -> None:
+    from mitmproxy.test import taddons, tflow
+
+    with taddons.context() as tctx:
+        manager = tctx.master.addons
+        manager.add(_Recorder("a", calls), _Quiet(), _Parent(calls), _Recorder("b", calls, fail=True))
+        manager.add(_Recorder("c", calls), *extra)
+        flow = tflow.tflow()
+        await trigger(manager, hooks.all_hooks["request"](flow))
+        manager.add(_Recorder("late", calls))  # the chain changed: the index is rebuilt
+        await trigger(manager, hooks.all_hooks["request"](flow))
+        manager.remove(manager.get("a"))  # one out, one in: the same length, rebuilt too
+        manager.add(_Recorder("new", calls))
+        await trigger(manager, hooks.all_hooks["request"](flow))
+
+
+async def _both(calls: list[str], halted: list[str], trigger: Any) -> None:
+    await _dispatch(calls, trigger=trigger)
+    await _dispatch(halted, _Recorder("halt", halted, halt=True), _Recorder("after", halted), trigger=trigger)
+
+
+@pytest.mark.parametrize("trigger", [_ORIGINAL, patches._trigger_indexed], ids=["mitmproxy", "indexed"])
+def test_indexed_dispatch_keeps_order_errors_children_and_halt(trigger: Any) -> None:
+    """The same calls as mitmproxy's own dispatch, which the first parameter runs."""
+    calls: list[str] = []
+    halted: list[str] = []
+    asyncio.run(_both(calls, halted, trigger))
+    # b raised: logged by safecall, the next addon still runs (as in mitmproxy's own dispatch)
+    assert calls == ["a", "child", "b", "c", "a", "child", "b", "c", "late", "child", "b", "c", "late", "new"]
+    assert halted == ["a", "child", "b", "c", "halt"] * 2 + ["child", "b", "c", "halt"]
