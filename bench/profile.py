@@ -3,12 +3,14 @@
 
 Starts the same nginx / mitmdump / egress (1 worker, recording on) as
 bench/run.py, drives each with hey (keep-alive c=32, then a new CONNECT + TLS
-per request at c=8) while ``py-spy record`` samples the proxy process
-(it pauses the process per sample: stacks are whole, throughput drops a little), and prints the functions and files with the most samples. Raw
-collapsed stacks (for flamegraph.pl or speedscope) go to bench/out/.
+per request at c=8) or with 200 MiB downloads (``--scenarios download``)
+while ``py-spy record`` samples the proxy process (it pauses the process per
+sample: stacks are whole, throughput drops a little), and prints the
+functions and files with the most samples. Raw collapsed stacks (for
+flamegraph.pl or speedscope) go to bench/out/.
 
     .venv/bin/pip install py-spy
-    .venv/bin/python bench/profile.py [--duration 15]
+    .venv/bin/python bench/profile.py [--duration 15] [--scenarios keepalive_c32,newconn_c8,download]
 """
 
 from __future__ import annotations
@@ -31,7 +33,20 @@ IDLE_WAIT = "_worker (concurrent/futures/thread.py"  # an executor thread waitin
 SCENARIOS = {
     "keepalive_c32": {"c": 32, "keepalive": True},
     "newconn_c8": {"c": 8, "keepalive": False},
+    "download": {},  # the bench's file, fetched again and again for the duration
 }
+
+
+def load(bench: run.Bench, t: run.Target, scenario: str, duration: float) -> str:
+    """Drive ``t`` for ``duration`` seconds; what it achieved, for the heading."""
+    if scenario != "download":
+        result = run.hey(t, duration=duration, **SCENARIOS[scenario])
+        return f"{result.get('rps', 0):,.0f} req/s (2xx) under py-spy"
+    done, mib, end = 0, 0.0, time.monotonic() + duration
+    while time.monotonic() < end:
+        r = run.transfer(t, "download", bench.big, bench.put_dir)
+        done, mib = done + 1, mib + r.get("mib_s", 0.0)
+    return f"{done} downloads of {bench.args.size_mib} MiB, {mib / max(done, 1):,.0f} MiB/s each under py-spy"
 
 
 def _stacks(raw: Path) -> Iterator[tuple[list[str], int]]:
@@ -105,6 +120,8 @@ def main() -> int:
     p.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     p.add_argument("--top", type=int, default=15)
     p.add_argument("--targets", default="egress,mitmdump")
+    p.add_argument("--scenarios", default="keepalive_c32,newconn_c8", help=f"of {', '.join(SCENARIOS)}")
+    p.add_argument("--size-mib", type=int, default=200, help="the download's size")
     args = p.parse_args()
     pyspy = run.BIN / "py-spy"
     if not pyspy.exists():
@@ -112,7 +129,9 @@ def main() -> int:
         return 2
     signal.signal(signal.SIGALRM, run._on_alarm)
     signal.alarm(900)
-    bench_args = argparse.Namespace(size_mib=1, connectors=10, duration=args.duration)
+    scenarios = args.scenarios.split(",")
+    size = args.size_mib if "download" in scenarios else 1
+    bench_args = argparse.Namespace(size_mib=size, connectors=10, duration=args.duration)
     work = Path(tempfile.mkdtemp(prefix="egress-profile-"))
     procs = run.Procs()
     bench = run.Bench(bench_args, work, procs)
@@ -124,7 +143,7 @@ def main() -> int:
             t = bench.targets[name]
             pids = t.pids()
             pid = pids[1] if len(pids) > 1 else pids[0]  # egress: the worker, not the supervisor
-            for scenario, kw in SCENARIOS.items():
+            for scenario in scenarios:
                 raw = OUT / f"profile-{name}-{scenario}.txt"
                 spy = subprocess.Popen(
                     [str(pyspy), "record", "--pid", str(pid), "--duration", str(int(args.duration)),
@@ -133,13 +152,12 @@ def main() -> int:
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                 )  # fmt: skip
                 time.sleep(0.5)
-                result = run.hey(t, duration=args.duration, **kw)
+                rps = load(bench, t, scenario, args.duration)
                 try:
                     _, err = spy.communicate(timeout=args.duration + 60)
                 except subprocess.TimeoutExpired:
                     spy.kill()
                     _, err = spy.communicate()
-                rps = f"{result.get('rps', 0):,.0f} req/s (2xx) under py-spy"
                 run.log(f"profiled {name} {scenario}: {rps}")
                 body = summarize(raw, args.top) if raw.exists() else f"py-spy failed: {err.decode()[-500:]}\n"
                 sections.append(f"## {t.label} (pid {pid}), {scenario}: {rps}\n\nRaw stacks: {raw}\n\n{body}")
