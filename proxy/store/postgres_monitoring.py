@@ -33,10 +33,9 @@ from proxy.store.rows import (
     COUNTERS,
     EVENT_INSERT_COLUMNS,
     NODE_TOTALS,
+    EventLog,
     Sums,
-    event_from_row,
     event_values,
-    events_query,
     follow,
     health_by_name,
     node_counts,
@@ -81,8 +80,10 @@ _LAST_ERRORS = (
 )
 
 
-class PostgresMonitoring:
+class PostgresMonitoring(EventLog):
     """The monitoring tables, on the store's connection."""
+
+    placeholder = PLACEHOLDER
 
     def __init__(self, connect: Connect, clock: Clock = time.time, row_cap: int = EVENT_ROW_CAP) -> None:
         self._connect = connect
@@ -178,30 +179,9 @@ class PostgresMonitoring:
             rows = conn.execute(NODE_TOTALS, (since,)).fetchall()
         return [(n, c, int(r), int(e), int(m)) for n, c, r, e, m in rows]
 
-    def events(
-        self,
-        *,
-        kind: str | None = None,
-        since: float | None = None,
-        connector: str | None = None,
-        grant_label: str | None = None,
-        workspace: str | None = None,
-        after_id: int = 0,
-        limit: int = 1000,
-        newest_first: bool = True,
-    ) -> list[Event]:
-        sql, args = events_query(
-            PLACEHOLDER,
-            self.clock() - WINDOW_MINUTES * 60,
-            {"kind": kind, "connector": connector, "grant_label": grant_label, "workspace": workspace},
-            after_id=after_id,
-            since=since,
-            limit=limit,
-            newest_first=newest_first,
-        )
+    def _fetch(self, sql: str, args: list[Any]) -> list[Any]:
         with self._connect() as conn:
-            rows = conn.execute(sql, args).fetchall()
-        return [event_from_row(row) for row in rows]
+            return list(conn.execute(sql, args).fetchall())
 
     def last_id(self) -> int:
         with self._connect() as conn:

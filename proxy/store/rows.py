@@ -15,7 +15,7 @@ from typing import Any
 
 from proxy.health import Counts, Health, health
 from proxy.nearmiss import NearMiss
-from proxy.stats import Batch, ConnectorStats, Event, printable
+from proxy.stats import WINDOW_MINUTES, Batch, ConnectorStats, Event, printable
 
 # stats_minute's counters, in the order of a Batch count row (proxy.health slots)
 COUNTERS = ("requests", "errors", "rejected", "client_errors", "server_errors", "transport_failures")
@@ -152,3 +152,37 @@ def follow(events: Callable[..., list[Event]], after_id: int, poll: float, **fil
             last = rows[-1].id or last
         else:
             time.sleep(poll)
+
+
+class EventLog:
+    """``events()``, the same on both backends: each supplies its ``placeholder``, its
+    ``clock`` and ``_fetch`` (run a SELECT, return its rows)."""
+
+    placeholder: str
+    clock: Callable[[], float]
+
+    def _fetch(self, sql: str, args: list[Any]) -> Iterable[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def events(
+        self,
+        *,
+        kind: str | None = None,
+        since: float | None = None,
+        connector: str | None = None,
+        grant_label: str | None = None,
+        workspace: str | None = None,
+        after_id: int = 0,
+        limit: int = 1000,
+        newest_first: bool = True,
+    ) -> list[Event]:
+        sql, args = events_query(
+            self.placeholder,
+            self.clock() - WINDOW_MINUTES * 60,
+            {"kind": kind, "connector": connector, "grant_label": grant_label, "workspace": workspace},
+            after_id=after_id,
+            since=since,
+            limit=limit,
+            newest_first=newest_first,
+        )
+        return [event_from_row(row) for row in self._fetch(sql, args)]

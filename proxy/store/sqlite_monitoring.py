@@ -28,10 +28,9 @@ from proxy.store.rows import (
     COUNTERS,
     EVENT_INSERT_COLUMNS,
     NODE_TOTALS,
+    EventLog,
     Sums,
-    event_from_row,
     event_values,
-    events_query,
     follow,
     health_by_name,
     node_counts,
@@ -64,8 +63,10 @@ _SUM_COUNTS = (
 )
 
 
-class SqliteMonitoring:
+class SqliteMonitoring(EventLog):
     """The monitoring tables, on the store's own connection."""
+
+    placeholder = PLACEHOLDER
 
     def __init__(
         self, db: sqlite3.Connection, clock: Clock = time.time, row_cap: int = EVENT_ROW_CAP
@@ -159,29 +160,9 @@ class SqliteMonitoring:
         since = int(self.clock() // 60) - WINDOW_MINUTES
         return [tuple(r) for r in self._db.execute(NODE_TOTALS.replace("%s", "?"), (since,)).fetchall()]
 
-    def events(
-        self,
-        *,
-        kind: str | None = None,
-        since: float | None = None,
-        connector: str | None = None,
-        grant_label: str | None = None,
-        workspace: str | None = None,
-        after_id: int = 0,
-        limit: int = 1000,
-        newest_first: bool = True,
-    ) -> list[Event]:
-        sql, args = events_query(
-            PLACEHOLDER,
-            self.clock() - WINDOW_MINUTES * 60,
-            {"kind": kind, "connector": connector, "grant_label": grant_label, "workspace": workspace},
-            after_id=after_id,
-            since=since,
-            limit=limit,
-            newest_first=newest_first,
-        )
+    def _fetch(self, sql: str, args: list[Any]) -> list[Any]:
         with closing(self._db.execute(sql, args)) as cur:
-            return [event_from_row(row) for row in cur]
+            return cur.fetchall()
 
     def last_id(self) -> int:
         row = self._db.execute("SELECT MAX(id) FROM events").fetchone()
