@@ -490,6 +490,23 @@ def trickle(
     return False, received
 
 
+def trickled_post(
+    proxy: Proxy, port: int, target: str, length: int, *, keep_sending: bool = False
+) -> tuple[bool, bytes]:
+    """POST ``target`` with a Content-Length of ``length`` through a tunnel to ``port``, then
+    ``trickle`` its body past the body deadline."""
+    conn = tunnel(proxy, f"{STRIPE}:{port}")
+    try:
+        sock = conn.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        sock.sendall(
+            f"POST {target} HTTP/1.1\r\nHost: {STRIPE}:{port}\r\nContent-Length: {length}\r\n\r\n".encode()
+        )
+        return trickle(sock, TIMEOUT + GRACE, keep_sending=keep_sending)
+    finally:
+        conn.close()
+
+
 @pytest.mark.parametrize("length", [1000, 200_000], ids=["read-whole", "streamed"])
 def test_trickled_request_body_gets_408(spawn: Spawn, upstream: Upstream, length: int) -> None:
     """A client that sends a head and then trickles its body (a byte every 0.5 s, so no idle
@@ -498,17 +515,7 @@ def test_trickled_request_body_gets_408(spawn: Spawn, upstream: Upstream, length
     closed, the request refused (blocked, bad-request), never complete upstream."""
     proxy = spawn("--request-body-timeout", str(TIMEOUT))
     t = tag()
-    conn = tunnel(proxy, f"{STRIPE}:{upstream.port}")
-    try:
-        sock = conn.sock
-        assert isinstance(sock, ssl.SSLSocket)
-        sock.sendall(
-            f"POST /v1/slow?t={t} HTTP/1.1\r\nHost: {STRIPE}:{upstream.port}\r\n"
-            f"Content-Length: {length}\r\n\r\n".encode()
-        )
-        cut, answer = trickle(sock, TIMEOUT + GRACE)
-    finally:
-        conn.close()
+    cut, answer = trickled_post(proxy, upstream.port, f"/v1/slow?t={t}", length)
     assert cut, f"a body trickled for {TIMEOUT + GRACE:.0f} s is still being accepted"
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert b"x-egress-blocked: bad-request" in answer.lower()
@@ -527,17 +534,7 @@ def test_trickled_body_after_an_early_answer_is_cut_without_a_second_response(
     200 would be a second response on one request."""
     proxy = spawn("--request-body-timeout", str(TIMEOUT), port=silent.port)
     t = tag()
-    conn = tunnel(proxy, f"{STRIPE}:{silent.port}")
-    try:
-        sock = conn.sock
-        assert isinstance(sock, ssl.SSLSocket)
-        sock.sendall(
-            f"POST /v1/leak/early?t={t} HTTP/1.1\r\nHost: {STRIPE}:{silent.port}\r\n"
-            "Content-Length: 200000\r\n\r\n".encode()
-        )
-        cut, answer = trickle(sock, TIMEOUT + GRACE, keep_sending=True)
-    finally:
-        conn.close()
+    cut, answer = trickled_post(proxy, silent.port, f"/v1/leak/early?t={t}", 200_000, keep_sending=True)
     assert answer.startswith(b"HTTP/1.1 200") and b'{"early": true}' in answer, answer[:300]
     assert answer.count(b"HTTP/1.1 ") == 1, answer[:600]
     assert cut, "the trickle went on past the body deadline"

@@ -76,35 +76,30 @@ status_of() {  # CLIENT KIND FILE SED-SCRIPT: the status a refused command print
   if [ -n "$code" ]; then echo "RESULT $1 $2 $code - - - $msg"; else echo "RESULT $1 $2 error $msg"; fi
 }
 
-pip_client() {  # pip download from a PEP 503 index; pip shows a refused index page only with -vv
+package_client() {  # NAME FETCH INSTALLED-FILE STATUS-SED: FETCH URL DEST installs from a registry
+  name=$1
   for kind in allow block host; do
-    dest="$T/pip-$kind"
-    if env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL -u PIP_INDEX_URL -u PIP_NO_INDEX PIP_CONFIG_FILE=/dev/null \
-      "$MATRIX_PYTHON" -m pip download -vv --no-deps --no-cache-dir \
-      --disable-pip-version-check --retries 0 --timeout 20 -d "$dest" \
-      --index-url "$(url $kind pip)/simple/" egress-probe >"$T/pip.err" 2>&1; then
-      if [ -f "$dest/egress_probe-1.0-py3-none-any.whl" ]; then code=200; else code=missing-files; fi
-      echo "RESULT pip $kind $code - - -"
+    dest="$T/$name-$kind"
+    mkdir -p "$dest"
+    if "$2" "$(url $kind "$name")" "$dest" >"$T/$name.err" 2>&1; then
+      if [ -f "$dest/$3" ]; then code=200; else code=missing-files; fi
+      echo "RESULT $name $kind $code - - -"
     else
-      status_of pip $kind "$T/pip.err" 's/.*Could not fetch URL .*: \([0-9][0-9][0-9]\) Client Error.*/\1/p'
+      status_of "$name" $kind "$T/$name.err" "$4"
     fi
   done
-  finish pip 0
+  finish "$name" 0
 }
 
-npm_client() {  # npm install from a registry; npm shows a refusal as "code E403", no body
-  for kind in allow block host; do
-    dest="$T/npm-$kind"
-    mkdir -p "$dest"
-    if npm install --prefix "$dest" --registry "$(url $kind npm)/npm/" --cache "$T/npm-cache" \
-      --no-audit --no-fund --no-update-notifier --fetch-retries 0 egress-probe >"$T/npm.err" 2>&1; then
-      if [ -f "$dest/node_modules/egress-probe/package.json" ]; then code=200; else code=missing-files; fi
-      echo "RESULT npm $kind $code - - -"
-    else
-      status_of npm $kind "$T/npm.err" 's/.*code E\([0-9][0-9][0-9]\).*/\1/p'
-    fi
-  done
-  finish npm 0
+pip_fetch() {  # pip download from a PEP 503 index; pip shows a refused index page only with -vv
+  env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL -u PIP_INDEX_URL -u PIP_NO_INDEX PIP_CONFIG_FILE=/dev/null \
+    "$MATRIX_PYTHON" -m pip download -vv --no-deps --no-cache-dir \
+    --disable-pip-version-check --retries 0 --timeout 20 -d "$2" --index-url "$1/simple/" egress-probe
+}
+
+npm_fetch() {  # npm install from a registry; npm shows a refusal as "code E403", no body
+  npm install --prefix "$2" --registry "$1/npm/" --cache "$T/npm-cache" \
+    --no-audit --no-fund --no-update-notifier --fetch-retries 0 egress-probe
 }
 
 curl_client curl-h1 --http1.1
@@ -112,8 +107,11 @@ curl_client curl-h2 --http2
 if command -v wget >/dev/null; then wget_client; fi
 if command -v git >/dev/null; then GIT_CONFIG_NOSYSTEM=1 git_client; fi
 "$MATRIX_PYTHON" "$MATRIX_DIR/clients.py" 2>"$T/python.err"; finish python $?
-pip_client
-if command -v npm >/dev/null; then npm_client; fi
+package_client pip pip_fetch egress_probe-1.0-py3-none-any.whl \
+  's/.*Could not fetch URL .*: \([0-9][0-9][0-9]\) Client Error.*/\1/p'
+if command -v npm >/dev/null; then
+  package_client npm npm_fetch node_modules/egress-probe/package.json 's/.*code E\([0-9][0-9][0-9]\).*/\1/p'
+fi
 if command -v node >/dev/null; then node "$MATRIX_DIR/clients.js" 2>"$T/node.err"; finish node $?; fi
 if [ -f "$MATRIX_DIR/Matrix.class" ]; then java -cp "$MATRIX_DIR" Matrix 2>"$T/java.err"; finish java $?; fi
 rm -rf "$T"
