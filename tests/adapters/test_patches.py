@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from typing import Any
 
@@ -194,3 +195,93 @@ def test_indexed_dispatch_keeps_order_errors_children_and_halt(trigger: Any) -> 
     # b raised: logged by safecall, the next addon still runs (as in mitmproxy's own dispatch)
     assert calls == ["a", "child", "b", "c", "a", "child", "b", "c", "late", "child", "b", "c", "late", "new"]
     assert halted == ["a", "child", "b", "c", "halt"] * 2 + ["child", "b", "c", "halt"]
+
+
+def _http1_commands(
+    cls: type, head: bytes, body: bytes, cuts: list[int], fast: bool
+) -> tuple[list[str], bytes]:
+    """What an HTTP/1 layer of ``cls`` emits for ``head + body`` arriving in pieces cut at
+    ``cuts``, and the body bytes it passed on."""
+    import types
+
+    from mitmproxy.options import Options
+    from mitmproxy.proxy import events
+    from mitmproxy.proxy.context import Context
+    from mitmproxy.proxy.layers.http import _http1
+    from mitmproxy.test import tflow
+
+    patches.install_guards()
+    client = tflow.tclient_conn()
+    context = Context(client, Options())
+    context.server = tflow.tserver_conn()
+    layer = cls(context)
+    if fast:
+        layer._handle_event = types.MethodType(patches._body_straight_through, layer)
+    out = list(layer.handle_event(events.Start()))
+    if cls is _http1.Http1Client:  # a request sent first, so the response has a flow to answer
+        from mitmproxy.proxy.layers.http import RequestHeaders
+
+        out += layer.handle_event(RequestHeaders(1, tflow.treq(), end_stream=True))
+        out += layer.handle_event(_http1.RequestEndOfMessage(1))
+        conn = context.server
+    else:
+        conn = client
+    data = head + body
+    edges = [0, *sorted({c % (len(data) + 1) for c in cuts}), len(data)]
+    for a, b in itertools.pairwise(edges):
+        if b > a:
+            out += layer.handle_event(events.DataReceived(conn, data[a:b]))
+    if cls is _http1.Http1Client and b"content-length" not in head.lower():
+        out += layer.handle_event(events.ConnectionClosed(conn))
+    received = b"".join(
+        c.event.data for c in out if type(getattr(c, "event", None)).__name__.endswith("Data")
+    )
+    return [_summary(c) for c in out], received
+
+
+def _summary(command: Any) -> str:
+    """A command without the connections' random ids: its kind and the bytes it carries."""
+    event = getattr(command, "event", None)
+    what = event if event is not None else command
+    return f"{type(command).__name__}/{type(what).__name__}:{getattr(what, 'data', b'')!r}"
+
+
+@pytest.mark.parametrize(
+    "kind, head",
+    [
+        ("request", b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n"),
+        ("response", b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n"),
+        ("response", b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"),  # read until close
+        ("request", b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"),
+    ],
+    ids=["request-length", "response-length", "response-until-close", "request-chunked"],
+)
+def test_a_body_passed_straight_through_yields_what_h11_yields(kind: str, head: bytes) -> None:
+    """Same commands, same bytes, for any way the head and body are cut (and bytes past the end)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from mitmproxy.proxy.layers.http import _http1
+
+    cls = _http1.Http1Server if kind == "request" else _http1.Http1Client
+    chunked = b"chunked" in head
+
+    @settings(max_examples=150, deadline=None)
+    @given(
+        st.binary(min_size=0, max_size=300),
+        st.lists(st.integers(0, 1 << 20), max_size=8),
+        st.binary(max_size=20),
+    )
+    def check(body: bytes, cuts: list[int], extra: bytes) -> None:
+        framed = (
+            b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+            if chunked and body
+            else b"0\r\n\r\n" * chunked or body
+        )
+        start = head % len(body) if b"%d" in head else head
+        after = b"" if b"content-length" not in start.lower() else extra  # past the end: the next message
+        want = _http1_commands(cls, start, framed + after, cuts, fast=False)
+        got = _http1_commands(cls, start, framed + after, cuts, fast=True)
+        assert got == want
+        assert got[1] == body  # what the layer passed on is the body, and only it
+
+    check()
