@@ -44,18 +44,8 @@ Speedups and defaults (only in the product's own workers):
   client's first ALPN protocol, so httpx (which offers http/1.1 before h2)
   never got HTTP/2, and with ``http1=False`` spoke HTTP/2 on an HTTP/1
   connection and failed: h2 is chosen whenever offered, as servers do;
-- mitmproxy type-checks every message's fields when run without -O; the
-  values come from its own parser, and the check cost 6.7 % of a worker's CPU
-  in the keep-alive benchmark;
-- a body chunk went through h11's receive buffer, copied four times on its
-  way: one that cannot end its Content-Length body (or belongs to a body read
-  until close) and finds the buffer empty goes on as it is, with the events
-  h11 would have produced;
-- ``trigger_event`` enters a ``safecall`` and walks every addon (and its
-  children, with ``getattr``) for every event, though most events have a
-  handler in few of them: each event goes only to the addons implementing it,
-  in the same order with the same error handling (18 % less CPU per
-  keep-alive request).
+- mitmproxy's per-request machinery made cheaper, with the same behaviour
+  (``addons.hotpath``).
 
 These reach into private code, so they refuse to load on a mitmproxy this
 module was not verified against.
@@ -66,7 +56,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import inspect
 import logging
 import re
 import socket
@@ -80,8 +69,7 @@ import h2.errors
 import h2.events
 import h11
 import wsproto.events
-from h11._readers import ContentLengthReader, Http10Reader
-from mitmproxy import addonmanager, connection, ctx, exceptions, flow, hooks, http
+from mitmproxy import connection, ctx, flow, http
 from mitmproxy import version as mitmproxy_version
 from mitmproxy.addons import tlsconfig
 from mitmproxy.net.http import status_codes
@@ -121,7 +109,6 @@ _original_alpn_select = tlsconfig.alpn_select_callback
 _original_stream_event = http_layer.HttpStream._handle_event
 _original_consume_request_body = http_layer.HttpStream.state_consume_request_body
 _original_stream_handle_event = http_layer.HttpStream.handle_event
-_original_http1_event = _http1.Http1Connection._handle_event
 _installed: set[str] = set()
 
 
@@ -284,31 +271,6 @@ def _guarded_read_body(self: _http1.Http1Connection, event: events.Event) -> Gen
         )
         yield commands.CloseConnection(self.conn)
         self.state = self.done
-
-
-def _body_straight_through(self: _http1.Http1Connection, event: events.Event) -> Generator[Any, Any, None]:
-    """A body chunk that arrives with nothing buffered and cannot end its body goes on as it is.
-
-    mitmproxy appends every chunk to h11's receive buffer, which h11 slices out
-    twice and mitmproxy copies once more: about a tenth of the worker's CPU in
-    a 200 MiB transfer. Only a Content-Length body the chunk does not finish,
-    or one read until the connection closes, takes this path; the bytes and
-    events are the ones h11 would have produced, and the last chunk of a
-    Content-Length body (where framing is decided) still goes through h11.
-    """
-    if type(event) is events.DataReceived and event.data and not self.buf and self.state == self.read_body:
-        reader = self.body_reader
-        inner = reader._reader if isinstance(reader, _GuardedBody) else reader
-        if isinstance(inner, ContentLengthReader) and len(event.data) < inner._remaining:
-            inner._remaining -= len(event.data)
-            straight = True
-        else:
-            straight = type(inner) is Http10Reader
-        if straight:
-            assert self.stream_id is not None
-            yield ReceiveHttp(self.ReceiveData(self.stream_id, event.data))
-            return
-    yield from _original_http1_event(self, event)
 
 
 def _stream_body_or_kill(self: http_layer.HttpStream, event: events.Event) -> Generator[Any, Any, None]:
@@ -606,54 +568,6 @@ def _alpn_prefer_h2(conn: Any, options: list[bytes]) -> Any:
     return _original_alpn_select(conn, options)
 
 
-def _no_field_typecheck(self: http.MessageData) -> None:
-    pass
-
-
-class _HookIndex:
-    """Per event name, for each top-level addon implementing it: its callables (its own, then
-    its children's), as ``AddonManager._iter_hooks`` finds them with ``getattr`` on every event.
-
-    Valid for one chain: ``add`` appends to the list, ``remove`` replaces it, so the list
-    object and its length identify it (the index holds the list, so its id is never reused).
-    None of the workers' addons changes its children at run time.
-    """
-
-    __slots__ = ("by_event", "chain", "length")
-
-    def __init__(self, chain: list[Any]) -> None:
-        self.chain, self.length = chain, len(chain)
-        self.by_event: dict[str, list[list[Any]]] = {}
-
-
-def _hooks_by_addon(manager: addonmanager.AddonManager, event: hooks.Hook) -> list[list[Any]]:
-    index: _HookIndex | None = manager.__dict__.get("_egress_index")
-    if index is None or index.chain is not manager.chain or index.length != len(manager.chain):
-        index = manager.__dict__["_egress_index"] = _HookIndex(manager.chain)
-    found = index.by_event.get(event.name)
-    if found is None:
-        found = index.by_event[event.name] = [
-            funcs for top in manager.chain if (funcs := [f for _, f in manager._iter_hooks(top, event)])
-        ]
-    return found
-
-
-async def _trigger_indexed(self: addonmanager.AddonManager, event: hooks.Hook) -> None:
-    """``trigger_event`` skipping the addons without a handler: same order, same ``safecall``
-    per addon (an exception is logged and the next addon runs: each of ours fails closed on
-    its own), same ``AddonHalt``."""
-    args = event.args()  # hooks share the event's objects; none reassigns its fields
-    for funcs in _hooks_by_addon(self, event):
-        try:
-            with addonmanager.safecall():
-                for func in funcs:
-                    res = func(*args)
-                    if res is not None and inspect.isawaitable(res):
-                        await res
-        except exceptions.AddonHalt:
-            return
-
-
 def install_guards() -> None:
     """The safety guards; idempotent."""
     if "guards" in _installed:
@@ -684,8 +598,8 @@ def install_speedups() -> None:
     check_version()
     mode_servers.RegularInstance.listen = _listen_reuse_port  # type: ignore[method-assign,assignment]
     mode_servers.TransparentInstance.listen = _listen_reuse_port  # type: ignore[method-assign,assignment]
-    http.MessageData.__post_init__ = _no_field_typecheck  # type: ignore[method-assign]
     tlsconfig.alpn_select_callback = _alpn_prefer_h2
-    addonmanager.AddonManager.trigger_event = _trigger_indexed  # type: ignore[method-assign]
-    _http1.Http1Connection._handle_event = _body_straight_through  # type: ignore[method-assign]
+    from addons import hotpath
+
+    hotpath.install()
     _installed.add("speedups")

@@ -1,0 +1,243 @@
+"""The hot-path replacements yield what mitmproxy's own code yields (run side by side)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections.abc
+import itertools
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from mitmproxy import addonmanager, exceptions, hooks, http, optmanager
+from mitmproxy.proxy import server
+
+from addons import hotpath, patches
+
+# mitmproxy's own, taken before anything in this process could install the replacements
+ORIGINAL_GET_ALL = http.Headers.get_all
+assert ORIGINAL_GET_ALL is not hotpath._headers_get_all
+ORIGINAL_CURRENT = optmanager._Option.current
+ORIGINAL_ARGS = hooks.Hook.args
+
+
+class _Recorder:
+    def __init__(self, name: str, calls: list[str], fail: bool = False, halt: bool = False) -> None:
+        self.name, self.calls, self.fail, self.halt = name, calls, fail, halt
+
+    def request(self, flow: object) -> None:
+        self.calls.append(self.name)
+        if self.fail:
+            raise RuntimeError("boom")
+        if self.halt:
+            raise exceptions.AddonHalt()
+
+
+class _AsyncChild:
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+
+    async def request(self, flow: object) -> None:
+        await asyncio.sleep(0)
+        self.calls.append("child")
+
+
+class _Parent:
+    def __init__(self, calls: list[str]) -> None:
+        self.addons = [_AsyncChild(calls)]
+
+
+class _Quiet:
+    """Implements no request hook: the index skips it."""
+
+
+_ORIGINAL = addonmanager.AddonManager.trigger_event
+
+
+async def _dispatch(calls: list[str], *extra: object, trigger: Any = hotpath._trigger_indexed) -> None:
+    from mitmproxy.test import taddons, tflow
+
+    with taddons.context() as tctx:
+        manager = tctx.master.addons
+        manager.add(_Recorder("a", calls), _Quiet(), _Parent(calls), _Recorder("b", calls, fail=True))
+        manager.add(_Recorder("c", calls), *extra)
+        flow = tflow.tflow()
+        await trigger(manager, hooks.all_hooks["request"](flow))
+        manager.add(_Recorder("late", calls))  # the chain changed: the index is rebuilt
+        await trigger(manager, hooks.all_hooks["request"](flow))
+        manager.remove(manager.get("a"))  # one out, one in: the same length, rebuilt too
+        manager.add(_Recorder("new", calls))
+        await trigger(manager, hooks.all_hooks["request"](flow))
+
+
+async def _both(calls: list[str], halted: list[str], trigger: Any) -> None:
+    await _dispatch(calls, trigger=trigger)
+    await _dispatch(halted, _Recorder("halt", halted, halt=True), _Recorder("after", halted), trigger=trigger)
+
+
+@pytest.mark.parametrize("trigger", [_ORIGINAL, hotpath._trigger_indexed], ids=["mitmproxy", "indexed"])
+def test_indexed_dispatch_keeps_order_errors_children_and_halt(trigger: Any) -> None:
+    """The same calls as mitmproxy's own dispatch, which the first parameter runs."""
+    calls: list[str] = []
+    halted: list[str] = []
+    asyncio.run(_both(calls, halted, trigger))
+    # b raised: logged by safecall, the next addon still runs (as in mitmproxy's own dispatch)
+    assert calls == ["a", "child", "b", "c", "a", "child", "b", "c", "late", "child", "b", "c", "late", "new"]
+    assert halted == ["a", "child", "b", "c", "halt"] * 2 + ["child", "b", "c", "halt"]
+
+
+def _http1_commands(
+    cls: type, head: bytes, body: bytes, cuts: list[int], fast: bool
+) -> tuple[list[str], bytes]:
+    """What an HTTP/1 layer of ``cls`` emits for ``head + body`` arriving in pieces cut at
+    ``cuts``, and the body bytes it passed on."""
+    import types
+
+    from mitmproxy.options import Options
+    from mitmproxy.proxy import events
+    from mitmproxy.proxy.context import Context
+    from mitmproxy.proxy.layers.http import _http1
+    from mitmproxy.test import tflow
+
+    patches.install_guards()
+    client = tflow.tclient_conn()
+    context = Context(client, Options())
+    context.server = tflow.tserver_conn()
+    layer = cls(context)
+    if fast:
+        layer._handle_event = types.MethodType(hotpath._body_straight_through, layer)
+    out = list(layer.handle_event(events.Start()))
+    if cls is _http1.Http1Client:  # a request sent first, so the response has a flow to answer
+        from mitmproxy.proxy.layers.http import RequestHeaders
+
+        out += layer.handle_event(RequestHeaders(1, tflow.treq(), end_stream=True))
+        out += layer.handle_event(_http1.RequestEndOfMessage(1))
+        conn = context.server
+    else:
+        conn = client
+    data = head + body
+    edges = [0, *sorted({c % (len(data) + 1) for c in cuts}), len(data)]
+    for a, b in itertools.pairwise(edges):
+        if b > a:
+            out += layer.handle_event(events.DataReceived(conn, data[a:b]))
+    if cls is _http1.Http1Client and b"content-length" not in head.lower():
+        out += layer.handle_event(events.ConnectionClosed(conn))
+    received = b"".join(
+        c.event.data for c in out if type(getattr(c, "event", None)).__name__.endswith("Data")
+    )
+    return [_summary(c) for c in out], received
+
+
+def _summary(command: Any) -> str:
+    """A command without the connections' random ids: its kind and the bytes it carries."""
+    event = getattr(command, "event", None)
+    what = event if event is not None else command
+    return f"{type(command).__name__}/{type(what).__name__}:{getattr(what, 'data', b'')!r}"
+
+
+@pytest.mark.parametrize(
+    "kind, head",
+    [
+        ("request", b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n"),
+        ("response", b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n"),
+        ("response", b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"),  # read until close
+        ("request", b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"),
+    ],
+    ids=["request-length", "response-length", "response-until-close", "request-chunked"],
+)
+def test_a_body_passed_straight_through_yields_what_h11_yields(kind: str, head: bytes) -> None:
+    """Same commands, same bytes, for any way the head and body are cut (and bytes past the end)."""
+    from mitmproxy.proxy.layers.http import _http1
+
+    cls = _http1.Http1Server if kind == "request" else _http1.Http1Client
+    chunked = b"chunked" in head
+
+    @settings(max_examples=150, deadline=None)
+    @given(
+        st.binary(min_size=0, max_size=300),
+        st.lists(st.integers(0, 1 << 20), max_size=8),
+        st.binary(max_size=20),
+    )
+    def check(body: bytes, cuts: list[int], extra: bytes) -> None:
+        framed = (
+            b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+            if chunked and body
+            else b"0\r\n\r\n" * chunked or body
+        )
+        start = head % len(body) if b"%d" in head else head
+        after = b"" if b"content-length" not in start.lower() else extra  # past the end: the next message
+        want = _http1_commands(cls, start, framed + after, cuts, fast=False)
+        got = _http1_commands(cls, start, framed + after, cuts, fast=True)
+        assert got == want
+        assert got[1] == body  # what the layer passed on is the body, and only it
+
+    check()
+
+
+_names = st.sampled_from(["Host", "host", "HOST", "Content-Length", "transfer-encoding", "X-Égal", "x-égal"])
+_fields = st.lists(
+    st.tuples(
+        st.one_of(
+            _names.map(lambda n: n.encode("utf-8", "surrogateescape")), st.binary(min_size=1, max_size=8)
+        ),
+        st.binary(max_size=12),
+    ),
+    max_size=6,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_fields, st.one_of(_names, _names.map(str.encode), st.binary(max_size=8)))
+def test_header_lookups_answer_as_mitmproxy_does(
+    fields: list[tuple[bytes, bytes]], name: str | bytes
+) -> None:
+    headers = http.Headers(tuple(fields))
+    want_all = ORIGINAL_GET_ALL(headers, name)
+    assert hotpath._headers_get_all(headers, name) == want_all
+    # Mapping's generic get and in, on top of mitmproxy's get_all, as Headers inherits them
+    assert hotpath._headers_get(headers, name, "absent") == (", ".join(want_all) if want_all else "absent")
+    assert hotpath._headers_contain(headers, name) == bool(want_all)
+    assert collections.abc.Mapping.__contains__(headers, name) == bool(want_all)
+
+
+def test_a_header_name_of_the_wrong_type_still_raises() -> None:
+    with pytest.raises(TypeError):
+        hotpath._headers_get_all(http.Headers(host="a"), 3)  # type: ignore[arg-type]
+
+
+def test_hook_arguments_are_the_dataclass_fields_in_order() -> None:
+    from mitmproxy.test import tflow
+
+    flow = tflow.tflow()
+    for cls in {hooks.all_hooks["request"], hooks.all_hooks["responseheaders"], hooks.all_hooks["error"]}:
+        event = cls(flow)
+        assert hotpath._hook_args(event) == ORIGINAL_ARGS(event)
+        assert hotpath._hook_args(event)[0] is flow
+
+
+def test_options_read_as_before_and_mutable_values_stay_copies() -> None:
+    from mitmproxy.options import Options
+
+    options = Options()
+    options.update(listen_port=9, allow_hosts=["a"])
+    for name, option in options._options.items():
+        assert hotpath._option_current(option) == ORIGINAL_CURRENT(option), name
+    option = options._options["allow_hosts"]
+    hotpath._option_current(option).append("b")  # the caller's copy, not the option's value
+    assert ORIGINAL_CURRENT(option) == ["a"]
+
+
+def test_a_disarmed_watchdog_rearms_after_the_last_hook_even_when_it_raises() -> None:
+    async def check() -> None:
+        async def callback() -> None: ...
+
+        dog = server.TimeoutWatchdog(10, callback)
+        with hotpath._disarm(dog):
+            with pytest.raises(RuntimeError), hotpath._disarm(dog):
+                assert dog.blocker == 2 and not dog.can_timeout.is_set()
+                raise RuntimeError
+            assert dog.blocker == 1 and not dog.can_timeout.is_set()
+        assert dog.blocker == 0 and dog.can_timeout.is_set()
+
+    asyncio.run(check())
