@@ -21,6 +21,11 @@ checks against mitmproxy's own code:
   option left at its default deep-copied it twice, and the hook watchdog's
   ``disarm`` was a generator context manager: the field names are kept per
   hook class, scalars are not copied, ``disarm`` is a plain class;
+- pyOpenSSL re-encoded and re-parsed the leaf certificate and key mitmproxy
+  hands each new client connection (0.4 ms a connection): its copies are
+  kept per certificate, and mitmproxy's certificate cache holds
+  ``CERT_CAP`` hosts instead of 100, dropping the oldest by identity (it
+  compared every entry field by field);
 - ``Headers.get`` and ``in`` went through ``Mapping``'s generic methods,
   raising and catching ``KeyError`` for every absent header, and every lookup
   called a static method per field: they read the fields directly.
@@ -34,18 +39,24 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
-from collections.abc import Generator
+import warnings
+from collections.abc import Callable, Generator
 from typing import Any
 
+from cryptography import x509
 from h11._readers import ContentLengthReader, Http10Reader
-from mitmproxy import addonmanager, exceptions, hooks, http, optmanager
+from mitmproxy import addonmanager, certs, exceptions, hooks, http, optmanager
 from mitmproxy.proxy import events, server
 from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.proxy.layers.http._base import ReceiveHttp
+from OpenSSL import SSL, crypto
 
 from addons.patches import _GuardedBody
 
 _original_http1_event = _http1.Http1Connection._handle_event
+_original_use_certificate = SSL.Connection.use_certificate
+_original_use_privatekey = SSL.Connection.use_privatekey
+CERT_CAP = 4096  # hosts whose leaf certificate a worker keeps (mitmproxy: 100)
 _SCALARS = frozenset({str, bytes, int, float, bool, type(None)})  # deepcopy returns them as they are
 
 
@@ -184,6 +195,46 @@ def _headers_contain(self: http.Headers, name: object) -> bool:
     return any(k.lower() == key for k, _ in self.fields)
 
 
+class _Copies:
+    """pyOpenSSL's copy of each certificate or key object it is handed, kept while the object
+    lives here (held, so its id is not reused), at most ``CERT_CAP`` and a few, oldest out."""
+
+    __slots__ = ("_convert", "_kept")
+
+    def __init__(self, convert: Callable[[Any], Any]) -> None:
+        self._convert = convert
+        self._kept: dict[int, tuple[object, Any]] = {}
+
+    def __call__(self, obj: object) -> Any:
+        kept = self._kept.get(id(obj))
+        if kept is not None and kept[0] is obj:
+            return kept[1]
+        if len(self._kept) >= CERT_CAP + 16:
+            del self._kept[next(iter(self._kept))]
+        converted = self._convert(obj)
+        self._kept[id(obj)] = (obj, converted)
+        return converted
+
+
+_x509_copies = _Copies(crypto.X509.from_cryptography)
+_key_copies = _Copies(crypto.PKey.from_cryptography_key)
+
+
+def _use_certificate(self: SSL.Connection, cert: Any) -> None:
+    _original_use_certificate(self, _x509_copies(cert) if isinstance(cert, x509.Certificate) else cert)
+
+
+def _use_privatekey(self: SSL.Connection, key: Any) -> None:
+    _original_use_privatekey(self, key if isinstance(key, crypto.PKey) else _key_copies(key))
+
+
+def _expire(self: certs.CertStore, entry: certs.CertStoreEntry) -> None:
+    self.expire_queue.append(entry)
+    if len(self.expire_queue) > self.STORE_CAP:
+        oldest = self.expire_queue.pop(0)
+        self.certs = {k: v for k, v in self.certs.items() if v is not oldest}
+
+
 def install() -> None:
     """Put every replacement in place (``patches.install_speedups`` calls this once)."""
     http.MessageData.__post_init__ = _no_field_typecheck  # type: ignore[method-assign]
@@ -195,3 +246,9 @@ def install() -> None:
     http.Headers.get_all = _headers_get_all  # type: ignore[method-assign]
     http.Headers.get = _headers_get  # type: ignore[method-assign,assignment]
     http.Headers.__contains__ = _headers_contain  # type: ignore[method-assign,assignment]
+    SSL.Connection.use_certificate = _use_certificate  # type: ignore[method-assign]
+    SSL.Connection.use_privatekey = _use_privatekey  # type: ignore[method-assign,assignment]
+    # pyOpenSSL would rather be given cryptography objects, which it converts on every call
+    warnings.filterwarnings("ignore", "Passing pyOpenSSL (X509|PKey) objects", DeprecationWarning)
+    certs.CertStore.STORE_CAP = CERT_CAP
+    certs.CertStore.expire = _expire  # type: ignore[method-assign]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections.abc
+import contextlib
 import itertools
 from typing import Any
 
@@ -241,3 +242,71 @@ def test_a_disarmed_watchdog_rearms_after_the_last_hook_even_when_it_raises() ->
         assert dog.blocker == 0 and dog.can_timeout.is_set()
 
     asyncio.run(check())
+
+
+@pytest.mark.filterwarnings("ignore:Passing pyOpenSSL")
+def test_a_connection_gets_the_certificate_and_key_it_was_handed_converted_once() -> None:
+    import trustme
+    from cryptography.hazmat.primitives import serialization
+    from OpenSSL import SSL, crypto
+
+    ca = trustme.CA()
+    issued = [ca.issue_cert(f"h{i}.test") for i in range(2)]
+    certs = [c.cert_chain_pems[0].bytes() for c in issued]
+    from cryptography import x509
+
+    loaded = [x509.load_pem_x509_certificate(pem) for pem in certs]
+    key = serialization.load_pem_private_key(issued[0].private_key_pem.bytes(), None)
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    seen = []
+    for cert in (loaded[0], loaded[1], loaded[0]):
+        conn = SSL.Connection(context)
+        hotpath._use_certificate(conn, cert)
+        presented = conn.get_certificate()
+        assert presented is not None and presented.to_cryptography() == cert
+        seen.append(hotpath._x509_copies(cert))
+    assert seen[0] is seen[2] and seen[0] is not seen[1]  # one copy per certificate, reused
+    for _ in range(2):  # a real handshake (memory BIOs) proves the key loaded is the certificate's
+        server = SSL.Connection(context)
+        hotpath._use_certificate(server, loaded[0])
+        hotpath._use_privatekey(server, key)
+        server.set_accept_state()
+        client_context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        client_context.set_verify(SSL.VERIFY_PEER)
+        client_context.get_cert_store().add_cert(crypto.X509.from_cryptography(ca._certificate))
+        client = SSL.Connection(client_context)
+        client.set_tlsext_host_name(b"h0.test")
+        client.set_connect_state()
+        for _ in range(10):
+            for a, b in ((client, server), (server, client)):
+                with contextlib.suppress(SSL.WantReadError):
+                    a.do_handshake()
+                with contextlib.suppress(SSL.WantReadError):
+                    b.bio_write(a.bio_read(65536))
+        client.sendall(b"hello")
+        server.bio_write(client.bio_read(65536))
+        assert server.recv(5) == b"hello"
+    assert hotpath._key_copies(key) is hotpath._key_copies(key)
+
+
+def test_the_certificate_cache_keeps_at_most_its_cap_and_drops_the_oldest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Store:
+        STORE_CAP = 2
+
+        def __init__(self) -> None:
+            self.certs: dict[str, object] = {}
+            self.expire_queue: list[object] = []
+
+    store, entries = Store(), [object() for _ in range(4)]
+    for i, entry in enumerate(entries):
+        store.certs[f"cn{i}"] = store.certs[f"san{i}"] = entry
+        hotpath._expire(store, entry)  # type: ignore[arg-type]
+    assert set(store.certs) == {"cn2", "san2", "cn3", "san3"}
+    copies = hotpath._Copies(lambda o: [o])
+    monkeypatch.setattr(hotpath, "CERT_CAP", 0)
+    held = [object() for _ in range(40)]
+    for obj in held:
+        assert copies(obj) == [obj]
+    assert len(copies._kept) <= 16
