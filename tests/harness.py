@@ -6,6 +6,7 @@ Only loopback addresses are used. Every process started here is stopped by pid.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import gzip
 import hashlib
@@ -572,3 +573,15 @@ def start_proxy(
     proc.kill()
     proc.wait()
     raise RuntimeError(f"proxy did not start:\n{log.read_text()}")
+
+
+def handshake_in_memory(client: Any, server: Any) -> None:
+    """Complete a TLS handshake between two pyOpenSSL connections over their memory BIOs."""
+    from OpenSSL import SSL
+
+    for _ in range(10):
+        for a, b in ((client, server), (server, client)):
+            with contextlib.suppress(SSL.WantReadError):
+                a.do_handshake()
+            with contextlib.suppress(SSL.WantReadError):
+                b.bio_write(a.bio_read(65536))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import collections.abc
-import contextlib
 import itertools
 from typing import Any
 
@@ -15,6 +14,7 @@ from mitmproxy import addonmanager, exceptions, hooks, http, optmanager
 from mitmproxy.proxy import server
 
 from addons import hotpath, patches
+from tests.harness import handshake_in_memory
 
 # mitmproxy's own, taken before anything in this process could install the replacements
 ORIGINAL_GET_ALL = http.Headers.get_all
@@ -277,12 +277,7 @@ def test_a_connection_gets_the_certificate_and_key_it_was_handed_converted_once(
         client = SSL.Connection(client_context)
         client.set_tlsext_host_name(b"h0.test")
         client.set_connect_state()
-        for _ in range(10):
-            for a, b in ((client, server), (server, client)):
-                with contextlib.suppress(SSL.WantReadError):
-                    a.do_handshake()
-                with contextlib.suppress(SSL.WantReadError):
-                    b.bio_write(a.bio_read(65536))
+        handshake_in_memory(client, server)
         client.sendall(b"hello")
         server.bio_write(client.bio_read(65536))
         assert server.recv(5) == b"hello"
