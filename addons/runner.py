@@ -9,6 +9,7 @@ once, and any error there stops the worker before it listens.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -76,9 +77,18 @@ def option_values(settings: RunSettings, upstream_bundle: str | None) -> dict[st
 
 
 class Ready:
-    """Tell the supervisor this worker listens (it waits for every worker's file)."""
+    """Tell the supervisor this worker listens (it waits for every worker's file).
+
+    First the start-up heap (mitmproxy, the addons, the loaded policy) leaves the
+    cycle collector's view: a full collection walked all of it, a 40 ms pause with
+    the demo policy (more with thousands of connectors), which was the p99 of
+    requests at 200 req/s. What is frozen is never freed by the collector, only by
+    reference counting: start-up objects live as long as the worker anyway.
+    """
 
     async def running(self) -> None:
+        gc.collect()
+        gc.freeze()
         if path := os.environ.get("EGRESS_WORKER_READY_FILE"):
             Path(path).write_text(str(os.getpid()))
 

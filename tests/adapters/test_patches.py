@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 
@@ -127,3 +128,19 @@ def test_the_worker_imports_only_the_default_addons_it_loads() -> None:
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_a_ready_worker_has_frozen_its_start_up_heap(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A full collection walked the start-up heap on every run: 40 ms, the p99 at 200 req/s."""
+    import gc
+
+    from addons.runner import Ready
+
+    monkeypatch.setenv("EGRESS_WORKER_READY_FILE", str(tmp_path / "ready"))
+    gc.unfreeze()
+    try:
+        asyncio.run(Ready().running())
+        assert gc.get_freeze_count() > 1000
+        assert (tmp_path / "ready").read_text().isdigit()
+    finally:
+        gc.unfreeze()
