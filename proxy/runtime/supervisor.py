@@ -225,7 +225,6 @@ class Supervisor:
 def main(argv: list[str]) -> int:
     """``python -m proxy.runtime.supervisor`` (settings in the environment): what `egress run` execs into."""
     from proxy.runtime import logsetup
-    from proxy.service.home import Home
 
     settings = RunSettings.from_json(os.environ[SETTINGS_ENV])
     logsetup.configure(settings.log_format)
@@ -249,6 +248,11 @@ def main(argv: list[str]) -> int:
 
         return connector_health(Home(Path(settings.home), os.environ))
 
+    home = None
+    if settings.admin:  # the admin API acts on the home; without it, cryptography is never loaded here
+        from proxy.service.home import Home
+
+        home = Home(Path(settings.home), os.environ)
     supervisor = Supervisor(
         command,
         settings.workers,
@@ -259,7 +263,7 @@ def main(argv: list[str]) -> int:
         on_reload=reload if settings.config else None,
         admin=settings.admin,
         admin_metrics_token=settings.admin_metrics_token,
-        home=Home(Path(settings.home), os.environ),
+        home=home,
         health=health,
     )
     try:

@@ -154,3 +154,14 @@ def test_second_proxy_on_a_taken_port_refuses_to_start(proxy: Proxy, tmp_path: P
     res = egress(tmp_path / "other", "run", "--workers", "1", "--listen", proxy.addr)
     assert res.returncode == 1
     assert f"--listen {proxy.addr}: cannot bind" in res.stderr
+
+
+def test_the_supervisor_without_an_admin_api_never_loads_cryptography(proxy: Proxy) -> None:
+    """It only starts, watches and reloads workers: the key and store code (14 MiB of its
+    32 MiB) stays in the workers."""
+    supervisor = proxy.proc.pid  # `egress run` execs into the supervisor
+    assert "proxy.runtime.supervisor" in Path(f"/proc/{supervisor}/cmdline").read_bytes().decode()
+    maps = Path(f"/proc/{supervisor}/maps").read_text()
+    assert "/cryptography/" not in maps
+    (worker,) = children(supervisor)
+    assert "/cryptography/" in Path(f"/proc/{worker}/maps").read_text()  # the check can see it
