@@ -8,9 +8,10 @@ Everything runs side by side on this machine, on 127.0.0.1 only:
   serves a 200 MiB file and stores 200 MiB PUT uploads;
 * bare ``mitmdump`` of the same mitmproxy with ``bench/mitm_inject.py``
   (pins the tunnel, injects the header, streams bodies);
-* ``egress run`` with a connector that injects the secret, in four variants:
-  1 worker with recording (the reference), ``--no-record``, ``--workers 2``
-  and 10,000 connectors; and one proxy per other placement (``basic``,
+* ``egress run`` with a connector that injects the secret, in six variants:
+  1 worker with recording (the reference), ``--no-record``, ``--workers 2``,
+  10,000 connectors, ``--audit-log`` and the connectors in a workspace of
+  their own; and one proxy per other placement (``basic``,
   ``headers`` with two headers, ``oauth2`` with nginx as the token endpoint,
   ``aws_sigv4``), each measured against the reference's ``header``;
 * with PostgreSQL's server binaries present, the reference once more on a
@@ -775,9 +776,11 @@ class Bench:
         placement: str = "header",
         store: dict[str, str] | None = None,
         distinct: bool = False,
+        workspace: str | None = None,
     ) -> Path:
         """A home with the bench connector and ``connectors - 1`` fillers: sharing the bench secret,
-        or with ``distinct`` each its own (so the exfiltration guard holds that many)."""
+        or with ``distinct`` each its own (so the exfiltration guard holds that many); all in
+        ``workspace`` when given (else the default one)."""
         home = self.work / name
         fillers = {f"BENCH_F{i:05d}": filler_secret(i) for i in range(connectors - 1)} if distinct else {}
         env = clean_env(
@@ -789,6 +792,7 @@ class Bench:
         if done.returncode:
             raise RuntimeError(f"egress init: {done.stderr}")
         lines = [
+            *([f"workspace: {workspace}"] if workspace else []),
             "connectors:",
             "  - name: bench",
             f'    patterns: ["https://{HOST}/*"]',
@@ -823,8 +827,9 @@ class Bench:
         store: dict[str, str] | None = None,
         extra: tuple[str, ...] = (),
         distinct: bool = False,
+        workspace: str | None = None,
     ) -> None:
-        home = self.egress_home(name, connectors, placement, store, distinct)
+        home = self.egress_home(name, connectors, placement, store, distinct, workspace)
         argv = [
             EGRESS, "run", "--workers", str(workers), "--listen", f"{ADDRESS}:0",
             "--upstream-ca", str(self.ca_path), "--allow-network", "127.0.0.0/8",
@@ -938,6 +943,9 @@ class Bench:
             self.start_egress("egress-10k", f"egress, 1 worker, {n:,} connectors", n, 1, True)
             audit = ("--audit-log", str(self.work / "audit.jsonl"))
             self.start_egress("egress-audit", "egress, 1 worker, --audit-log", 10, 1, True, extra=audit)
+            self.start_egress(
+                "egress-ws", "egress, 1 worker, workspace team-a", 10, 1, True, workspace="team-a"
+            )
             log(
                 "proxies up: "
                 + ", ".join(f"{k} {v:.1f}s" for k, v in self.info["start_seconds"].items())
@@ -1026,6 +1034,7 @@ class Bench:
                         "egress-w2",
                         "egress-10k",
                         "egress-audit",
+                        "egress-ws",
                     ]
                 ),
                 lambda t: hey(t, c=32, duration=a.duration),
@@ -1187,6 +1196,13 @@ def targets(b: Bench, micro: list[dict[str, float]]) -> list[Check]:
         "egress",
         1.03,
         "audit log on / off: CPU per request, keep-alive c=32",
+    )
+    cpu(
+        "keepalive_c32",
+        "egress-ws",
+        "egress",
+        1.03,
+        "connectors in a workspace / in the default one: CPU per request, keep-alive c=32",
     )
     on, off = m("exfil_post64k", "egress-exfil", "rps"), m("exfil_post64k", "egress-exfil-off", "rps")
     speed = ratio(on, off)
@@ -1508,7 +1524,7 @@ def report(b: Bench, micro: list[dict[str, float]], info: dict[str, str], wall: 
     )
     throughput(
         "keepalive_c32", "Keep-alive throughput, concurrency 32",
-        ["direct", "mitmdump", "egress", "egress-norecord", "egress-w2", "egress-10k", "egress-audit"],
+        ["direct", "mitmdump", "egress", "egress-norecord", "egress-w2", "egress-10k", "egress-audit", "egress-ws"],
         f"`hey -c 32 -z {a.duration:g}s` through the proxy (`-x`), HTTP/1.1, 32 persistent tunnels. "
         "CPU columns are cores busy per wall second: the proxy's process tree (for direct: nginx), the "
         "load generator, and everything else except nginx (other tenants would show there).",
