@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from proxy.connectors import make_connector
 from proxy.policy import Policy
-from proxy.scrub import MIN_GUARDED, Guards, LiveSecrets, SecretFound, SecretIndex, StreamGuard
+from proxy.scrub import _SAMPLED_FROM, MIN_GUARDED, Guards, LiveSecrets, SecretFound, SecretIndex, StreamGuard
 
 SECRET = "sk_live_Ab3/x+Y=z&Q9_secret"
 INDEX = SecretIndex([("stripe", SECRET), ("other", "other-secret-value-77")])
@@ -105,6 +105,38 @@ def test_split_across_chunks_is_found_before_any_of_it_leaves(form: str) -> None
         assert e.value.owner == "stripe" and SECRET not in str(e.value)
         assert value[:8] not in sent  # not even the start of it left
         assert sent == body[: len(sent)]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    secret=st.text(string.ascii_letters + string.digits + "_-", min_size=24, max_size=40),
+    form=st.sampled_from(["raw", "upper", "base64", "percent", "hex", "json unicode"]),
+    sizes=st.tuples(
+        st.integers(_SAMPLED_FROM, 3 * _SAMPLED_FROM), st.integers(_SAMPLED_FROM, 3 * _SAMPLED_FROM)
+    ),
+    chunk=st.integers(_SAMPLED_FROM, 4 * _SAMPLED_FROM),
+    seed=st.integers(0, 2**32),
+)
+def test_a_secret_split_anywhere_in_random_bytes_is_found_before_any_of_it_leaves(
+    secret: str, form: str, sizes: tuple[int, int], chunk: int, seed: int
+) -> None:
+    """Random bytes around it, so the chunks are cleared from a sample: cut at every position
+    (two chunks of KiB) or in chunks of any size, the secret is found, and nothing of it left."""
+    index = SecretIndex([("c", secret)])
+    assert index._stride > 1  # the sampled path is the one under test
+    value = spellings(secret)[form]
+    rnd = random.Random(seed)
+    body = rnd.randbytes(sizes[0]) + value + rnd.randbytes(sizes[1])
+    splits = [[body[:cut], body[cut:]] for cut in range(sizes[0] - 1, sizes[0] + len(value) + 2)]
+    splits.append([body[i : i + chunk] for i in range(0, len(body), chunk)])
+    for chunks in splits:
+        guard = StreamGuard(index)
+        sent = bytearray()
+        with pytest.raises(SecretFound):
+            for part in chunks:
+                sent += guard(part)
+            guard(b"")
+        assert sent == body[: len(sent)] and len(sent) <= sizes[0]
 
 
 def test_a_clean_stream_comes_out_whole() -> None:
