@@ -367,7 +367,7 @@ class StreamScrubber:
             else:
                 carry = self._carry
                 # a needle across the seam lies within carry + chunk[:keep]
-                if not carry or needles.mask(seam := carry + chunk[:keep]) == seam:
+                if not carry or pre.clears(carry + chunk[:keep]):
                     # hold back the trailing run of bytes a match could continue from
                     tail = chunk[len(chunk) - keep :].translate(pre.classes)
                     cut = len(chunk) - keep + tail.rfind(b"\0") + 1
