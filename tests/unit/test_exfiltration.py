@@ -146,6 +146,19 @@ def test_a_clean_stream_comes_out_whole() -> None:
     assert out == body
 
 
+@settings(max_examples=50, deadline=None)
+@given(sizes=st.lists(st.integers(1, 3 * _SAMPLED_FROM), min_size=1, max_size=30), seed=st.integers(0, 2**32))
+def test_a_clean_stream_holds_back_no_more_than_the_overlap(sizes: list[int], seed: int) -> None:
+    """Chunks of any size, small ones too: every call forwards all but the last ``keep`` bytes."""
+    body = random.Random(seed).randbytes(sum(sizes))
+    guard, fed, sent = StreamGuard(INDEX), 0, bytearray()
+    for size in sizes:
+        sent += guard(body[fed : fed + size])
+        fed += size
+        assert len(sent) >= fed - INDEX.keep
+    assert sent + guard(b"") == body
+
+
 def test_the_policy_guards_every_connector_secret_but_only_the_client_request_is_scanned() -> None:
     header = {"header": "Authorization", "template": "Bearer {{secret}}"}
     policy = Policy(
