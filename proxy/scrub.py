@@ -187,12 +187,14 @@ class Needles:
         return bool(self.literals or self.source)
 
     def mask(self, data: bytes) -> bytes:
+        # find, not ``in``: bytes.__contains__ first tries the needle as an int, and raising and
+        # catching that TypeError costs about 0.4 us, most of the scan of a header value
         hits = 0  # bit i: the key of family i occurs in ``data`` as it came in
         for i, (key, members) in enumerate(self.families):
-            if key in data:
+            if data.find(key) >= 0:
                 hits |= 1 << i
                 for needle in members:
-                    if needle in data:
+                    if data.find(needle) >= 0:
                         data = data.replace(needle, b"*" * len(needle))
         if self.source and self._anchored(data, hits):
             data = _compiled(self.source).sub(lambda m: b"*" * (m.end() - m.start()), data)
@@ -207,7 +209,7 @@ class Needles:
         for anchor, (gate, same) in zip(self.anchors, self.gates, strict=True):
             if gate >= 0 and not hits >> gate & 1:
                 continue
-            if (gate >= 0 and same) or anchor in data:
+            if (gate >= 0 and same) or data.find(anchor) >= 0:
                 return True
         return False
 
