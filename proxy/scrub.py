@@ -92,6 +92,48 @@ def _base64_cores(raw: bytes) -> list[bytes]:
 NARROW, WIDE = 1, 2  # prefilter classes: a byte of some needle or anchor; of a pattern match only
 _SAMPLE = 1 << 16  # chunk size the prefilter's false-hit rate is judged at
 _MAX_FALSE_HITS = 0.01  # expected per such chunk of random bytes, or the prefilter is not worth it
+_SAMPLED_FROM = 4096  # bytes: shorter data is looked at whole, sampling it costs more
+_SPREAD = 256  # bytes spread over the data: their marked share predicts false candidates
+_CANDIDATES = 8  # false candidates per 64 KiB past which one full pass is cheaper
+
+
+def lacks_run(data: bytes, table: bytes, run: bytes, stride: int) -> bool:
+    """True only if ``data.translate(table)`` lacks ``run`` (one byte value repeated), decided
+    from every ``stride``-th byte (``stride <= len(run)``); False means: look at all of it.
+
+    Any ``len(run)`` consecutive positions hold ``m = len(run) // stride`` consecutive multiples
+    of ``stride``, so every run in the data shows as m marked bytes in a row in the sample; each
+    such candidate is checked on the only bytes a run through it can span, so a sample whose
+    candidates are all refuted proves the data holds none.
+    """
+    if stride == 1 or len(data) < _SAMPLED_FROM:
+        return False
+    length = len(run)
+    m = length // stride
+    short = run[:m]
+    budget = _CANDIDATES * -(-len(data) // _SAMPLE)  # per 64 KiB begun
+    spread = data[:: len(data) // _SPREAD]
+    marked = spread.translate(table).count(run[0]) / len(spread)
+    if len(data) / stride * marked**m > budget:
+        return False  # text, most likely: one full pass is cheaper than refuting its candidates
+    sample = data[::stride].translate(table)
+    at = sample.find(short)
+    for _ in range(budget):
+        if at < 0:
+            return True
+        # a run through data[at * stride], ..., data[(at + m - 1) * stride] lies in data[lo:end]
+        lo, end = max(0, (at + m - 1) * stride + 1 - length), at * stride + length
+        if data[lo:end].translate(table).find(run) >= 0:
+            return False
+        at = sample.find(short, at + 1)
+    return at < 0
+
+
+def _stride(marked: float, length: int) -> int:
+    """The widest sampling for ``lacks_run`` at which random bytes, each ``marked`` with that
+    probability, show about one false candidate per 64 KiB or fewer (1: no sampling)."""
+    fits = (k for k in range(2, length + 1) if _SAMPLE / k * marked ** (length // k) <= 1)
+    return max(fits, default=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,12 +145,20 @@ class Prefilter:
     chunk whose translation lacks ``run`` holds none of them, hence nothing ``mask`` would
     change. A match that may continue into the next chunk ends in a run of non-zero bytes, so
     only that run (at most ``keep``) must be held back. On random bytes (compressed bodies,
-    archives, images) such runs are rare; on text they are everywhere, so a hit turns the
-    prefilter off for a while.
+    archives, images) such runs are rare, and found from a sample (``lacks_run``); on text
+    they are everywhere, so a hit turns the prefilter off for a while.
     """
 
     classes: bytes
     run: bytes
+    stride: int = 1  # the sampling ``lacks_run`` rules random bytes out at
+
+    def clears(self, data: bytes) -> bool:
+        """``data`` holds no literal and no anchor (its translation lacks ``run``)."""
+        return (
+            lacks_run(data, self.classes, self.run, self.stride)
+            or data.translate(self.classes).find(self.run) < 0
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,12 +187,14 @@ class Needles:
         return bool(self.literals or self.source)
 
     def mask(self, data: bytes) -> bytes:
+        # find, not ``in``: bytes.__contains__ first tries the needle as an int, and raising and
+        # catching that TypeError costs about 0.4 us, most of the scan of a header value
         hits = 0  # bit i: the key of family i occurs in ``data`` as it came in
         for i, (key, members) in enumerate(self.families):
-            if key in data:
+            if data.find(key) >= 0:
                 hits |= 1 << i
                 for needle in members:
-                    if needle in data:
+                    if data.find(needle) >= 0:
                         data = data.replace(needle, b"*" * len(needle))
         if self.source and self._anchored(data, hits):
             data = _compiled(self.source).sub(lambda m: b"*" * (m.end() - m.start()), data)
@@ -157,7 +209,7 @@ class Needles:
         for anchor, (gate, same) in zip(self.anchors, self.gates, strict=True):
             if gate >= 0 and not hits >> gate & 1:
                 continue
-            if (gate >= 0 and same) or anchor in data:
+            if (gate >= 0 and same) or data.find(anchor) >= 0:
                 return True
         return False
 
@@ -228,7 +280,7 @@ def _prefilter(needles: tuple[bytes, ...], wide: set[int]) -> Prefilter | None:
     if _SAMPLE * (len(narrow) / 256) ** shortest > _MAX_FALSE_HITS:
         return None
     classes = bytes(NARROW if b in narrow else WIDE if b in wide else 0 for b in range(256))
-    return Prefilter(classes, bytes([NARROW]) * shortest)
+    return Prefilter(classes, bytes([NARROW]) * shortest, _stride(len(narrow) / 256, shortest))
 
 
 def _gates(
@@ -312,20 +364,19 @@ class StreamScrubber:
         if pre is not None and len(chunk) > keep:
             if self._pause:
                 self._pause -= 1
+            elif not pre.clears(chunk):
+                self._pause = self.PAUSE
             else:
-                classes = chunk.translate(pre.classes)
-                if pre.run in classes:
-                    self._pause = self.PAUSE
-                else:
-                    carry = self._carry
-                    # a needle across the seam lies within carry + chunk[:keep]
-                    if not carry or needles.mask(seam := carry + chunk[:keep]) == seam:
-                        zero = classes.rfind(b"\0", len(chunk) - keep)
-                        cut = len(chunk) - keep if zero < 0 else zero + 1
-                        self._carry = chunk[cut:]
-                        if carry:
-                            return b"".join((carry, memoryview(chunk)[:cut]))
-                        return chunk if cut == len(chunk) else chunk[:cut]
+                carry = self._carry
+                # a needle across the seam lies within carry + chunk[:keep]
+                if not carry or pre.clears(carry + chunk[:keep]):
+                    # hold back the trailing run of bytes a match could continue from
+                    tail = chunk[len(chunk) - keep :].translate(pre.classes)
+                    cut = len(chunk) - keep + tail.rfind(b"\0") + 1
+                    self._carry = chunk[cut:]
+                    if carry:
+                        return b"".join((carry, memoryview(chunk)[:cut]))
+                    return chunk if cut == len(chunk) else chunk[:cut]
         data = needles.mask(self._carry + chunk)
         if keep == 0:
             return data
@@ -375,7 +426,8 @@ class SecretIndex:
     Every byte of every folded spelling is marked in ``_marks``; a spelling
     occurs only inside a run of at least ``lmin`` marked bytes, and in text
     such runs are rare, so one ``translate`` and a ``find`` (both C, memchr
-    speed) usually rule the whole data out. Inside each run: every spelling
+    speed) usually rule the whole data out (random data: those of a sample of
+    every ``_stride``-th byte, ``lacks_run``). Inside each run: every spelling
     covers a position that is a multiple of ``step`` (``lmin - GRAM + 1``, at
     most ``MAX_STEP``) with one of its first ``step`` grams; the index holds
     those grams, the run is sliced at every ``step`` bytes and intersected
@@ -386,7 +438,7 @@ class SecretIndex:
     secrets (bench/exfil.py).
     """
 
-    __slots__ = ("_grams", "_keys", "_marks", "_run", "keep", "literals", "owners", "step")
+    __slots__ = ("_grams", "_keys", "_marks", "_run", "_stride", "keep", "literals", "owners", "step")
 
     def __init__(self, secrets: Iterable[tuple[str, str]] = ()) -> None:
         seen: dict[bytes, str] = {}
@@ -402,6 +454,7 @@ class SecretIndex:
         marked = set(b"".join(self.literals))
         self._marks = bytes(1 if _FOLD[b] in marked else 0 for b in range(256))  # applied to raw data
         self._run = b"\x01" * lmin
+        self._stride = _stride(sum(self._marks) / 256, lmin)
         grams: dict[bytes | int, list[int]] = {}
         for i, literal in enumerate(self.literals):
             for offset in range(min(self.step, len(literal) - GRAM + 1)):
@@ -416,6 +469,8 @@ class SecretIndex:
 
     def _hits(self, data: bytes) -> Iterator[int]:
         """Indexes of the literals ``data`` carries (folded), each run searched on its own."""
+        if lacks_run(data, self._marks, self._run, self._stride):
+            return
         marks = data.translate(self._marks)
         at = marks.find(self._run)
         if at < 0:

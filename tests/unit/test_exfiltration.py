@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from proxy.connectors import make_connector
 from proxy.policy import Policy
-from proxy.scrub import MIN_GUARDED, Guards, LiveSecrets, SecretFound, SecretIndex, StreamGuard
+from proxy.scrub import _SAMPLED_FROM, MIN_GUARDED, Guards, LiveSecrets, SecretFound, SecretIndex, StreamGuard
 
 SECRET = "sk_live_Ab3/x+Y=z&Q9_secret"
 INDEX = SecretIndex([("stripe", SECRET), ("other", "other-secret-value-77")])
@@ -107,11 +107,56 @@ def test_split_across_chunks_is_found_before_any_of_it_leaves(form: str) -> None
         assert sent == body[: len(sent)]
 
 
+@settings(max_examples=30, deadline=None)
+@given(
+    secret=st.text(string.ascii_letters + string.digits + "_-", min_size=24, max_size=40),
+    form=st.sampled_from(["raw", "upper", "base64", "percent", "hex", "json unicode"]),
+    sizes=st.tuples(
+        st.integers(_SAMPLED_FROM, 3 * _SAMPLED_FROM), st.integers(_SAMPLED_FROM, 3 * _SAMPLED_FROM)
+    ),
+    chunk=st.integers(_SAMPLED_FROM, 4 * _SAMPLED_FROM),
+    seed=st.integers(0, 2**32),
+)
+def test_a_secret_split_anywhere_in_random_bytes_is_found_before_any_of_it_leaves(
+    secret: str, form: str, sizes: tuple[int, int], chunk: int, seed: int
+) -> None:
+    """Random bytes around it, so the chunks are cleared from a sample: cut at every position
+    (two chunks of KiB) or in chunks of any size, the secret is found, and nothing of it left."""
+    index = SecretIndex([("c", secret)])
+    assert index._stride > 1  # the sampled path is the one under test
+    value = spellings(secret)[form]
+    rnd = random.Random(seed)
+    body = rnd.randbytes(sizes[0]) + value + rnd.randbytes(sizes[1])
+    splits = [[body[:cut], body[cut:]] for cut in range(sizes[0] - 1, sizes[0] + len(value) + 2)]
+    splits.append([body[i : i + chunk] for i in range(0, len(body), chunk)])
+    for chunks in splits:
+        guard = StreamGuard(index)
+        sent = bytearray()
+        with pytest.raises(SecretFound):
+            for part in chunks:
+                sent += guard(part)
+            guard(b"")
+        assert sent == body[: len(sent)] and len(sent) <= sizes[0]
+
+
 def test_a_clean_stream_comes_out_whole() -> None:
     body = bytes(random.Random(1).randrange(256) for _ in range(100_000))
     guard = StreamGuard(INDEX)
     out = b"".join(guard(body[i : i + 4096]) for i in range(0, len(body), 4096)) + guard(b"")
     assert out == body
+
+
+@settings(max_examples=50, deadline=None)
+@given(sizes=st.lists(st.integers(1, 3 * _SAMPLED_FROM), min_size=1, max_size=30), seed=st.integers(0, 2**32))
+def test_a_clean_stream_holds_back_no_more_than_the_overlap(sizes: list[int], seed: int) -> None:
+    """Chunks of any size, small ones too: every call forwards all but the last ``keep`` bytes."""
+    body = random.Random(seed).randbytes(sum(sizes))
+    guard, fed, sent = StreamGuard(INDEX), 0, bytearray()
+    for size in sizes:
+        sent += guard(body[fed : fed + size])
+        fed += size
+        assert len(sent) >= fed - INDEX.keep
+    assert sent + guard(b"") == body
 
 
 def test_the_policy_guards_every_connector_secret_but_only_the_client_request_is_scanned() -> None:

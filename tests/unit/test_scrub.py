@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import base64
+import random
 import re
 from urllib.parse import quote
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from proxy.scrub import StreamScrubber, _char_forms, _form_bytes, masks, needles_for, scrub_text
+from proxy.scrub import (
+    _CANDIDATES,
+    _SAMPLED_FROM,
+    StreamScrubber,
+    _char_forms,
+    _form_bytes,
+    lacks_run,
+    masks,
+    needles_for,
+    scrub_text,
+)
 from tests.e2e.hostile import ENCODINGS
 
 
@@ -128,6 +139,40 @@ def test_secret_split_at_every_boundary_is_masked(secret: str, filler: bytes, na
             assert out == expected, (name, [len(c) for c in chunks])
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    secret=st.text(UNRESERVED, min_size=12, max_size=32)
+    | st.tuples(
+        st.text(UNRESERVED, min_size=12, max_size=24), st.text("/+=&<>\"' ~", min_size=1, max_size=3)
+    ).map("".join),
+    name=st.sampled_from(sorted(ENCODINGS)),
+    sizes=st.tuples(*[st.integers(_SAMPLED_FROM, 3 * _SAMPLED_FROM)] * 3),
+    cuts=st.lists(st.integers(0, 10 * _SAMPLED_FROM), max_size=8),
+    seed=st.integers(0, 2**32),
+)
+def test_random_bytes_around_a_secret_are_masked_as_a_whole(
+    secret: str, name: str, sizes: tuple[int, int, int], cuts: list[int], seed: int
+) -> None:
+    """Random bytes, the case the sampled prefilter clears, around a secret in any spelling:
+    cut at every position of it (two chunks of KiB, the seam the fast path checks) or, with a
+    second one, anywhere, the stream comes out exactly as masking the whole body would."""
+    needles = needles_for([secret])
+    assume(needles.prefilter is not None and needles.prefilter.stride > 1)
+    rnd = random.Random(seed)
+    spelled = ENCODINGS[name](secret).encode()
+    one = rnd.randbytes(sizes[0]) + spelled + rnd.randbytes(sizes[1])
+    two = one + spelled + rnd.randbytes(sizes[2])
+    splits = [(one, [i]) for i in range(sizes[0] - 1, sizes[0] + len(spelled) + 2)]
+    splits.append((two, sorted({c % (len(two) + 1) for c in cuts})))
+    for data, cut in splits:
+        expected = needles.mask(data)
+        assert spelled not in expected
+        chunks = [data[a:b] for a, b in zip([0, *cut], [*cut, len(data)], strict=True) if data[a:b]]
+        scrubber = StreamScrubber(needles)
+        out = b"".join(scrubber(c) for c in chunks) + scrubber(b"")
+        assert out == expected, (name, cut)
+
+
 @pytest.mark.parametrize(
     "ch", ["/", "+", "=", "&", "<", ">", '"', "'", " ", "~", "a", "Z", "7", "\u00f6", "\u20ac"]
 )
@@ -150,3 +195,151 @@ def test_text_bodies_pause_the_prefilter() -> None:
     text = b"some ordinary words in a long enough text body " * 40
     out = b"".join(scrubber(text) for _ in range(20)) + scrubber(b"")
     assert out == text * 20
+
+
+# -- lacks_run: a run of marked bytes ruled out from every k-th byte ----------------------
+
+MARK = 1
+
+
+def _table(marked: set[int], wide: set[int]) -> bytes:
+    """A translate table marking ``marked`` (other values, like WIDE, must not count)."""
+    return bytes(MARK if b in marked else 2 if b in wide else 0 for b in range(256))
+
+
+def _has_run(data: bytes, table: bytes, length: int) -> bool:
+    return bytes([MARK]) * length in data.translate(table)
+
+
+def _run_of(rnd: random.Random, values: list[int], n: int) -> bytes:
+    return bytes(rnd.choices(values, k=n))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    marked=st.sets(st.integers(0, 255), min_size=1, max_size=100),
+    wide=st.sets(st.integers(0, 255), max_size=40),
+    length=st.integers(2, 40),
+    stride=st.integers(1, 40),
+    size=st.integers(_SAMPLED_FROM, 3 * _SAMPLED_FROM),
+    features=st.lists(st.tuples(st.sampled_from(["run", "near", "sampled"]), st.floats(0, 1)), max_size=6),
+    seed=st.integers(0, 2**32),
+)
+def test_lacks_run_never_misses_a_run(
+    marked: set[int],
+    wide: set[int],
+    length: int,
+    stride: int,
+    size: int,
+    features: list[tuple[str, float]],
+    seed: int,
+) -> None:
+    """Random bytes under any table (any share of them marked), with runs, runs one byte short
+    and marked bytes at every k-th position placed anywhere, also flush with either edge:
+    whenever ``lacks_run`` says no run, there is none."""
+    rnd = random.Random(seed)
+    stride = min(stride, length)
+    table = _table(marked, wide - marked)
+    ones = sorted(marked)
+    data = bytearray(rnd.randbytes(size))
+    for kind, where in features:
+        piece = _feature(rnd, kind, ones, list(range(256)), length, stride)
+        at = round(where * (size - len(piece)))
+        data[at : at + len(piece)] = piece
+    if lacks_run(bytes(data), table, bytes([MARK]) * length, stride):
+        assert not _has_run(bytes(data), table, length)
+
+
+def _feature(rnd: random.Random, kind: str, ones: list[int], others: list[int], length: int, k: int) -> bytes:
+    """A run of marked bytes, one a byte short, marked bytes k apart (a run as the sample
+    sees it) with ``others`` between, or those leading into a run."""
+    if kind == "run":
+        return _run_of(rnd, ones, length)
+    if kind == "near":
+        return _run_of(rnd, ones, length - 1)
+    spaced = bytes(rnd.choice(ones if i % k == 0 else others) for i in range(length))
+    if kind == "led":
+        return spaced[: rnd.randrange(1, length)] + _run_of(rnd, ones, length)
+    return spaced
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    marked=st.sets(st.integers(0, 255), min_size=1, max_size=128),
+    length=st.integers(4, 40),
+    stride=st.integers(2, 20),
+    size=st.integers(_SAMPLED_FROM, 2 * _SAMPLED_FROM),
+    features=st.lists(
+        st.tuples(st.sampled_from(["run", "near", "sampled"]), st.integers(0, 2000)),
+        max_size=_CANDIDATES // 2,
+    ),
+    at_end=st.booleans(),
+    seed=st.integers(0, 2**32),
+)
+def test_lacks_run_decides_sparse_data_exactly(
+    marked: set[int],
+    length: int,
+    stride: int,
+    size: int,
+    features: list[tuple[str, int]],
+    at_end: bool,
+    seed: int,
+) -> None:
+    """Unmarked bytes around a few runs, near-runs and false candidates (each at most two
+    candidates, set apart): the sample decides, and it is right both ways. (At least two
+    sampled bytes per run, as ``_stride`` always gives: one would pass the share check only
+    on runs of hundreds of bytes.)"""
+    rnd = random.Random(seed)
+    stride = min(stride, length // 2)
+    table = _table(marked, set())
+    ones, zeros = sorted(marked), [b for b in range(256) if b not in marked]
+    parts = []
+    for kind, gap in features:
+        parts += [_run_of(rnd, zeros, length + gap), _feature(rnd, kind, ones, zeros, length, stride)]
+    body = b"".join(parts[1:])  # the first feature flush with the start...
+    filler = _run_of(rnd, zeros, max(0, size - len(body)))
+    data = filler + body if at_end else body + filler  # ...or with the end
+    assert lacks_run(data, table, bytes([MARK]) * length, stride) is not _has_run(data, table, length)
+
+
+@pytest.mark.parametrize("length", [2, 3, 7, 12, 32])
+def test_lacks_run_finds_a_run_at_every_offset_modulo_the_stride(length: int) -> None:
+    table = _table({ord("x")}, set())
+    for stride in range(2, length + 1):
+        size = _SAMPLED_FROM + 3 * stride
+        for at in [*range(2 * stride), size - length - 1, size - length]:
+            data = bytearray(b"." * size)
+            data[at : at + length] = b"x" * length
+            assert not lacks_run(bytes(data), table, b"\1" * length, stride), (stride, at)
+            data[at] = ord(".")  # one short: refuted
+            assert lacks_run(bytes(data), table, b"\1" * length, stride), (stride, at)
+
+
+@pytest.mark.parametrize("length", [4, 7, 12])
+def test_lacks_run_finds_a_run_behind_false_candidates(length: int) -> None:
+    """Marked bytes k apart right before a run: the sample's first candidates are false and
+    overlap the run's, so the search must go on from each one to the very next."""
+    table = _table({ord("x")}, set())
+    for stride in range(2, length // 2 + 1):
+        for start in range(64, 64 + stride):
+            for lead in range(1, 2 * length):
+                data = bytearray(b"." * _SAMPLED_FROM)
+                data[start : start + lead : stride] = b"x" * len(range(start, start + lead, stride))
+                data[start + lead : start + lead + length] = b"x" * length
+                assert not lacks_run(bytes(data), table, b"\1" * length, stride), (stride, start, lead)
+
+
+def test_lacks_run_leaves_text_to_the_full_pass() -> None:
+    """A marked share like text's predicts thousands of false candidates: such data goes to the
+    full pass before any sample is taken (even where, as here, the sample would show none)."""
+    table = _table({ord("x")}, set())
+    data = b"x." * 3000
+    assert not lacks_run(data, table, b"\1" * 12, 3) and not _has_run(data, table, 12)
+
+
+def test_lacks_run_gives_up_on_too_many_false_candidates() -> None:
+    """Few marked bytes, but each at a sampled position: every candidate is false, and past a
+    few of them the full pass is left to decide (a bounded cost, whatever the data)."""
+    table = _table({ord("x")}, set())
+    data = b"x.." * 2000
+    assert not lacks_run(data, table, b"\1" * 24, 3) and not _has_run(data, table, 24)
