@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import collections.abc
 import itertools
+import os
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mitmproxy import addonmanager, exceptions, hooks, http, optmanager
-from mitmproxy.proxy import server
+from mitmproxy import addonmanager, connection, exceptions, hooks, http, optmanager
+from mitmproxy.proxy import events, server
 
 from addons import hotpath, patches
 from tests.harness import handshake_in_memory
@@ -305,3 +306,49 @@ def test_the_certificate_cache_keeps_at_most_its_cap_and_drops_the_oldest(
     for obj in held:
         assert copies(obj) == [obj]
     assert len(copies._kept) <= 16
+
+
+class _Handler:
+    """What mitmproxy's ``handle_connection`` uses of its ``ConnectionHandler``."""
+
+    def __init__(self) -> None:
+        self.transports: dict[connection.Connection, server.ConnectionIO] = {}
+        self.events: list[events.Event] = []
+
+    async def server_event(self, event: events.Event) -> None:
+        self.events.append(event)
+
+    async def drain_writers(self) -> None:
+        pass
+
+
+class _Writer:
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("size", [patches.MITMPROXY_READ_SIZE, hotpath.READ_SIZE])
+def test_a_connection_takes_up_to_read_size_off_its_stream_per_event(
+    monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    monkeypatch.setattr(patches, "READ_SIZE", size)
+    data = os.urandom(3 * hotpath.READ_SIZE + 123)
+
+    async def run() -> _Handler:
+        reader = asyncio.StreamReader(limit=len(data))  # all of it buffered before the first read
+        reader.feed_data(data)
+        reader.feed_eof()
+        conn = connection.Client(peername=("127.0.0.1", 1), sockname=("127.0.0.1", 2), timestamp_start=0)
+        conn.state = connection.ConnectionState.CAN_READ  # nothing left to write once read out
+        handler = _Handler()
+        handler.transports[conn] = server.ConnectionIO(reader=reader, writer=_Writer())  # type: ignore[arg-type]
+        await patches._handle_connection_closing(handler, conn)  # type: ignore[arg-type]
+        assert handler.transports == {}
+        return handler
+
+    handler = asyncio.run(run())
+    received = [e.data for e in handler.events if isinstance(e, events.DataReceived)]
+    assert b"".join(received) == data
+    assert max(map(len, received)) == size
+    assert len(received) == -(-len(data) // size)
+    assert isinstance(handler.events[-1], events.ConnectionClosed)
