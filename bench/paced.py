@@ -13,7 +13,9 @@ microseconds late, where an asyncio timer is up to a millisecond late) and
 queues it; a pool of worker threads with blocking sockets (probe.py's client,
 GIL released while they wait) takes due times off the queue. Keep-alive: each
 worker keeps one TLS connection, opened before the clock starts. New
-connection: each request opens TCP, CONNECT and TLS and closes after.
+connection: each request opens TCP, CONNECT and TLS and closes after; with
+``resume`` each worker offers the TLS session its last connection got, as
+clients with a session cache do (Node's fetch, curl within one process).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class PacedResult:
     non_2xx: int = 0
     errors: list[str] = field(default_factory=list)
     reconnects: int = 0  # keep-alive: connections reopened after an error
+    resumed: int = 0  # new connection: how many resumed a TLS session
     elapsed: float = 0.0
 
 
@@ -50,6 +53,7 @@ def run(
     keepalive: bool,
     headers: dict[str, str] | None = None,
     workers: int = 16,
+    resume: bool = False,
 ) -> PacedResult:
     """``rate`` GETs per second for ``duration`` seconds, each timed from its due time."""
     authority = host if port == 443 else f"{host}:{port}"
@@ -61,18 +65,20 @@ def run(
     lock = threading.Lock()
     due_times: queue.SimpleQueue[float | None] = queue.SimpleQueue()
     clock = time.perf_counter
+    ctx = probe.context(cafile)
 
-    def connect() -> tuple[ssl.SSLSocket, probe._Reader]:
-        return probe.connect(upstream, host, port, cafile, proxy)
+    def connect(session: ssl.SSLSession | None = None) -> tuple[ssl.SSLSocket, probe._Reader]:
+        return probe.connect(upstream, host, port, cafile, proxy, ctx=ctx, session=session)
 
     conns = [connect() for _ in range(workers)] if keepalive else []
 
     def worker(index: int) -> None:
         conn = conns[index] if keepalive else None
+        session: ssl.SSLSession | None = None
         while (due := due_times.get()) is not None:
             try:
                 if conn is None:
-                    conn = connect()
+                    conn = connect(session)
                 sent = clock()
                 conn[0].sendall(request)
                 status = conn[1].response()
@@ -93,6 +99,10 @@ def run(
                 else:
                     result.non_2xx += 1
             if not keepalive:
+                with lock:
+                    result.resumed += conn[0].session_reused
+                if resume:
+                    session = conn[0].session  # the ticket came with the response
                 conn[0].close()
                 conn = None
         if conn is not None:

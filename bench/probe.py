@@ -90,8 +90,11 @@ def connect(
     cafile: str,
     proxy: tuple[str, int] | None,
     timeout: float = 10.0,
+    ctx: ssl.SSLContext | None = None,
+    session: ssl.SSLSession | None = None,
 ) -> tuple[ssl.SSLSocket, _Reader]:
-    """A TLS connection to ``host`` (verified with ``cafile``), tunnelled if ``proxy``."""
+    """A TLS connection to ``host`` (verified with ``cafile``), tunnelled if ``proxy``; resuming
+    ``session``, which must come from ``ctx``."""
     raw = socket.create_connection(proxy or upstream, timeout=timeout)
     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if proxy:
@@ -102,10 +105,14 @@ def connect(
         if status != 200:
             raw.close()
             raise ConnectionError(f"CONNECT answered {status}")
+    tls = (ctx or context(cafile)).wrap_socket(raw, server_hostname=host, session=session)
+    return tls, _Reader(tls)
+
+
+def context(cafile: str) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=cafile)
     ctx.set_alpn_protocols(["http/1.1"])
-    tls = ctx.wrap_socket(raw, server_hostname=host)
-    return tls, _Reader(tls)
+    return ctx
 
 
 def run(

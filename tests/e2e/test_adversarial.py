@@ -544,6 +544,44 @@ def test_wildcard_sibling_sni(proxy: Proxy, upstream: Upstream) -> None:
 
 
 @pytest.mark.parametrize(
+    "version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2], ids=["tls1.3", "tls1.2"]
+)
+def test_resumed_tls_session_is_checked_and_injected_like_a_new_one(
+    proxy: Proxy, upstream: Upstream, version: ssl.TLSVersion
+) -> None:
+    """Clients with a session cache (Node's fetch, curl) resume on their next connection: that
+    must neither stall nor skip a check, even under another SNI than the session was made for."""
+    ctx = tls_context(proxy, verify_name=False)  # one context: Python resumes only within it
+    ctx.minimum_version = ctx.maximum_version = version
+    authority = f"{STRIPE}:{upstream.port}"
+
+    def get(sni: str, session: ssl.SSLSession | None) -> tuple[Reply, str, bool, ssl.SSLSession | None]:
+        conn, reply = connect(proxy, authority)
+        assert reply.status == 200, str(reply)
+        sock = ctx.wrap_socket(conn.sock, server_hostname=sni, session=session)
+        t = tag()
+        (r,) = exchange(
+            Conn(sock), f"GET /v1/r?t={t} HTTP/1.1\r\nHost: {sni}:{upstream.port}\r\n\r\n".encode()
+        )
+        reused, session = sock.session_reused, sock.session  # gone once closed
+        sock.close()
+        return r, t, reused, session
+
+    first, t, reused, session = get(STRIPE, None)
+    assert first.status == 200 and reused is False, str(first)
+    assert session is not None
+    for _ in range(2):
+        again, t, reused, session = get(STRIPE, session)
+        assert reused is True, "the proxy did not resume the session it issued"
+        assert again.status == 200, str(again)
+        (rec,) = upstream.find(t)
+        assert_injected(rec, upstream.port)
+    fronted, t, _, _ = get("evil.test", session)
+    assert_blocked(fronted, "sni-mismatch")
+    assert upstream.find(t) == []
+
+
+@pytest.mark.parametrize(
     "authority",
     [
         "evil.test:{P}",
