@@ -3,7 +3,7 @@
 
 Starts the same nginx / mitmdump / egress (1 worker, recording on) as
 bench/run.py, drives each with hey (keep-alive c=32, then a new CONNECT + TLS
-per request at c=8) or with 200 MiB downloads (``--scenarios download``)
+per request at c=8) or with 200 MiB downloads or uploads (``--scenarios download,upload``)
 while ``py-spy record`` samples the proxy process (it pauses the process per
 sample: stacks are whole, throughput drops a little), and prints the
 functions and files with the most samples. Raw collapsed stacks (for
@@ -34,19 +34,20 @@ SCENARIOS = {
     "keepalive_c32": {"c": 32, "keepalive": True},
     "newconn_c8": {"c": 8, "keepalive": False},
     "download": {},  # the bench's file, fetched again and again for the duration
+    "upload": {},  # the same file, PUT again and again
 }
 
 
 def load(bench: run.Bench, t: run.Target, scenario: str, duration: float) -> str:
     """Drive ``t`` for ``duration`` seconds; what it achieved, for the heading."""
-    if scenario != "download":
+    if scenario not in ("download", "upload"):
         result = run.hey(t, duration=duration, **SCENARIOS[scenario])
         return f"{result.get('rps', 0):,.0f} req/s (2xx) under py-spy"
     done, mib, end = 0, 0.0, time.monotonic() + duration
     while time.monotonic() < end:
-        r = run.transfer(t, "download", bench.big, bench.put_dir)
+        r = run.transfer(t, scenario, bench.big, bench.put_dir)
         done, mib = done + 1, mib + r.get("mib_s", 0.0)
-    return f"{done} downloads of {bench.args.size_mib} MiB, {mib / max(done, 1):,.0f} MiB/s each under py-spy"
+    return f"{done} {scenario}s of {bench.args.size_mib} MiB, {mib / max(done, 1):,.0f} MiB/s each under py-spy"
 
 
 def _stacks(raw: Path) -> Iterator[tuple[list[str], int]]:
@@ -130,7 +131,7 @@ def main() -> int:
     signal.signal(signal.SIGALRM, run._on_alarm)
     signal.alarm(900)
     scenarios = args.scenarios.split(",")
-    size = args.size_mib if "download" in scenarios else 1
+    size = args.size_mib if {"download", "upload"} & set(scenarios) else 1
     bench_args = argparse.Namespace(size_mib=size, connectors=10, duration=args.duration)
     work = Path(tempfile.mkdtemp(prefix="egress-profile-"))
     procs = run.Procs()

@@ -603,13 +603,16 @@ def latency(t: Target, duration: float) -> dict[str, Any]:
 PERCENTILES = (50, 90, 99)
 
 
-def paced_latency(t: Target, *, rate: float, duration: float, keepalive: bool) -> dict[str, Any]:
-    """Open-loop GETs at ``rate`` per second (bench/paced.py), latency from each due time."""
+def paced_latency(
+    t: Target, *, rate: float, duration: float, keepalive: bool, resume: bool = False
+) -> dict[str, Any]:
+    """Open-loop GETs at ``rate`` per second (bench/paced.py), latency from each due time; new
+    connections resume their TLS session with ``resume``."""
     headers = None if t.port else {"Authorization": AUTH}
     with cpu_meter(t.proc.pid) as cpu:
         r = paced.run(
             (ADDRESS, UPSTREAM_PORT), HOST, UPSTREAM_PORT, t.cafile, t.proxy,
-            rate=rate, duration=duration, keepalive=keepalive, headers=headers,
+            rate=rate, duration=duration, keepalive=keepalive, headers=headers, resume=resume,
         )  # fmt: skip
     out: dict[str, Any] = {
         "rate": rate,
@@ -618,6 +621,7 @@ def paced_latency(t: Target, *, rate: float, duration: float, keepalive: bool) -
         "errors": len(r.errors),
         "error_messages": r.errors[:3],
         "reconnects": r.reconnects,
+        "resumed": r.resumed,
         "rps": r.ok / r.elapsed if r.elapsed else 0.0,
         **cpu,
     }
@@ -699,6 +703,8 @@ class Bench:
         self.started = time.monotonic()
         self.homes: dict[str, tuple[Path, dict[str, str]]] = {}  # each egress target's home and env
         self.cluster: Any = None  # PostgreSQL for egress-pg (tests.pg.Cluster)
+        self.seq = 0  # runs recorded so far
+        self.rep = 0  # the repetition running
 
     # setup ---------------------------------------------------------------
 
@@ -972,6 +978,8 @@ class Bench:
     # scenarios -----------------------------------------------------------
 
     def record(self, scenario: str, target: str, result: dict[str, Any]) -> None:
+        result["seq"], result["rep"] = self.seq, self.rep  # where it ran: paired() finds its neighbours
+        self.seq += 1
         self.runs.setdefault(scenario, {}).setdefault(target, []).append(result)
         shown = {
             k: round(v, 1) if isinstance(v, float) else v
@@ -1004,6 +1012,7 @@ class Bench:
     def scenarios(self) -> None:
         a = self.args
         for rep in range(a.reps):
+            self.rep = rep
             log(f"--- repetition {rep + 1}/{a.reps} ---")
 
             def order(names: list[str], rep: int = rep) -> list[str]:
@@ -1012,42 +1021,39 @@ class Bench:
 
             base = order(["direct", "mitmdump", "egress"])
             self.each("latency_c1", base, lambda t: latency(t, a.latency_duration))
-            for scenario, rate, keepalive in (
-                ("paced_keepalive", a.rate, True),
-                ("paced_newconn", a.newconn_rate, False),
+            for scenario, rate, keepalive, resume in (
+                ("paced_keepalive", a.rate, True, False),
+                ("paced_newconn", a.newconn_rate, False, False),
+                ("paced_resume", a.newconn_rate, False, True),
             ):
                 self.each(
                     scenario,
                     base,
-                    lambda t, r=rate, k=keepalive: paced_latency(
-                        t, rate=r, duration=a.paced_duration, keepalive=k
+                    lambda t, r=rate, k=keepalive, s=resume: paced_latency(
+                        t, rate=r, duration=a.paced_duration, keepalive=k, resume=s
                     ),
                 )
+            variants = ["egress-norecord", "egress-w2", "egress-10k", "egress-audit", "egress-ws"]
             self.each(
                 "keepalive_c32",
-                order(
-                    [
-                        "direct",
-                        "mitmdump",
-                        "egress",
-                        "egress-norecord",
-                        "egress-w2",
-                        "egress-10k",
-                        "egress-audit",
-                        "egress-ws",
-                    ]
-                ),
+                order(["direct", "mitmdump", *paired("egress", [v for v in variants if v in self.targets])]),
                 lambda t: hey(t, c=32, duration=a.duration),
             )
             self.each("keepalive_c32_wrk", ["direct"], lambda t: wrk(t, c=32, duration=a.duration))
             # the store's backend: the hot path must not wait on the database
             self.each(
-                "keepalive_pg", order(["egress", "egress-pg"]), lambda t: hey(t, c=32, duration=a.duration)
+                "keepalive_pg",
+                order(paired("egress", ["egress-pg"])),
+                lambda t: hey(t, c=32, duration=a.duration),
             )
             # the reference (header placement) interleaved with the others, same load as keepalive_c32
             placed = ["egress", *(f"egress-{p}" for p in selected_placements(a.only))]
             if len(placed) > 1:
-                self.each("placements", order(placed), lambda t: hey(t, c=32, duration=a.duration))
+                self.each(
+                    "placements",
+                    order(paired(placed[0], placed[1:])),
+                    lambda t: hey(t, c=32, duration=a.duration),
+                )
             # the exfiltration guard with many secrets: 64 KiB bodies, each read whole and scanned (or not)
             self.each(
                 "exfil_post64k",
@@ -1070,6 +1076,25 @@ class Bench:
 
     # report --------------------------------------------------------------
 
+    def paired(self, scenario: str, mine: str, ref: str, key: str) -> float | None:
+        """Median over ``mine``'s runs of its value / the mean of ``ref``'s runs right before and
+        after it in the same repetition. The machine drifts by 10 % and more over a repetition
+        (other tenants); neighbours 10 s apart drift far less than runs minutes apart."""
+        runs = self.runs.get(scenario, {})
+        refs = [r for r in runs.get(ref, []) if key in r and "error" not in r]
+        ratios = []
+        for r in runs.get(mine, []):
+            if key not in r or "error" in r:
+                continue
+            same = [x for x in refs if x["rep"] == r["rep"]]
+            before = [x for x in same if x["seq"] < r["seq"]]
+            after = [x for x in same if x["seq"] > r["seq"]]
+            near = [max(before, key=lambda x: x["seq"])] if before else []
+            near += [min(after, key=lambda x: x["seq"])] if after else []
+            if near:
+                ratios.append(float(r[key]) / statistics.fmean(float(x[key]) for x in near))
+        return median(ratios)
+
     def values(self, scenario: str, target: str, key: str) -> list[float]:
         return [
             float(r[key])
@@ -1091,10 +1116,27 @@ class Bench:
         return text
 
 
+def paired(ref: str, variants: list[str]) -> list[str]:
+    """``ref`` before, between and after the variants: each variant gets both neighbours."""
+    return [ref, *(x for v in variants for x in (v, ref))]
+
+
 def spread(values: list[float]) -> float | None:
     """(max - min) / median in percent: how much the repetitions disagree."""
     mid = median(values)
     return (max(values) - min(values)) / mid * 100 if values and mid else None
+
+
+def resumed_share(b: Bench) -> str:
+    """How many of the resuming client's connections resumed, per target (a stalled resumption or
+    a proxy that issues no tickets shows here)."""
+    shares = []
+    for n in ("direct", "mitmdump", "egress"):
+        runs = [r for r in b.runs.get("paced_resume", {}).get(n, []) if "error" not in r]
+        done = sum(int(r.get("ok", 0)) + int(r.get("non_2xx", 0)) for r in runs)
+        if done:
+            shares.append(f"{n} {sum(int(r.get('resumed', 0)) for r in runs) / done:.0%}")
+    return ", ".join(shares) or "n/a"
 
 
 def added_latency(b: Bench, scenario: str, target: str, p: int) -> float | None:
@@ -1143,12 +1185,22 @@ def targets(b: Bench, micro: list[dict[str, float]]) -> list[Check]:
     def at_most(value: float | None, goal: float) -> bool | None:
         return None if value is None else value <= goal
 
+    def versus(scenario: str, mine: str, theirs: str, key: str) -> float | None:
+        """mine / theirs: paired with the reference egress's neighbouring runs where one of them is
+        it (the variant rows), else the ratio of the medians."""
+        if theirs == "egress":
+            return b.paired(scenario, mine, theirs, key)
+        if mine == "egress" and theirs.startswith("egress"):
+            inverse = b.paired(scenario, theirs, mine, key)
+            return None if not inverse else 1 / inverse
+        return ratio(m(scenario, mine, key), m(scenario, theirs, key))
+
     def cpu(scenario: str, mine: str, theirs: str, goal: float, name: str) -> None:
         x, y = m(scenario, mine, "cpu_us_per_req"), m(scenario, theirs, "cpu_us_per_req")
-        r = ratio(x, y)
+        r = versus(scenario, mine, theirs, "cpu_us_per_req")
         checks.append(Check(
             name, fmt(x, 0, " us/req"), fmt(y, 0, " us/req"), r, goal, f"<= {goal:.2f}x", at_most(r, goal),
-            f"{fmt(ratio(m(scenario, mine, 'rps'), m(scenario, theirs, 'rps')), 2, 'x')} "
+            f"{fmt(versus(scenario, mine, theirs, 'rps'), 2, 'x')} "
             f"({fmt(m(scenario, mine, 'rps'))} / {fmt(m(scenario, theirs, 'rps'))} req/s)",
         ))  # fmt: skip
 
@@ -1231,8 +1283,8 @@ def targets(b: Bench, micro: list[dict[str, float]]) -> list[Check]:
         fmt(x, 0, " us/req"), fmt(y, 0, " us/req"), cost, 150, "<= 150 us", at_most(cost, 150), unit="us",
     ))  # fmt: skip
     x, y = m("keepalive_pg", "egress-pg", "cpu_us_per_req"), m("keepalive_pg", "egress", "cpu_us_per_req")
-    r = ratio(x, y)
-    speed = ratio(m("keepalive_pg", "egress-pg", "rps"), m("keepalive_pg", "egress", "rps"))
+    r = versus("keepalive_pg", "egress-pg", "egress", "cpu_us_per_req")
+    speed = versus("keepalive_pg", "egress-pg", "egress", "rps")
     checks.append(Check(
         "PostgreSQL / SQLite store: CPU per request within 3 % and throughput >= 0.97x, keep-alive c=32",
         fmt(x, 0, " us/req"), fmt(y, 0, " us/req"), r, 1.03, "<= 1.03x and speed >= 0.97x",
@@ -1383,6 +1435,7 @@ def report(b: Bench, micro: list[dict[str, float]], info: dict[str, str], wall: 
         ("http2_c32", "HTTP/2 c=32"),
         ("paced_keepalive", f"paced keep-alive {a.rate:g} req/s"),
         ("paced_newconn", f"paced new connection {a.newconn_rate:g} req/s"),
+        ("paced_resume", f"paced new connection {a.newconn_rate:g} req/s, TLS session resumed"),
         ("latency_c1", "keep-alive c=1"),
     ):
         e, mm = m(scenario, "egress", "cpu_us_per_req"), m(scenario, "mitmdump", "cpu_us_per_req")
@@ -1425,7 +1478,11 @@ def report(b: Bench, micro: list[dict[str, float]], info: dict[str, str], wall: 
                 "added p90 (us)", "added p99 (us)", "CPU us/req", "client send lag p99 (us)",
                 "non-2xx / errors"]  # fmt: skip
     lat_rows = []
-    for scenario, what in (("paced_keepalive", "keep-alive"), ("paced_newconn", "new connection")):
+    for scenario, what in (
+        ("paced_keepalive", "keep-alive"),
+        ("paced_newconn", "new connection"),
+        ("paced_resume", "new connection, TLS session resumed"),
+    ):
         for n in ("direct", "mitmdump", "egress"):
             if n not in b.targets:
                 continue
@@ -1446,7 +1503,10 @@ def report(b: Bench, micro: list[dict[str, float]], info: dict[str, str], wall: 
         f"new connection at {a.newconn_rate:g} req/s (TCP + CONNECT + both TLS handshakes per request; "
         f"{a.rate:g} req/s of those would need more than the two cores). Added = percentile of the "
         "target minus the same percentile of the direct connection, measured by the same client in "
-        'the same repetition; "send lag" is how late the client itself got a request onto the wire.\n'
+        'the same repetition; "send lag" is how late the client itself got a request onto the wire. '
+        '"TLS session resumed": each client thread offers the session its previous connection got, as '
+        "clients with a session cache do (Node's fetch, curl within one process); connections that "
+        f"resumed: {resumed_share(b)}.\n"
     )
     out.append(table(lat_head, lat_rows) + "\n")
 
@@ -1606,7 +1666,7 @@ def report(b: Bench, micro: list[dict[str, float]], info: dict[str, str], wall: 
             continue
         mine = m("placements", n, "cpu_us_per_req")
         place_rows.append([
-            placement, fmt(mine), fmt(ratio(mine, ref), 3, "x"),
+            placement, fmt(mine), "1.000x" if n == "egress" else fmt(b.paired("placements", n, "egress", "cpu_us_per_req"), 3, "x"),
             "-" if mine is None or ref is None or n == "egress" else fmt(mine - ref, 0, " us"),
             fmt(spread(b.values("placements", n, "cpu_us_per_req")), 0, " %"),
             fmt(m("placements", n, "rps")), b.bad("placements", n),
@@ -1616,7 +1676,8 @@ def report(b: Bench, micro: list[dict[str, float]], info: dict[str, str], wall: 
         out.append(
             f"`hey -c 32 -z {a.duration:g}s` as in the keep-alive table, each proxy 1 worker with recording "
             "and 10 connectors, the bench connector using one placement: `header` (`Authorization: Bearer`, "
-            "the reference, measured again here, interleaved), `basic` (two fields), `headers` (two "
+            "the reference, measured again before, between and after the others; ratios are each run over "
+            "the mean of its two neighbouring reference runs), `basic` (two fields), `headers` (two "
             "headers), `oauth2` (client credentials; nginx is the token endpoint, so after the first "
             "request the token is cached) and `aws_sigv4` (every request re-signed with the real key). "
             "nginx accepts each only as injected (Bearer, the Basic pair, both headers, or a SigV4 "
