@@ -20,6 +20,8 @@ from proxy.nearmiss import NearMiss
 SCHEMA_VERSION = "1"
 SCHEMA_PATH = Path(__file__).with_name("audit.schema.json")
 _ACTION_IDS = {"allowed": 1, "blocked": 2}
+# made once: json.dumps with any argument builds a new encoder per call, a third of to_json's time
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,4 +65,4 @@ class Decision:
             "near_miss": None if self.near_miss is None else self.near_miss.to_dict(),
             "node": self.node,
         }
-        return json.dumps(doc, separators=(",", ":"), ensure_ascii=True)
+        return _ENCODER.encode(doc)
