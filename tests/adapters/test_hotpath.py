@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mitmproxy import addonmanager, connection, exceptions, hooks, http, optmanager
-from mitmproxy.proxy import events, server
+from mitmproxy.proxy import context, events, server
+from mitmproxy.utils import asyncio_utils
 
 from addons import hotpath, patches
 from tests.harness import handshake_in_memory
@@ -22,6 +23,10 @@ ORIGINAL_GET_ALL = http.Headers.get_all
 assert ORIGINAL_GET_ALL is not hotpath._headers_get_all
 ORIGINAL_CURRENT = optmanager._Option.current
 ORIGINAL_ARGS = hooks.Hook.args
+ORIGINAL_FORK = context.Context.fork
+ORIGINAL_EQ = connection.Connection.__eq__
+ORIGINAL_DEBUG_INFO = asyncio_utils.set_task_debug_info
+assert ORIGINAL_FORK is not hotpath._fork
 
 
 class _Recorder:
@@ -352,3 +357,63 @@ def test_a_connection_takes_up_to_read_size_off_its_stream_per_event(
     assert max(map(len, received)) == size
     assert len(received) == -(-len(data) // size)
     assert isinstance(handler.events[-1], events.ConnectionClosed)
+
+
+def _client(**kw: Any) -> connection.Client:
+    return connection.Client(peername=("127.0.0.1", 1), sockname=("127.0.0.1", 2), timestamp_start=0, **kw)
+
+
+def test_a_forked_context_is_mitmproxys_without_a_throwaway_server() -> None:
+    from mitmproxy.options import Options
+
+    parent = context.Context(_client(), Options())
+    parent.server = connection.Server(address=("api.test", 443))
+    parent.layers = [object(), object()]
+    ours, theirs = hotpath._fork(parent), ORIGINAL_FORK(parent)
+    assert type(ours) is type(theirs) is context.Context
+    assert vars(ours).keys() == vars(theirs).keys()
+    for forked in (ours, theirs):
+        assert forked.client is parent.client and forked.options is parent.options
+        assert forked.server is parent.server
+        assert forked.layers == parent.layers and forked.layers is not parent.layers
+
+
+def test_connections_compare_as_mitmproxy_compares_them() -> None:
+    class Custom(connection.Client):
+        pass
+
+    a = _client()
+    same_id = [
+        _client(id=a.id),
+        connection.Server(address=None, id=a.id),
+        Custom(peername=("h", 1), sockname=("h", 2), timestamp_start=0, id=a.id),
+    ]
+    others = [_client(), connection.Server(address=None), None, a.id, object()]
+    for other in [a, *same_id, *others]:
+        assert hotpath._connection_eq(a, other) is ORIGINAL_EQ(a, other), other
+    assert [hotpath._connection_eq(a, o) for o in same_id] == [True] * 3
+    assert not any(hotpath._connection_eq(a, o) for o in others)
+
+
+@pytest.mark.parametrize("test_name", [None, "tests/x.py::test_y (call)"])
+def test_a_task_gets_the_debug_info_mitmproxy_gives_it(
+    monkeypatch: pytest.MonkeyPatch, test_name: str | None
+) -> None:
+    if test_name is None:
+        monkeypatch.delenv("PYTEST_CURRENT_TEST", raising=False)
+    else:
+        monkeypatch.setenv("PYTEST_CURRENT_TEST", test_name)
+    monkeypatch.setattr(hotpath, "_TEST_NAME", test_name)  # as read by a worker started now
+
+    async def run() -> list[tuple[str, object, bool]]:
+        seen = []
+        for set_info in (hotpath._set_task_debug_info, ORIGINAL_DEBUG_INFO):
+            task = asyncio.ensure_future(asyncio.sleep(0))
+            set_info(task, name="handler", client=("10.0.0.1", 5))
+            seen.append((task.get_name(), getattr(task, "client", None), isinstance(task.created, float)))  # type: ignore[attr-defined]
+            await task
+        return seen
+
+    ours, theirs = asyncio.run(run())
+    assert ours == theirs
+    assert ours[0] == ("handler" if test_name is None else f"handler [created in {test_name}]")
