@@ -47,7 +47,9 @@ def load(bench: run.Bench, t: run.Target, scenario: str, duration: float) -> str
     while time.monotonic() < end:
         r = run.transfer(t, scenario, bench.big, bench.put_dir)
         done, mib = done + 1, mib + r.get("mib_s", 0.0)
-    return f"{done} {scenario}s of {bench.args.size_mib} MiB, {mib / max(done, 1):,.0f} MiB/s each under py-spy"
+    return (
+        f"{done} {scenario}s of {bench.args.size_mib} MiB, {mib / max(done, 1):,.0f} MiB/s each under py-spy"
+    )
 
 
 def _stacks(raw: Path) -> Iterator[tuple[list[str], int]]:
