@@ -144,3 +144,25 @@ def test_a_ready_worker_has_frozen_its_start_up_heap(monkeypatch: pytest.MonkeyP
         assert (tmp_path / "ready").read_text().isdigit()
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.parametrize("pad", [60 * 1024, 200 * 1024])
+def test_a_whole_head_in_one_read_is_bounded_where_it_ends(pad: int) -> None:
+    """Workers read up to 256 KiB at once, so a whole oversized head, its end included, can
+    arrive in one event: it is refused for where it ends, not for being incomplete."""
+    from mitmproxy import connection, options
+    from mitmproxy.proxy import commands, context, events
+    from mitmproxy.proxy.layers.http import _http1
+
+    patches.install_guards()
+    client = connection.Client(peername=("127.0.0.1", 1), sockname=("127.0.0.1", 2), timestamp_start=0)
+    server = _http1.Http1Server(context.Context(client, options.Options()))
+    head = b"GET / HTTP/1.1\r\nHost: a.test\r\nX-Pad: " + b"a" * pad + b"\r\n\r\n"
+    list(server.handle_event(events.Start()))
+    sent = [
+        c.data
+        for c in server.handle_event(events.DataReceived(client, head))
+        if isinstance(c, commands.SendData)
+    ]
+    refused = any(data.startswith(b"HTTP/1.1 431") for data in sent)
+    assert refused is (len(head) > patches.MAX_HEAD), [data[:80] for data in sent]
