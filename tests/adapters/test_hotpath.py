@@ -332,12 +332,12 @@ class _Writer:
         pass
 
 
-@pytest.mark.parametrize("size", [patches.MITMPROXY_READ_SIZE, hotpath.READ_SIZE])
+@pytest.mark.parametrize("size", [patches.MITMPROXY_READ_SIZE, 256 * 1024])
 def test_a_connection_takes_up_to_read_size_off_its_stream_per_event(
     monkeypatch: pytest.MonkeyPatch, size: int
 ) -> None:
     monkeypatch.setattr(patches, "READ_SIZE", size)
-    data = os.urandom(3 * hotpath.READ_SIZE + 123)
+    data = os.urandom(3 * 256 * 1024 + 123)
 
     async def run() -> _Handler:
         reader = asyncio.StreamReader(limit=len(data))  # all of it buffered before the first read
