@@ -30,6 +30,11 @@ checks against mitmproxy's own code:
   asyncio buffers up to 384 KiB (one 256 KiB ``recv`` past its 128 KiB
   pause mark): every chunk of a transfer paid the whole layer stack, TLS,
   the hooks and the body scan's fixed costs: it takes ``READ_SIZE``;
+- every ``SendData`` was its own ``send``: a response's head and body, and
+  the TLS records of one event, left in two or three. The writes one event
+  makes to a connection are joined and leave once that event is handled,
+  before anything else runs on the loop; a close or half-close hands them
+  over first;
 - every request forked its context, which built a ``Server`` (a uuid4 and a
   guarded ``__setattr__`` per field) only to overwrite it; connections
   compared through the ABC's ``isinstance``; every task read its debug name
@@ -51,7 +56,7 @@ import inspect
 import os
 import time
 import warnings
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
 from cryptography import x509
@@ -70,7 +75,8 @@ _original_http1_event = _http1.Http1Connection._handle_event
 _original_use_certificate = SSL.Connection.use_certificate
 _original_use_privatekey = SSL.Connection.use_privatekey
 CERT_CAP = 4096  # hosts whose leaf certificate a worker keeps (mitmproxy: 100)
-# Bytes a connection's task takes off its stream at once (mitmproxy: 65,535): one asyncio recv.
+MITMPROXY_READ_SIZE = 65535  # what handle_connection asks its stream for per event
+# Bytes a connection's task takes off its stream at once instead: one asyncio recv.
 # 0.64x the CPU per MiB of a download, 0.74x of an upload; 1 MiB gains nothing more.
 READ_SIZE = 256 * 1024
 _SCALARS = frozenset({str, bytes, int, float, bool, type(None)})  # deepcopy returns them as they are
@@ -285,6 +291,57 @@ def _set_task_debug_info(
         task.client = client  # type: ignore[attr-defined]
 
 
+def _tune_io(io: server.ConnectionIO) -> None:
+    """Wider reads and joined writes for a connection on asyncio streams (not mitmproxy_rs's)."""
+    reader, writer = io.reader, io.writer
+    if isinstance(reader, asyncio.StreamReader) and READ_SIZE != MITMPROXY_READ_SIZE:
+        read = reader.read
+
+        def read_more(n: int = -1) -> Coroutine[Any, Any, bytes]:
+            return read(READ_SIZE if n == MITMPROXY_READ_SIZE else n)
+
+        reader.read = read_more  # type: ignore[method-assign]
+    if isinstance(writer, asyncio.StreamWriter):
+        _join_writes(writer)
+
+
+def _join_writes(writer: asyncio.StreamWriter) -> None:
+    """The writer's writes wait for the loop's next callback and go to the transport as one.
+
+    mitmproxy handles an event in one step of the connection's task and writes
+    each command's bytes at once; the joined bytes leave right after that step.
+    ``close`` and ``write_eof`` hand over what waits before they act, so nothing
+    is lost or reordered; ``drain`` sees it one step late, which bounds what
+    waits to what one event wrote.
+    """
+    transport, loop = writer.transport, asyncio.get_running_loop()
+    waiting: list[bytes] = []
+
+    def hand_over() -> None:
+        if waiting:
+            data = waiting[0] if len(waiting) == 1 else b"".join(waiting)
+            waiting.clear()
+            if not transport.is_closing():  # as mitmproxy checks before every write
+                transport.write(data)
+
+    def write(data: bytes) -> None:
+        if not waiting:
+            loop.call_soon(hand_over)
+        waiting.append(data)
+
+    def write_eof() -> None:
+        hand_over()
+        transport.write_eof()
+
+    def close() -> None:
+        hand_over()
+        transport.close()
+
+    writer.write = write  # type: ignore[method-assign,assignment]
+    writer.write_eof = write_eof  # type: ignore[method-assign]
+    writer.close = close  # type: ignore[method-assign]
+
+
 def install() -> None:
     """Put every replacement in place (``patches.install_speedups`` calls this once)."""
     http.MessageData.__post_init__ = _no_field_typecheck  # type: ignore[method-assign]
@@ -304,5 +361,5 @@ def install() -> None:
     connection.Connection.__eq__ = _connection_eq  # type: ignore[method-assign]
     asyncio_utils.set_task_debug_info = _set_task_debug_info
     certs.CertStore.STORE_CAP = CERT_CAP
-    patches.READ_SIZE = READ_SIZE  # applied by patches' handle_connection, which wraps mitmproxy's
+    patches.TUNE_IO = _tune_io  # applied by patches' handle_connection, which wraps mitmproxy's
     certs.CertStore.expire = _expire  # type: ignore[method-assign]

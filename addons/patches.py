@@ -61,7 +61,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Coroutine, Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,8 +101,7 @@ _original_read_body = _http1.Http1Connection.read_body
 _original_h2_event = _http2.Http2Server.handle_h2_event
 _original_handle_client = server.ConnectionHandler.handle_client
 _original_handle_connection = server.ConnectionHandler.handle_connection
-MITMPROXY_READ_SIZE = 65535  # what handle_connection asks its stream for per event
-READ_SIZE = MITMPROXY_READ_SIZE  # what it gets asked for instead
+TUNE_IO: Callable[[server.ConnectionIO], None] | None = None  # set by addons.hotpath in workers
 _original_ws_send = layers.websocket.WebsocketConnection.send2
 _original_ws_events = layers.websocket.WebsocketConnection.events
 _original_stream_body = http_layer.HttpStream.state_stream_response_body
@@ -488,14 +487,8 @@ async def _handle_connection_closing(self: server.ConnectionHandler, conn: conne
     socket or forgetting it: an upstream cut off for sending too much stayed
     connected, unread, until the client left.
     """
-    reader = self.transports[conn].reader
-    if isinstance(reader, asyncio.StreamReader) and READ_SIZE != MITMPROXY_READ_SIZE:  # see addons.hotpath
-        read = reader.read
-
-        def read_more(n: int = -1) -> Coroutine[Any, Any, bytes]:
-            return read(READ_SIZE if n == MITMPROXY_READ_SIZE else n)
-
-        reader.read = read_more  # type: ignore[method-assign]
+    if TUNE_IO is not None:
+        TUNE_IO(self.transports[conn])
     try:
         await _original_handle_connection(self, conn)
     finally:

@@ -6,6 +6,7 @@ import asyncio
 import collections.abc
 import itertools
 import os
+import socket
 from typing import Any
 
 import pytest
@@ -332,11 +333,12 @@ class _Writer:
         pass
 
 
-@pytest.mark.parametrize("size", [patches.MITMPROXY_READ_SIZE, 256 * 1024])
+@pytest.mark.parametrize("size", [hotpath.MITMPROXY_READ_SIZE, 256 * 1024])
 def test_a_connection_takes_up_to_read_size_off_its_stream_per_event(
     monkeypatch: pytest.MonkeyPatch, size: int
 ) -> None:
-    monkeypatch.setattr(patches, "READ_SIZE", size)
+    monkeypatch.setattr(patches, "TUNE_IO", hotpath._tune_io)
+    monkeypatch.setattr(hotpath, "READ_SIZE", size)
     data = os.urandom(3 * 256 * 1024 + 123)
 
     async def run() -> _Handler:
@@ -357,6 +359,83 @@ def test_a_connection_takes_up_to_read_size_off_its_stream_per_event(
     assert max(map(len, received)) == size
     assert len(received) == -(-len(data) // size)
     assert isinstance(handler.events[-1], events.ConnectionClosed)
+
+
+async def _socket_pair() -> tuple[asyncio.StreamWriter, socket.socket, list[bytes]]:
+    """A real asyncio writer joined to a plain socket, and what its transport is asked to write."""
+    ours, theirs = socket.socketpair()
+    _, writer = await asyncio.open_connection(sock=ours)
+    sent: list[bytes] = []
+    write = writer.transport.write
+
+    def spy(data: bytes | bytearray | memoryview) -> None:
+        sent.append(bytes(data))
+        write(data)
+
+    writer.transport.write = spy  # type: ignore[method-assign]
+    hotpath._tune_io(server.ConnectionIO(writer=writer))
+    theirs.settimeout(5)
+    return writer, theirs, sent
+
+
+def _read_to_eof(sock: socket.socket) -> bytes:
+    out = b""
+    while chunk := sock.recv(1 << 16):
+        out += chunk
+    return out
+
+
+def test_the_writes_of_one_step_leave_as_one_in_order() -> None:
+    async def run() -> tuple[list[bytes], bytes]:
+        writer, theirs, sent = await _socket_pair()
+        writer.write(b"head ")
+        writer.write(b"body ")
+        writer.write(b"end")
+        assert sent == []  # nothing leaves before the step that wrote is over
+        await asyncio.sleep(0)
+        writer.write(b" next")  # a later step: a write of its own
+        await asyncio.sleep(0)
+        writer.close()
+        await writer.wait_closed()
+        return sent, _read_to_eof(theirs)
+
+    sent, received = asyncio.run(run())
+    assert sent == [b"head body end", b" next"]
+    assert received == b"head body end next"
+
+
+@pytest.mark.parametrize("end", ["close", "write_eof"])
+def test_a_close_or_half_close_hands_over_what_waits_first(end: str) -> None:
+    async def run() -> tuple[list[bytes], bytes]:
+        writer, theirs, sent = await _socket_pair()
+        writer.write(b"last ")
+        writer.write(b"words")
+        getattr(writer, end)()
+        assert sent == [b"last words"]
+        if end == "close":
+            await writer.wait_closed()
+        received = _read_to_eof(theirs)  # the data, then the end of the stream
+        writer.close()
+        await writer.wait_closed()
+        await asyncio.sleep(0)  # the scheduled hand-over finds nothing left
+        theirs.close()
+        return sent, received
+
+    sent, received = asyncio.run(run())
+    assert sent == [b"last words"]
+    assert received == b"last words"
+
+
+def test_writes_to_a_closed_transport_are_dropped_as_mitmproxy_drops_them() -> None:
+    async def run() -> list[bytes]:
+        writer, theirs, sent = await _socket_pair()
+        writer.write(b"too late")
+        writer.transport.abort()  # the peer went away before the step ended
+        await asyncio.sleep(0)
+        theirs.close()
+        return sent
+
+    assert asyncio.run(run()) == []
 
 
 def _client(**kw: Any) -> connection.Client:
