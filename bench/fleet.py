@@ -42,6 +42,7 @@ import multiprocessing as mp
 import os
 import random
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -825,6 +826,7 @@ def make_bench_part(part: dict[str, Any]) -> str:
 
 def main() -> int:
     args = parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the cluster and proxies on the way out
     if args.merge_run:
         data = json.loads((BENCH / "fleet.json").read_text())
         data["make_bench"] = from_run(Path(args.merge_run))
