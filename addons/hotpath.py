@@ -32,9 +32,8 @@ checks against mitmproxy's own code:
   the hooks and the body scan's fixed costs: it takes ``READ_SIZE``;
 - every ``SendData`` was its own ``send``: a response's head and body, and
   the TLS records of one event, left in two or three. The writes one event
-  makes to a connection are joined and leave once that event is handled,
-  before anything else runs on the loop; a close or half-close hands them
-  over first;
+  makes to a connection are joined and leave at the loop's next turn, in
+  the order written; a close or half-close hands them over first;
 - every request forked its context, which built a ``Server`` (a uuid4 and a
   guarded ``__setattr__`` per field) only to overwrite it; connections
   compared through the ABC's ``isinstance``; every task read its debug name
@@ -309,10 +308,13 @@ def _join_writes(writer: asyncio.StreamWriter) -> None:
     """The writer's writes wait for the loop's next callback and go to the transport as one.
 
     mitmproxy handles an event in one step of the connection's task and writes
-    each command's bytes at once; the joined bytes leave right after that step.
-    ``close`` and ``write_eof`` hand over what waits before they act, so nothing
-    is lost or reordered; ``drain`` sees it one step late, which bounds what
-    waits to what one event wrote.
+    each command's bytes at once; the joined bytes leave after that step. Only
+    mitmproxy's own calls are wrapped (``write``, ``write_eof``, ``close``; never
+    ``writelines`` or ``start_tls``): ``close`` and ``write_eof`` hand over what
+    waits before they act, so nothing is lost or reordered. ``drain`` does not
+    see what waits, so what a reader had buffered (one 256 KiB read past the
+    128 KiB pause mark) can wait on top of the transport's own buffer before
+    backpressure holds reading: bounded, about twice mitmproxy's.
     """
     transport, loop = writer.transport, asyncio.get_running_loop()
     waiting: list[bytes] = []
