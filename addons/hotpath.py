@@ -321,7 +321,7 @@ def _join_writes(writer: asyncio.StreamWriter) -> None:
 
     def hand_over() -> None:
         if waiting:
-            data = waiting[0] if len(waiting) == 1 else b"".join(waiting)
+            data = b"".join(waiting)  # one bytes object is returned as it is, not copied
             waiting.clear()
             if not transport.is_closing():  # as mitmproxy checks before every write
                 transport.write(data)

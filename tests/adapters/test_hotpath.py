@@ -333,13 +333,13 @@ class _Writer:
         pass
 
 
-@pytest.mark.parametrize("size", [hotpath.MITMPROXY_READ_SIZE, 256 * 1024])
+@pytest.mark.parametrize("size", [hotpath.MITMPROXY_READ_SIZE, hotpath.READ_SIZE])
 def test_a_connection_takes_up_to_read_size_off_its_stream_per_event(
     monkeypatch: pytest.MonkeyPatch, size: int
 ) -> None:
     monkeypatch.setattr(patches, "TUNE_IO", hotpath._tune_io)
     monkeypatch.setattr(hotpath, "READ_SIZE", size)
-    data = os.urandom(3 * 256 * 1024 + 123)
+    data = os.urandom(3 * hotpath.READ_SIZE + 123)
 
     async def run() -> _Handler:
         reader = asyncio.StreamReader(limit=len(data))  # all of it buffered before the first read
