@@ -38,9 +38,10 @@ checks against mitmproxy's own code:
   guarded ``__setattr__`` per field) only to overwrite it; connections
   compared through the ABC's ``isinstance``; every task read its debug name
   from the environment (2-3 % of a keep-alive request's CPU together);
-- ``Headers.get`` and ``in`` went through ``Mapping``'s generic methods,
-  raising and catching ``KeyError`` for every absent header, and every lookup
-  called a static method per field: they read the fields directly.
+- ``Headers.get``, ``in`` and ``pop`` went through ``Mapping``'s generic
+  methods, raising and catching ``KeyError`` for every absent header (``pop``
+  scanned the fields three times), and every lookup called a static method
+  per field: they read the fields directly, once.
 
 Like ``addons.patches`` (which installs this), it reaches into private code
 that ``patches.check_version`` vouches for.
@@ -216,6 +217,24 @@ def _headers_contain(self: http.Headers, name: object) -> bool:
     return any(k.lower() == key for k, _ in self.fields)
 
 
+_ABSENT: Any = object()
+
+
+def _headers_pop(self: http.Headers, name: str | bytes, default: Any = _ABSENT) -> Any:
+    key = _header_key(name)
+    fields = self.fields
+    for k, _ in fields:
+        if k.lower() == key:
+            break
+    else:  # absent (the common case: cookies, hop-by-hop headers): one pass, nothing raised
+        if default is _ABSENT:
+            raise KeyError(name)
+        return default
+    value = ", ".join([v.decode("utf-8", "surrogateescape") for k, v in fields if k.lower() == key])
+    self.fields = tuple(f for f in fields if f[0].lower() != key)
+    return value
+
+
 class _Copies:
     """pyOpenSSL's copy of each certificate or key object it is handed, kept while the object
     lives here (held, so its id is not reused), at most ``CERT_CAP`` and a few, oldest out."""
@@ -355,6 +374,7 @@ def install() -> None:
     http.Headers.get_all = _headers_get_all  # type: ignore[method-assign]
     http.Headers.get = _headers_get  # type: ignore[method-assign,assignment]
     http.Headers.__contains__ = _headers_contain  # type: ignore[method-assign,assignment]
+    http.Headers.pop = _headers_pop  # type: ignore[method-assign,assignment]
     SSL.Connection.use_certificate = _use_certificate  # type: ignore[method-assign]
     SSL.Connection.use_privatekey = _use_privatekey  # type: ignore[method-assign,assignment]
     # pyOpenSSL would rather be given cryptography objects, which it converts on every call

@@ -21,6 +21,7 @@ from tests.harness import handshake_in_memory
 
 # mitmproxy's own, taken before anything in this process could install the replacements
 ORIGINAL_GET_ALL = http.Headers.get_all
+ORIGINAL_POP = http.Headers.pop
 assert ORIGINAL_GET_ALL is not hotpath._headers_get_all
 ORIGINAL_CURRENT = optmanager._Option.current
 ORIGINAL_ARGS = hooks.Hook.args
@@ -207,6 +208,28 @@ def test_header_lookups_answer_as_mitmproxy_does(
     assert hotpath._headers_get(headers, name, "absent") == (", ".join(want_all) if want_all else "absent")
     assert hotpath._headers_contain(headers, name) == bool(want_all)
     assert collections.abc.Mapping.__contains__(headers, name) == bool(want_all)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_fields, st.one_of(_names, _names.map(str.encode), st.binary(max_size=8)))
+def test_a_header_pop_answers_and_removes_as_mitmproxy_does(
+    fields: list[tuple[bytes, bytes]], name: str | bytes
+) -> None:
+    ours, theirs = http.Headers(tuple(fields)), http.Headers(tuple(fields))
+    assert ORIGINAL_POP is collections.abc.MutableMapping.pop
+    assert hotpath._headers_pop(ours, name, "absent") == ORIGINAL_POP(theirs, name, "absent")
+    assert ours.fields == theirs.fields
+    ours, theirs = http.Headers(tuple(fields)), http.Headers(tuple(fields))
+    try:
+        want: object = ORIGINAL_POP(theirs, name)
+    except KeyError as e:
+        want = e
+    if isinstance(want, KeyError):
+        with pytest.raises(KeyError):
+            hotpath._headers_pop(ours, name)
+    else:
+        assert hotpath._headers_pop(ours, name) == want
+    assert ours.fields == theirs.fields
 
 
 def test_a_header_name_of_the_wrong_type_still_raises() -> None:
