@@ -2,6 +2,7 @@
 """Before/after of one product change: two egress proxies, interleaved, CPU per request.
 
     .venv/bin/python bench/ab.py BEFORE_REV [--scenario newconn_c8] [--reps 6]
+    .venv/bin/python bench/ab.py BEFORE_REV --scenario paced_keepalive  # 200 req/s, latency too
     .venv/bin/python bench/ab.py BEFORE_REV --scenario download [--size-mib 200]
 
 BEFORE_REV's ``proxy/`` and ``addons/`` are checked out into a temporary git
@@ -30,6 +31,7 @@ import run
 SCENARIOS: dict[str, Callable[[run.Bench, run.Target, float], dict[str, Any]]] = {
     "newconn_c8": lambda b, t, d: run.hey(t, c=8, duration=d, keepalive=False),
     "keepalive_c32": lambda b, t, d: run.hey(t, c=32, duration=d),
+    "paced_keepalive": lambda b, t, d: run.paced_latency(t, rate=200, duration=d, keepalive=True),
     "download": lambda b, t, d: run.transfer(t, "download", b.big, b.put_dir),
     "upload": lambda b, t, d: run.transfer(t, "upload", b.big, b.put_dir),
 }
@@ -75,6 +77,8 @@ def main() -> int:
             for name in order:
                 r = SCENARIOS[a.scenario](bench, bench.targets[name], a.duration)
                 speed = f"{r.get('mib_s', 0):7.1f} MiB/s" if "mib_s" in r else f"{r.get('rps', 0):7.1f} req/s"
+                if "p99_us" in r:  # paced: the added latency's tail is what the change is for
+                    speed += f" p50 {r['p50_us'] / 1000:.2f} ms p99 {r['p99_us'] / 1000:.2f} ms"
                 run.log(f"{name:<7} {r.get(key, 0):8.2f} {unit} {speed} {r.get('error', '')}")
                 if key in r and "error" not in r and not r.get("errors") and not r.get("non_2xx"):
                     results[name].append(r[key])

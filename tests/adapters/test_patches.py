@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import weakref
 from pathlib import Path
+from typing import Any
 
 import pytest
+from mitmproxy import connection
+from mitmproxy.proxy import context, events
 
 from addons import patches
 from proxy.reasons import Reason
@@ -166,3 +171,47 @@ def test_a_whole_head_in_one_read_is_bounded_where_it_ends(pad: int) -> None:
     ]
     refused = any(data.startswith(b"HTTP/1.1 431") for data in sent)
     assert refused is (len(head) > patches.MAX_HEAD), [data[:80] for data in sent]
+
+
+def _stream() -> Any:
+    from mitmproxy.options import Options
+    from mitmproxy.proxy.layers import http as http_layer
+
+    client = connection.Client(peername=("127.0.0.1", 50000), sockname=("127.0.0.1", 8080), timestamp_start=0)
+    ctx = context.Context(client, Options())
+    ctx.layers = [object()]  # the layers above, as a forked context carries them
+    return http_layer.HttpStream(ctx, 1)
+
+
+def test_a_finished_stream_is_freed_by_reference_counting_alone() -> None:
+    stream = _stream()
+    stream.client_state = stream.server_state = stream.state_done
+    stream.__dict__["_egress_timer"] = timer = patches._Timer(1.0, stream)
+    above = stream.context.layers[0]
+    gone = weakref.ref(stream)
+    gc.disable()
+    try:
+        patches._release(stream)
+        assert stream.client_state is stream.server_state is patches._done
+        assert stream.context.layers == [above]
+        with pytest.raises(AssertionError, match="state_done: Expected no events"):
+            next(stream.client_state(events.Start()))
+        # the wakeup still on its way is stale now: dropped, nothing touched
+        assert list(patches._stream_handle_event(stream, events.Wakeup(timer))) == []
+        del stream, timer
+        assert gone() is None  # no cycle left: freed without the collector
+    finally:
+        gc.enable()
+
+
+@pytest.mark.parametrize("side", ["client", "server"])
+def test_a_stream_still_under_way_keeps_its_states(side: str) -> None:
+    stream = _stream()
+    stream.client_state = stream.server_state = stream.state_done
+    waiting = stream.state_wait_for_response_headers if side == "server" else stream.state_stream_request_body
+    setattr(stream, f"{side}_state", waiting)
+    stream.__dict__["_egress_timer"] = timer = patches._Timer(1.0, stream)
+    patches._release(stream)
+    assert getattr(stream, f"{side}_state") == waiting
+    assert stream.__dict__["_egress_timer"] is timer
+    assert stream.context.layers[-1] is stream
