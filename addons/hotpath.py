@@ -230,7 +230,7 @@ def _headers_pop(self: http.Headers, name: str | bytes, default: Any = _ABSENT) 
         if default is _ABSENT:
             raise KeyError(name)
         return default
-    value = ", ".join([v.decode("utf-8", "surrogateescape") for k, v in fields if k.lower() == key])
+    value = ", ".join(_headers_get_all(self, name))
     self.fields = tuple(f for f in fields if f[0].lower() != key)
     return value
 
