@@ -4,6 +4,7 @@
     .venv/bin/python bench/ab.py BEFORE_REV [--scenario newconn_c8] [--reps 6]
     .venv/bin/python bench/ab.py BEFORE_REV --scenario paced_keepalive  # 200 req/s, latency too
     .venv/bin/python bench/ab.py BEFORE_REV --scenario download [--size-mib 200]
+    .venv/bin/python bench/ab.py BEFORE_REV --scenario keepalive_c32 --audit  # both with --audit-log
 
 BEFORE_REV's ``proxy/`` and ``addons/`` are checked out into a temporary git
 worktree and put first on that proxy's PYTHONPATH (same virtualenv, same
@@ -44,6 +45,9 @@ def main() -> int:
     p.add_argument("--reps", type=int, default=6)
     p.add_argument("--duration", type=float, default=8)
     p.add_argument("--size-mib", type=int, default=200, help="transfer size (download, upload)")
+    p.add_argument(
+        "--audit", action="store_true", help="run both proxies with --audit-log (each its own file)"
+    )
     a = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="egress-ab-"))
     old = work / "before"
@@ -65,7 +69,8 @@ def main() -> int:
             original = run.clean_env
             run.clean_env = lambda _o=original, _e=env_extra, **kw: _o(**_e, **kw)  # type: ignore[misc]
             try:
-                bench.start_egress(name, name, 10, 1, True)
+                extra = ("--audit-log", str(work / f"{name}-audit.jsonl")) if a.audit else ()
+                bench.start_egress(name, name, 10, 1, True, extra=extra)
             finally:
                 run.clean_env = original
         bench.sanity()

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
-from typing import Any
 
 from proxy.nearmiss import NearMiss
 
 SCHEMA_VERSION = "1"
 SCHEMA_PATH = Path(__file__).with_name("audit.schema.json")
 _ACTION_IDS = {"allowed": 1, "blocked": 2}
-# made once: json.dumps with any argument builds a new encoder per call, a third of to_json's time
+# made once: json.dumps with any argument builds a new encoder per call
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
 
 
@@ -46,23 +46,30 @@ class Decision:
     node: str | None = None
 
     def to_json(self) -> str:
-        doc: dict[str, Any] = {
-            "schema_version": SCHEMA_VERSION,
-            "class_uid": 4002,
-            "time": int(self.time * 1000),
-            "action": self.action,
-            "action_id": _ACTION_IDS[self.action],
-            "outcome": self.outcome,
-            "request_id": self.request_id,
-            "workspace": self.workspace,
-            "connector": self.connector,
-            "reason": self.reason,
-            "grant_label": self.grant_label,
-            "http_request": {"method": self.method, "url": {"hostname": self.host, "path": self.path}},
-            "http_response": None if self.status is None else {"code": self.status},
-            "traffic": None if self.bytes_out is None else {"bytes_out": self.bytes_out},
-            "duration": self.duration_ms,
-            "near_miss": None if self.near_miss is None else self.near_miss.to_dict(),
-            "node": self.node,
-        }
-        return _ENCODER.encode(doc)
+        """One line, the fields in schema order: a fixed template with each value encoded (C
+        string escaping), a third of the time of building and encoding a nested dict."""
+        return _LINE % (
+            int(self.time * 1000), _str(self.action), _ACTION_IDS[self.action], _str(self.outcome),
+            _str(self.request_id), _str(self.workspace), _opt(self.connector), _opt(self.reason),
+            _opt(self.grant_label), _str(self.method), _str(self.host), _str(self.path),
+            "null" if self.status is None else f'{{"code":{self.status:d}}}',
+            "null" if self.bytes_out is None else f'{{"bytes_out":{self.bytes_out:d}}}',
+            "null" if self.duration_ms is None else repr(self.duration_ms),
+            "null" if self.near_miss is None else _ENCODER.encode(self.near_miss.to_dict()),
+            _opt(self.node),
+        )  # fmt: skip
+
+
+_str = encode_basestring_ascii  # a JSON string literal, as json.dumps(ensure_ascii=True) writes it
+
+
+def _opt(value: str | None) -> str:
+    return "null" if value is None else _str(value)
+
+
+_LINE = (
+    f'{{"schema_version":"{SCHEMA_VERSION}","class_uid":4002,"time":%d,"action":%s,"action_id":%d,'
+    '"outcome":%s,"request_id":%s,"workspace":%s,"connector":%s,"reason":%s,"grant_label":%s,'
+    '"http_request":{"method":%s,"url":{"hostname":%s,"path":%s}},"http_response":%s,"traffic":%s,'
+    '"duration":%s,"near_miss":%s,"node":%s}'
+)

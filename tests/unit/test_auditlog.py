@@ -61,3 +61,25 @@ def test_records_validate_against_the_shipped_schema() -> None:
         doc = json.loads(d.to_json())
         VALIDATOR.validate(doc)
         assert doc["time"] == int(d.time * 1000)
+
+
+def test_a_line_holds_every_field_escaped_whatever_the_text() -> None:
+    """The line is written from a template: awkward text (quotes, %, control and non-ASCII
+    characters, lone surrogates from undecodable paths) must come back as it went in."""
+    near = NearMiss("c%s", "host", 'a "quoted" %s detail\n', "https://*.a/*", ("path",), 1)
+    d = Decision(1e9 + 0.25, "blocked", "blocked", "r%d", "TLS", 'h"%s', '/é\u2028\x00\\\udcff', "w",
+                 connector=None, reason="no-connector", grant_label="g\t", status=403, bytes_out=0,
+                 duration_ms=12.5, near_miss=near, node="n")  # fmt: skip
+    line = d.to_json()
+    assert line.isascii() and "\n" not in line
+    assert json.loads(line) == {
+        "schema_version": "1", "class_uid": 4002, "time": 1_000_000_000_250, "action": "blocked",
+        "action_id": 2, "outcome": "blocked", "request_id": "r%d", "workspace": "w", "connector": None,
+        "reason": "no-connector", "grant_label": "g\t",
+        "http_request": {"method": "TLS", "url": {"hostname": 'h"%s', "path": '/é\u2028\x00\\\udcff'}},
+        "http_response": {"code": 403}, "traffic": {"bytes_out": 0}, "duration": 12.5,
+        "near_miss": near.to_dict(), "node": "n",
+    }  # fmt: skip
+    VALIDATOR.validate(json.loads(line))
+    bare = json.loads(Decision(2.0, "allowed", "failed", "r", "GET", "h", "/", "w").to_json())
+    assert bare["http_response"] is bare["traffic"] is bare["duration"] is bare["near_miss"] is None
