@@ -944,6 +944,7 @@ class Bench:
         n = self.args.connectors
         self.start_egress("egress", "egress, 1 worker", 10, 1, True)
         if variants:
+            self.start_egress("egress-again", "egress, 1 worker, a second identical proxy", 10, 1, True)
             self.start_egress("egress-norecord", "egress, 1 worker, --no-record", 10, 1, False)
             self.start_egress("egress-w2", "egress, --workers 2", 10, 2, True)
             self.start_egress("egress-10k", f"egress, 1 worker, {n:,} connectors", n, 1, True)
@@ -1033,7 +1034,14 @@ class Bench:
                         t, rate=r, duration=a.paced_duration, keepalive=k, resume=s
                     ),
                 )
-            variants = ["egress-norecord", "egress-w2", "egress-10k", "egress-audit", "egress-ws"]
+            variants = [
+                "egress-again",
+                "egress-norecord",
+                "egress-w2",
+                "egress-10k",
+                "egress-audit",
+                "egress-ws",
+            ]
             self.each(
                 "keepalive_c32",
                 order(["direct", "mitmdump", *paired("egress", [v for v in variants if v in self.targets])]),
@@ -1086,6 +1094,12 @@ class Bench:
         if any("seq" not in r for r in refs):  # results.json from before runs were numbered
             x, y = self.med(scenario, mine, key), self.med(scenario, ref, key)
             return (None if x is None or y is None else x - y) if diff else ratio(x, y)
+        return median(self.paired_values(scenario, mine, ref, key, diff))
+
+    def paired_values(self, scenario: str, mine: str, ref: str, key: str, diff: bool = False) -> list[float]:
+        """``paired``'s per-run ratios (or differences), one per run of ``mine``."""
+        runs = self.runs.get(scenario, {})
+        refs = [r for r in runs.get(ref, []) if key in r and "error" not in r and "seq" in r]
         ratios = []
         for r in runs.get(mine, []):
             if key not in r or "error" in r:
@@ -1098,7 +1112,11 @@ class Bench:
             if near:
                 base = statistics.fmean(float(x[key]) for x in near)
                 ratios.append(float(r[key]) - base if diff else float(r[key]) / base)
-        return median(ratios)
+        return ratios
+
+    def paired_spread(self, scenario: str, mine: str, ref: str, key: str) -> float | None:
+        """How much ``paired``'s per-run ratios disagree, in percent (``spread``)."""
+        return spread(self.paired_values(scenario, mine, ref, key))
 
     def values(self, scenario: str, target: str, key: str) -> list[float]:
         return [
@@ -1240,6 +1258,16 @@ def targets(b: Bench, micro: list[dict[str, float]]) -> list[Check]:
             fmt(added, 0, " us"), f"mitmdump {fmt(theirs, 0, ' us')}", ms, goal, f"<= {goal:g} ms",
             at_most(ms, goal), unit="ms",
         ))  # fmt: skip
+    # An identical second proxy, paired like the variants: how far a ratio of 1 lands by chance
+    # (other tenants, which process the scheduler favours), the yardstick for the on/off rows.
+    same = versus("keepalive_c32", "egress-again", "egress", "cpu_us_per_req")
+    checks.append(Check(
+        "A/A control: an identical second egress / egress: CPU per request, keep-alive c=32",
+        fmt(m("keepalive_c32", "egress-again", "cpu_us_per_req"), 0, " us/req"),
+        fmt(m("keepalive_c32", "egress", "cpu_us_per_req"), 0, " us/req"), same, 1.0,
+        "none: the noise floor", None,
+        f"spread of its ratios {fmt(b.paired_spread('keepalive_c32', 'egress-again', 'egress', 'cpu_us_per_req'), 0, ' %')}",
+    ))  # fmt: skip
     cpu(
         "keepalive_c32",
         "egress",
@@ -1589,7 +1617,8 @@ def report(b: Bench, micro: list[dict[str, float]], info: dict[str, str], wall: 
     )
     throughput(
         "keepalive_c32", "Keep-alive throughput, concurrency 32",
-        ["direct", "mitmdump", "egress", "egress-norecord", "egress-w2", "egress-10k", "egress-audit", "egress-ws"],
+        ["direct", "mitmdump", "egress", "egress-again", "egress-norecord", "egress-w2", "egress-10k",
+         "egress-audit", "egress-ws"],
         f"`hey -c 32 -z {a.duration:g}s` through the proxy (`-x`), HTTP/1.1, 32 persistent tunnels. "
         "CPU columns are cores busy per wall second: the proxy's process tree (for direct: nginx), the "
         "load generator, and everything else except nginx (other tenants would show there).",
