@@ -11,6 +11,7 @@ flamegraph.pl or speedscope) go to bench/out/.
 
     .venv/bin/pip install py-spy
     .venv/bin/python bench/profile.py [--duration 15] [--scenarios keepalive_c32,newconn_c8,download]
+    .venv/bin/python bench/profile.py --scenarios paced_keepalive  # 200 req/s open loop (latency)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import run
+import sections
 
 OUT = run.BENCH / "out"
 IDLE_WAIT = "_worker (concurrent/futures/thread.py"  # an executor thread waiting for work
@@ -35,11 +37,27 @@ SCENARIOS = {
     "newconn_c8": {"c": 8, "keepalive": False},
     "download": {},  # the bench's file, fetched again and again for the duration
     "upload": {},  # the same file, PUT again and again
+    "paced_keepalive": {"rate": 200.0},  # open loop, as the bench's latency targets are measured
 }
+# Own time grouped by who runs it, first match wins: where a request's CPU goes at a glance.
+PARTS = (
+    ("egress-proxy (proxy/, addons/)", ("proxy/", "addons/")),
+    ("TLS (OpenSSL, cryptography)", ("OpenSSL/", "cryptography/", "ssl.py")),
+    ("mitmproxy", ("mitmproxy/",)),
+    ("HTTP parsers (h11, h2, hpack, wsproto)", ("h11/", "h2/", "hpack/", "wsproto/")),
+    ("asyncio and the selector", ("asyncio/", "selectors.py")),
+)
 
 
 def load(bench: run.Bench, t: run.Target, scenario: str, duration: float) -> str:
     """Drive ``t`` for ``duration`` seconds; what it achieved, for the heading."""
+    if scenario == "paced_keepalive":
+        r = run.paced_latency(t, duration=duration, keepalive=True, **SCENARIOS[scenario])
+        return (
+            f"{r.get('rps', 0):,.0f} req/s offered open loop, p50 {r.get('p50_us', 0) / 1000:.2f} ms, "
+            f"p99 {r.get('p99_us', 0) / 1000:.2f} ms, {r.get('cpu_us_per_req', 0):,.0f} us CPU per request "
+            "under py-spy"
+        )
     if scenario not in ("download", "upload"):
         result = run.hey(t, duration=duration, **SCENARIOS[scenario])
         return f"{result.get('rps', 0):,.0f} req/s (2xx) under py-spy"
@@ -77,6 +95,7 @@ def summarize(raw: Path, top: int) -> str:
             inclusive[frame] += n
     if not total:
         return "(no samples)\n"
+    parts = parts_of(raw)
 
     def rows(counter: collections.Counter[str]) -> list[list[str]]:
         return [[f"{n / total:.1%}", f"`{name[:150]}`"] for name, n in counter.most_common(top)]
@@ -93,7 +112,9 @@ def summarize(raw: Path, top: int) -> str:
         [
             f"{total} samples. egress-proxy's own code (proxy/, addons/, start-up frames aside) is on "
             f"the stack in {ours / total:.1%} of them and on top in {ours_own / total:.1%}.\n",
-            "Own time (the function was on top of the stack):\n",
+            "Own time by part:\n",
+            run.table(["share", "part"], [[f"{n / total:.1%}", name] for name, n in parts.most_common()]),
+            "\nOwn time (the function was on top of the stack):\n",
             run.table(["share", "function (file:first line)"], rows(own)),
             "\nOwn time by file:\n",
             run.table(["share", "file"], rows(by_file)),
@@ -111,6 +132,38 @@ def _file(frame: str) -> str:
     return inside.rpartition(":")[0] or frame
 
 
+def parts_of(raw: Path) -> collections.Counter[str]:
+    """Own-time samples per part (``PARTS``)."""
+    parts: collections.Counter[str] = collections.Counter()
+    for frames, n in _stacks(raw):
+        parts[_part(_file(frames[-1]))] += n
+    return parts
+
+
+def results_section(profiled: list[tuple[str, str, collections.Counter[str]]], rate: int) -> None:
+    """bench/RESULTS.md's profile section: each profile's own time by part, side by side."""
+    names = [name for name, _ in PARTS] + [_part("")]
+    rows = []
+    for part in names:
+        rows.append([part, *(f"{c[part] / max(1, sum(c.values())):.1%}" for _, _, c in profiled)])
+    lead = (
+        f"`bench/profile.py --results` ({time.strftime('%Y-%m-%d')}, py-spy at {rate} Hz on the egress worker "
+        "and on mitmdump): the share of samples whose innermost frame lies in each part. Loads: "
+        + "; ".join(f"{heading}: {load}" for heading, load, _ in profiled)
+        + "."
+    )
+    header = ["own time in", *(heading for heading, _, _ in profiled)]
+    sections.write_section(run.BENCH / "RESULTS.md", "profile", "Where the CPU goes (py-spy)", lead,
+                           run.table(header, rows))  # fmt: skip
+
+
+def _part(path: str) -> str:
+    for name, prefixes in PARTS:
+        if path.startswith(prefixes):
+            return name
+    return "other (the interpreter, stdlib, prometheus_client, sqlite3, ...)"
+
+
 def _ours(frame: str) -> bool:
     """A frame in egress-proxy's request-path code (not the start-up frames every stack has)."""
     path = _file(frame)
@@ -125,6 +178,7 @@ def main() -> int:
     p.add_argument("--targets", default="egress,mitmdump")
     p.add_argument("--scenarios", default="keepalive_c32,newconn_c8", help=f"of {', '.join(SCENARIOS)}")
     p.add_argument("--size-mib", type=int, default=200, help="the download's size")
+    p.add_argument("--results", action="store_true", help="write the profile section of bench/RESULTS.md")
     args = p.parse_args()
     pyspy = run.BIN / "py-spy"
     if not pyspy.exists():
@@ -139,7 +193,8 @@ def main() -> int:
     procs = run.Procs()
     bench = run.Bench(bench_args, work, procs)
     OUT.mkdir(parents=True, exist_ok=True)
-    sections = [f"# Profiles ({time.strftime('%Y-%m-%d %H:%M')}, py-spy {args.rate} Hz)\n"]
+    report = [f"# Profiles ({time.strftime('%Y-%m-%d %H:%M')}, py-spy {args.rate} Hz)\n"]
+    profiled: list[tuple[str, str, collections.Counter[str]]] = []
     try:
         bench.setup(variants=False)
         for name in args.targets.split(","):
@@ -163,13 +218,17 @@ def main() -> int:
                     _, err = spy.communicate()
                 run.log(f"profiled {name} {scenario}: {rps}")
                 body = summarize(raw, args.top) if raw.exists() else f"py-spy failed: {err.decode()[-500:]}\n"
-                sections.append(f"## {t.label} (pid {pid}), {scenario}: {rps}\n\nRaw stacks: {raw}\n\n{body}")
+                report.append(f"## {t.label} (pid {pid}), {scenario}: {rps}\n\nRaw stacks: {raw}\n\n{body}")
+                if raw.exists():
+                    profiled.append((f"{name} {scenario}", rps, parts_of(raw)))
     finally:
         procs.stop_all()
         signal.alarm(0)
         shutil.rmtree(work, ignore_errors=True)
-    text = "\n".join(sections)
+    text = "\n".join(report)
     (OUT / "PROFILE.md").write_text(text)
+    if args.results and profiled:
+        results_section(profiled, args.rate)
     print(text)
     return 0
 
