@@ -10,6 +10,7 @@ import io
 import json
 import time
 import uuid
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -75,7 +76,6 @@ def test_query_injection_replaces_client_parameter(proxy: Proxy, upstream: Upstr
         r = client.get(url)
     assert r.status_code == 200
     (rec,) = upstream.find(t)
-    from urllib.parse import quote
 
     assert rec.path == f"/data/now?t={t}&city=a%20b&appid={quote(SECRETS['weather'], safe='')}"
     assert "evil" not in rec.path
@@ -260,15 +260,18 @@ def test_secrets_never_leak_to_logs_output_or_state(proxy: Proxy, upstream: Upst
     texts = [*proxy.outputs, proxy.log_text()]
     files = [p for p in proxy.home.rglob("*") if p.is_file()]
     assert any(p.name == "egress.db" for p in files)
+    contents = {}
+    for path in files:
+        try:
+            contents[path] = path.read_bytes()
+        except FileNotFoundError:  # a journal segment the running proxy committed and removed meanwhile
+            continue
+    assert any(p.name == "egress.db" for p in contents)
     for secret in SECRETS.values():
-        forms = {secret.encode(), secret.encode("utf-16-le")}
-        from urllib.parse import quote
-
-        forms.add(quote(secret, safe="").encode())
+        forms = {secret.encode(), secret.encode("utf-16-le"), quote(secret, safe="").encode()}
         for text in texts:
             assert secret not in text
-        for path in files:
-            data = path.read_bytes()
+        for path, data in contents.items():
             for form in forms:
                 assert form not in data, f"secret found in {path}"
 
