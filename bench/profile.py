@@ -47,6 +47,7 @@ PARTS = (
     ("HTTP parsers (h11, h2, hpack, wsproto)", ("h11/", "h2/", "hpack/", "wsproto/")),
     ("asyncio and the selector", ("asyncio/", "selectors.py")),
 )
+OTHER = "other (the interpreter, stdlib, prometheus_client, sqlite3, ...)"
 
 
 def load(bench: run.Bench, t: run.Target, scenario: str, duration: float) -> str:
@@ -81,7 +82,7 @@ def _stacks(raw: Path) -> Iterator[tuple[list[str], int]]:
             yield frames, int(count)
 
 
-def summarize(raw: Path, top: int) -> str:
+def summarize(raw: Path, top: int, parts: collections.Counter[str]) -> str:
     """Top functions by own samples and by inclusive samples, and own samples by file."""
     own: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
@@ -95,7 +96,6 @@ def summarize(raw: Path, top: int) -> str:
             inclusive[frame] += n
     if not total:
         return "(no samples)\n"
-    parts = parts_of(raw)
 
     def rows(counter: collections.Counter[str]) -> list[list[str]]:
         return [[f"{n / total:.1%}", f"`{name[:150]}`"] for name, n in counter.most_common(top)]
@@ -142,7 +142,7 @@ def parts_of(raw: Path) -> collections.Counter[str]:
 
 def results_section(profiled: list[tuple[str, str, collections.Counter[str]]], rate: int) -> None:
     """bench/RESULTS.md's profile section: each profile's own time by part, side by side."""
-    names = [name for name, _ in PARTS] + [_part("")]
+    names = [name for name, _ in PARTS] + [OTHER]
     rows = []
     for part in names:
         rows.append([part, *(f"{c[part] / max(1, sum(c.values())):.1%}" for _, _, c in profiled)])
@@ -161,7 +161,7 @@ def _part(path: str) -> str:
     for name, prefixes in PARTS:
         if path.startswith(prefixes):
             return name
-    return "other (the interpreter, stdlib, prometheus_client, sqlite3, ...)"
+    return OTHER
 
 
 def _ours(frame: str) -> bool:
@@ -217,10 +217,13 @@ def main() -> int:
                     spy.kill()
                     _, err = spy.communicate()
                 run.log(f"profiled {name} {scenario}: {rps}")
-                body = summarize(raw, args.top) if raw.exists() else f"py-spy failed: {err.decode()[-500:]}\n"
-                report.append(f"## {t.label} (pid {pid}), {scenario}: {rps}\n\nRaw stacks: {raw}\n\n{body}")
                 if raw.exists():
-                    profiled.append((f"{name} {scenario}", rps, parts_of(raw)))
+                    parts = parts_of(raw)
+                    body = summarize(raw, args.top, parts)
+                    profiled.append((f"{name} {scenario}", rps, parts))
+                else:
+                    body = f"py-spy failed: {err.decode()[-500:]}\n"
+                report.append(f"## {t.label} (pid {pid}), {scenario}: {rps}\n\nRaw stacks: {raw}\n\n{body}")
     finally:
         procs.stop_all()
         signal.alarm(0)

@@ -198,6 +198,15 @@ PLACEMENTS: dict[str, list[str]] = {
     ],
 }
 PLACEMENT_NAMES = ("basic", "headers", "oauth2", "sigv4")
+# the egress set-ups paired with the reference in the keep-alive scenario (an identical one first)
+KEEPALIVE_VARIANTS = (
+    "egress-again",
+    "egress-norecord",
+    "egress-w2",
+    "egress-10k",
+    "egress-audit",
+    "egress-ws",
+)
 EXFIL_CONNECTORS = 1000  # the exfiltration guard's scenario: this many connectors, each its own secret
 BODY_BYTES = 64 * 1024  # its POST bodies: the largest the proxy reads whole before sending
 
@@ -1034,17 +1043,10 @@ class Bench:
                         t, rate=r, duration=a.paced_duration, keepalive=k, resume=s
                     ),
                 )
-            variants = [
-                "egress-again",
-                "egress-norecord",
-                "egress-w2",
-                "egress-10k",
-                "egress-audit",
-                "egress-ws",
-            ]
+            variants = [v for v in KEEPALIVE_VARIANTS if v in self.targets]
             self.each(
                 "keepalive_c32",
-                order(["direct", "mitmdump", *paired("egress", [v for v in variants if v in self.targets])]),
+                order(["direct", "mitmdump", *paired("egress", variants)]),
                 lambda t: hey(t, c=32, duration=a.duration),
             )
             self.each("keepalive_c32_wrk", ["direct"], lambda t: wrk(t, c=32, duration=a.duration))
@@ -1113,10 +1115,6 @@ class Bench:
                 base = statistics.fmean(float(x[key]) for x in near)
                 ratios.append(float(r[key]) - base if diff else float(r[key]) / base)
         return ratios
-
-    def paired_spread(self, scenario: str, mine: str, ref: str, key: str) -> float | None:
-        """How much ``paired``'s per-run ratios disagree, in percent (``spread``)."""
-        return spread(self.paired_values(scenario, mine, ref, key))
 
     def values(self, scenario: str, target: str, key: str) -> list[float]:
         return [
@@ -1266,7 +1264,7 @@ def targets(b: Bench, micro: list[dict[str, float]]) -> list[Check]:
         fmt(m("keepalive_c32", "egress-again", "cpu_us_per_req"), 0, " us/req"),
         fmt(m("keepalive_c32", "egress", "cpu_us_per_req"), 0, " us/req"), same, 1.0,
         "none: the noise floor", None,
-        f"spread of its ratios {fmt(b.paired_spread('keepalive_c32', 'egress-again', 'egress', 'cpu_us_per_req'), 0, ' %')}",
+        f"spread of its ratios {fmt(spread(b.paired_values('keepalive_c32', 'egress-again', 'egress', 'cpu_us_per_req')), 0, ' %')}",
     ))  # fmt: skip
     cpu(
         "keepalive_c32",
@@ -1617,8 +1615,7 @@ def report(b: Bench, micro: list[dict[str, float]], info: dict[str, str], wall: 
     )
     throughput(
         "keepalive_c32", "Keep-alive throughput, concurrency 32",
-        ["direct", "mitmdump", "egress", "egress-again", "egress-norecord", "egress-w2", "egress-10k",
-         "egress-audit", "egress-ws"],
+        ["direct", "mitmdump", "egress", *KEEPALIVE_VARIANTS],
         f"`hey -c 32 -z {a.duration:g}s` through the proxy (`-x`), HTTP/1.1, 32 persistent tunnels. "
         "CPU columns are cores busy per wall second: the proxy's process tree (for direct: nginx), the "
         "load generator, and everything else except nginx (other tenants would show there).",

